@@ -1,0 +1,55 @@
+"""Key names shared by every step of the pipeline, defined once.
+
+Every AnnData that flows through gr2st follows one shape (see ``docs`` in the README):
+raw integer counts in ``X``, spot centres in full-resolution pixels in
+``obsm[SPATIAL]``, section and patient in ``obs``, and per-section metadata in
+``uns[UNS]``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# obs columns
+SECTION: Final = "section"
+PATIENT: Final = "patient"
+ARRAY_X: Final = "array_x"
+ARRAY_Y: Final = "array_y"
+PATHOLOGY: Final = "pathology"
+CELL_TYPE: Final = "cell_type"
+
+# obsm keys
+SPATIAL: Final = "spatial"
+NUCLEI_COMPOSITION: Final = "nuclei_composition"
+NUCLEI_COUNTS: Final = "nuclei_counts"
+NUCLEI_MORPHOLOGY: Final = "nuclei_morphology"
+
+# layers
+COUNTS_LAYER: Final = "counts"
+UNCERTAINTY_LAYER: Final = "uncertainty"
+MEASURED_LAYER: Final = "measured"
+
+# uns[UNS] and its fields
+UNS: Final = "gr2st"
+IMAGE_PATH: Final = "image_path"
+SPOT_DIAMETER_PX: Final = "spot_diameter_px"
+MICRONS_PER_PIXEL: Final = "microns_per_pixel"
+SOURCE_FORMAT: Final = "source_format"
+ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
+
+# PanNuke nuclear types in the reference's order; the index is the type id.
+NUCLEAR_TYPES: Final = ("nolabe", "necros", "neopla", "inflam", "connec", "no-neo")
+
+# The reference patch side in full-resolution pixels.
+DEFAULT_PATCH_PX: Final = 224
+
+
+def feature_key(encoder: str) -> str:
+    """Return the ``obsm`` key holding the features of ``encoder``.
+
+    Examples
+    --------
+    >>> feature_key("efficientnet-lite0")
+    'X_efficientnet-lite0'
+    """
+    return f"X_{encoder}"

@@ -1,0 +1,1 @@
+"""The ``gr2st`` command line."""

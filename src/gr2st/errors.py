@@ -1,0 +1,18 @@
+"""Exceptions raised for bad user input."""
+
+from __future__ import annotations
+
+
+class GR2STError(Exception):
+    """Base class of every error gr2st raises on purpose."""
+
+
+class GR2STDataError(GR2STError, ValueError):
+    """Input data is missing, unreadable or malformed.
+
+    The message is one line naming the file (or field) and what was expected.
+    """
+
+
+class GR2STConfigError(GR2STError, ValueError):
+    """An option, override or saved bundle is invalid."""
