@@ -1,9 +1,282 @@
-"""Subcommands of the benchmark step (filled in by its owner)."""
+"""``gr2st benchmark``: cross-validate methods on a dataset and report the ranking."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import typer
+from anndata import AnnData
+from rich.console import Console
+
+from gr2st._constants import CELL_TYPE, feature_key
+from gr2st.errors import GR2STConfigError, GR2STDataError
+
+#: Default data folder, relative to the working directory (the project's shared data).
+DEFAULT_DATA = Path("../shared/data/her2st")
+#: Default gene panel of the model.
+DEFAULT_PANEL = "her2st-785"
+
+_HELP = """Cross-validate METHODS on a dataset: fit on the training sections of each fold,
+predict the held-out section(s) from the image, score per section, and write
+results.json, per_gene.csv, summary.txt and figures to --out.
+
+Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder
+(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), or a
+folder of .h5ad sections in gr2st's shape (one section per file; default: all).
+Sections that already carry the encoder's features (obsm["X_<encoder>"]) and
+obs["cell_type"] are used as they are; otherwise features and nuclear types are
+computed and cached in --cache.
+
+Finished folds are saved under --out/folds, so running the same command again
+after an interruption resumes where it stopped (--no-resume recomputes).
+"""
+
+
+def resolve_data_dir(data: Path | None) -> Path:
+    """``--data``, else ``$GR2ST_DATA``, else ``../shared/data/her2st`` if it exists.
+
+    ``$GR2ST_DATA`` may also name a folder holding ``her2st/``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> resolve_data_dir(d) == d
+    True
+    """
+    if data is not None:
+        if not data.is_dir():
+            raise GR2STDataError(f"--data {data}: no such folder")
+        return data
+    env = os.environ.get("GR2ST_DATA")
+    if env:
+        root = Path(env).expanduser()
+        if not (root / "ST-cnts").is_dir() and (root / "her2st" / "ST-cnts").is_dir():
+            root = root / "her2st"
+        if not root.is_dir():
+            raise GR2STDataError(f"GR2ST_DATA={env}: no such folder")
+        return root
+    if DEFAULT_DATA.is_dir():
+        return DEFAULT_DATA
+    raise GR2STDataError(
+        "no data: pass --data DIR or set GR2ST_DATA; download HER2ST with "
+        "`gr2st data fetch her2st --dest DIR`"
+    )
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
+    """Read the sections of a HER2ST folder or a folder of ``.h5ad`` files.
+
+    Returns the dataset name recorded in ``results.json`` and the sections.
+    """
+    from gr2st.benchmark.data import section_name
+    from gr2st.io import list_her2st, read_h5ad, read_her2st
+
+    if (root / "ST-cnts").is_dir():
+        table = list_her2st(root)
+        if names is None:
+            names = table.loc[table["has_image"], "section"].tolist()
+            if not names:
+                raise GR2STDataError(f"{root}: no HER2ST section has an image under ST-imgs/")
+        return "her2st", [read_her2st(root, n) for n in names]
+    files = sorted(root.glob("*.h5ad"))
+    if not files:
+        raise GR2STDataError(
+            f"{root}: neither a HER2ST folder (ST-cnts/) nor a folder of .h5ad sections"
+        )
+    sections = {}
+    for path in files:
+        adata = read_h5ad(path)
+        sections[section_name(adata)] = adata
+    if names is None:
+        return root.name, list(sections.values())
+    missing = [n for n in names if n not in sections]
+    if missing:
+        raise GR2STDataError(f"{root}: no .h5ad section named {missing}; found {list(sections)}")
+    return root.name, [sections[n] for n in names]
+
+
+def resolve_methods(spec: str) -> list[str]:
+    """``"all"`` → every registered method; else the comma-separated names (checked).
+
+    Examples
+    --------
+    >>> resolve_methods("knn, ridge")
+    ['knn', 'ridge']
+    """
+    import gr2st.methods  # noqa: F401  (registers every method)
+    from gr2st.methods.base import METHODS
+
+    if spec.strip() == "all":
+        return METHODS.names()
+    names = _split_list(spec)
+    if not names:
+        raise GR2STConfigError("--methods: expected method names or 'all'")
+    for name in names:
+        METHODS.get(name)
+    return names
+
+
+def resolve_genes(
+    spec: str, panel: str | None, sections: Sequence[AnnData]
+) -> tuple[list[str], list[str] | None, str]:
+    """(model panel, genes to score instead of the panel or None, label for the report)."""
+    from gr2st.genes import common_genes, get_panel
+
+    panel_name = panel or DEFAULT_PANEL
+    if spec == "panel":
+        return get_panel(panel_name), None, panel_name
+    if spec == "all":
+        genes = common_genes(sections)
+        label = f"all {len(genes)} genes measured in every section (library: {panel_name})"
+        return get_panel(panel_name), genes, label
+    chosen = _split_list(spec)
+    if not chosen:
+        raise GR2STConfigError("--genes: expected 'panel', 'all' or GENE,GENE,…")
+    return chosen, None, f"{len(chosen)} chosen genes"
+
+
+def _has_inputs(sections: Sequence[AnnData], key: str, nuclei: str) -> bool:
+    return all(key in a.obsm and (nuclei == "none" or CELL_TYPE in a.obs.columns) for a in sections)
+
+
+def benchmark_command(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        file_okay=False,
+        metavar="DIR",
+        help="HER2ST folder or folder of .h5ad sections.",
+    ),
+    methods: str = typer.Option(
+        "gr2st", "--methods", metavar="NAMES", help="Comma-separated method names, or 'all'."
+    ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        metavar="NAME",
+        help="Hyperparameter profile (e.g. reference, default); methods without it use "
+        "their own default.",
+    ),
+    split: str = typer.Option(
+        "section", "--split", metavar="SPLIT", help="section or patient (leave one out)."
+    ),
+    sections: str | None = typer.Option(
+        None,
+        "--sections",
+        metavar="NAMES",
+        help="Comma-separated sections (default: all imaged ones).",
+    ),
+    encoder: str | None = typer.Option(
+        None, "--encoder", metavar="NAME", help="Frozen image encoder (default efficientnet-lite0)."
+    ),
+    nuclei: str = typer.Option(
+        "classical",
+        "--nuclei",
+        metavar="SOURCE",
+        help="classical, hovernet:DIR or none (nuclear cell types).",
+    ),
+    genes: str = typer.Option(
+        "panel",
+        "--genes",
+        metavar="GENES",
+        help="panel (the --panel genes), all (every gene measured in all sections, "
+        "normalised with the panel's library size), or GENE,GENE,…",
+    ),
+    panel: str | None = typer.Option(
+        None,
+        "--panel",
+        metavar="PANEL",
+        help=f"Built-in panel name or gene-list file (default {DEFAULT_PANEL}).",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="Global seed; each method and fold derives its own."
+    ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override key=value (every method) or method:key=value (one method); repeatable.",
+    ),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        file_okay=False,
+        metavar="DIR",
+        help="Feature cache (default ~/.cache/gr2st/features).",
+    ),
+    out: Path = typer.Option(
+        Path("results/benchmark"), "--out", file_okay=False, metavar="DIR", help="Output folder."
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Reuse finished folds found in --out."
+    ),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
+    figure_section: str | None = typer.Option(
+        None,
+        "--figure-section",
+        metavar="SECTION",
+        help="Section of the spatial-map figure (default: best).",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    from gr2st.benchmark import render_table, run_benchmark
+    from gr2st.encoders import DEFAULT_ENCODER, get_encoder, prepare_image_inputs
+    from gr2st.encoders.efficientnet import user_cache_dir
+
+    method_names = resolve_methods(methods)
+    root = resolve_data_dir(data)
+    dataset, adatas = load_sections(root, _split_list(sections))
+    encoder_name = encoder or DEFAULT_ENCODER
+    key = feature_key(encoder_name)
+    if not _has_inputs(adatas, key, nuclei):
+        enc = get_encoder(encoder_name)
+        key = feature_key(enc.name)
+        prepare_image_inputs(
+            adatas,
+            encoder=enc,
+            nuclei=nuclei,
+            cache_dir=cache or user_cache_dir() / "features",
+            progress=progress,
+        )
+    panel_genes, target_genes, label = resolve_genes(genes, panel, adatas)
+    results = run_benchmark(
+        adatas,
+        methods=method_names,
+        genes=panel_genes,
+        target_genes=target_genes,
+        feature_key=key,
+        out_dir=out,
+        profile=profile,
+        overrides=overrides,
+        split=split,
+        seed=seed,
+        resume=resume,
+        progress=progress,
+        device=device,
+        dataset=dataset,
+        genes_label=label,
+        figures=figures,
+        figure_section=figure_section,
+    )
+    console = Console()
+    if not console.is_terminal:
+        # Logs and pipes get the full table instead of rich's 80-column default.
+        console = Console(width=120)
+    console.print(render_table(results))
+    console.print(f"Results in {out}/ (results.json, per_gene.csv, summary.txt, figures)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this step's subcommands to ``app``."""
+    """Add the ``benchmark`` command to ``app``."""
+    app.command("benchmark", help=_HELP)(benchmark_command)

@@ -5,10 +5,16 @@ held-out section. The benchmark's single fold loop (``gr2st.benchmark``) owns sp
 seeds, caching, resume and metrics; a method owns only what it learns.
 
 Sections handed to a method are "prepared" AnnData objects (see
-``gr2st.genes.prepare_sections``): ``X`` holds log-normalised expression of the
+``gr2st.genes.prepare_section``): ``X`` holds log-normalised expression of the
 benchmark genes (float32, dense), ``obs`` carries ``section``, ``patient``,
 ``array_x``, ``array_y`` and ``cell_type``; ``obsm`` carries ``spatial`` and the
 features ``X_<encoder>``; ``uns["gr2st"]`` keeps the image path.
+
+Optional hooks the fold loop uses when present: a ``progress: bool`` constructor
+argument (quiet trainers inside the benchmark's own progress bar) and
+``predict_values(test, values) -> ndarray`` to predict genes outside the training
+panel (``values`` = one AnnData per training section holding those genes), which is
+what ``--genes all`` needs.
 """
 
 from __future__ import annotations

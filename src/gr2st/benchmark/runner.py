@@ -1,0 +1,423 @@
+"""The single fold loop every benchmarked method goes through.
+
+For each method and each fold: a fresh method instance (seeded from the global seed,
+the method name and the fold name) is fitted on the training sections, predicts each
+test section, and is scored there. Methods never see a test section's expression
+(only ceilings such as ``oracle`` do), and receive nothing from the test section
+during fitting, so no checkpoint or hyperparameter can be chosen on it.
+
+Scoring genes outside the model's input panel ("all genes"): methods are still fitted
+on the panel, then asked for the other genes through an optional hook,
+``predict_values(test, values) -> ndarray``, where ``values`` holds one AnnData per
+training section (same spots, same order as in ``fit``) with the genes to predict.
+Retrieval methods answer it by averaging those values over the retrieved training
+spots; a method without the hook cannot be scored on genes it does not model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from gr2st._constants import CELL_TYPE, PATIENT
+from gr2st._utils.files import sha256_bytes
+from gr2st._utils.seed import seed_everything
+from gr2st.benchmark.data import section_name, stack_expression
+from gr2st.benchmark.overrides import route_overrides
+from gr2st.benchmark.report import build_results, write_outputs
+from gr2st.benchmark.store import FoldRecord, FoldStore, to_jsonable
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.evaluation.metrics import section_metrics
+from gr2st.evaluation.splits import Fold, make_folds
+from gr2st.genes import prepare_section
+from gr2st.methods.base import METHODS, Method
+
+logger = logging.getLogger(__name__)
+
+#: File in a fold's work folder naming the request its checkpoints belong to.
+_WORKDIR_MARKER = ".gr2st-fold"
+
+
+def fold_seed(seed: int, method: str, fold: str) -> int:
+    """Seed of one (method, fold) pair, derived deterministically from ``seed``.
+
+    Examples
+    --------
+    >>> fold_seed(0, "knn", "B4") == fold_seed(0, "knn", "B4")
+    True
+    >>> fold_seed(0, "knn", "B4") != fold_seed(0, "knn", "C2")
+    True
+    """
+    digest = hashlib.sha256(f"{seed}\0{method}\0{fold}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _resolve_profile(cls: type[Method], requested: str | None) -> str:
+    # Methods without the requested profile (e.g. baselines asked for "reference") run
+    # their own default; the profile actually used is recorded.
+    if requested is not None and requested in cls.profiles:
+        return requested
+    return cls.profiles[0]
+
+
+def _blind(adata: AnnData) -> AnnData:
+    """The test section as a method sees it: everything but the measured expression."""
+    return AnnData(
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        obsm={k: v for k, v in adata.obsm.items()},
+        uns=deepcopy(adata.uns),
+    )
+
+
+def _data_signature(sections: Mapping[str, AnnData], feature_key: str) -> str:
+    """Hash of everything a method may read: spots, expression, features, cell types."""
+    parts = []
+    for name, adata in sections.items():
+        parts += [name.encode(), "\n".join(map(str, adata.obs_names)).encode()]
+        parts.append(np.ascontiguousarray(stack_expression([adata])).tobytes())
+        if feature_key in adata.obsm:
+            parts.append(np.ascontiguousarray(adata.obsm[feature_key], np.float32).tobytes())
+        if CELL_TYPE in adata.obs:
+            parts.append(adata.obs[CELL_TYPE].to_numpy(np.int64).tobytes())
+    return sha256_bytes(*parts)
+
+
+def _fingerprint(common: Mapping[str, Any], **specific: Any) -> str:
+    payload = json.dumps({**common, **specific}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _prepare(
+    sections: Sequence[AnnData],
+    genes: Sequence[str],
+    target_genes: Sequence[str] | None,
+    progress: bool,
+) -> tuple[dict[str, AnnData], dict[str, AnnData] | None, dict[str, str]]:
+    prepared: dict[str, AnnData] = {}
+    targets: dict[str, AnnData] | None = None if target_genes is None else {}
+    patients: dict[str, str] = {}
+    for adata in tqdm(sections, desc="normalising", unit="section", disable=not progress):
+        name = section_name(adata)
+        if name in prepared:
+            raise GR2STDataError(f"section {name!r} is given twice")
+        prepared[name] = prepare_section(adata, genes=list(genes))
+        if targets is not None and target_genes is not None:
+            # The panel stays the library, so both views drop the same zero-panel spots.
+            targets[name] = prepare_section(
+                adata, genes=list(target_genes), library_genes=list(genes)
+            )
+        patients[name] = (
+            str(adata.obs[PATIENT].iloc[0]) if PATIENT in adata.obs and adata.n_obs else name
+        )
+    return prepared, targets, patients
+
+
+def _remove_workdir(root: Path, method: str, fold: str) -> None:
+    """Delete a finished fold's checkpoints, then the parent folders left empty."""
+    shutil.rmtree(root / method / fold, ignore_errors=True)
+    for folder in (root / method, root):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _instantiate(cls: type[Method], *, progress: bool, **options: Any) -> Method:
+    # Trainable methods may take their own ``progress`` flag; keep them quiet when the
+    # benchmark is.
+    if "progress" in inspect.signature(cls).parameters:
+        options["progress"] = progress
+    return cls(**options)
+
+
+def run_benchmark(
+    sections: Sequence[AnnData],
+    *,
+    methods: Sequence[str],
+    genes: Sequence[str],
+    feature_key: str,
+    out_dir: str | Path,
+    target_genes: Sequence[str] | None = None,
+    profile: str | None = None,
+    overrides: Sequence[str] = (),
+    split: str = "section",
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    device: str = "auto",
+    dataset: str = "custom",
+    genes_label: str | None = None,
+    figures: bool = True,
+    figure_section: str | None = None,
+) -> dict[str, Any]:
+    """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
+
+    Parameters
+    ----------
+    sections
+        Raw sections (counts in ``X``) carrying the image features in
+        ``obsm[feature_key]`` and nuclear types in ``obs[CELL_TYPE]``.
+    methods
+        Registered method names (see ``gr2st.methods.METHODS``).
+    genes
+        The model's gene panel, in order (e.g. ``gr2st.genes.get_panel("her2st-785")``):
+        what methods are fitted on, and what is scored unless ``target_genes`` is given.
+    feature_key
+        ``obsm`` key of the frozen image features.
+    out_dir
+        Output folder: ``results.json``, ``per_gene.csv``, ``summary.txt``, figures,
+        and the per-fold records under ``folds/`` that make the run resumable.
+    target_genes
+        Genes to predict and score instead of the panel (e.g. every gene measured in
+        all sections, ``gr2st.genes.common_genes``), log-normalised with the panel's
+        library size. Needs methods with a ``predict_values`` hook (see above).
+    profile
+        Hyperparameter profile; methods that do not offer it use their own default.
+    overrides
+        ``key=value`` (every method) or ``method:key=value`` (one method).
+    split
+        ``"section"`` (leave one section out) or ``"patient"`` (leave one patient out).
+    seed
+        Global seed; each (method, fold) gets its own seed derived from it.
+    resume
+        Reuse finished folds found in ``out_dir`` (``False`` recomputes everything).
+    progress
+        Show a progress bar over (method, fold) pairs.
+    device
+        Passed to the methods (``"auto"``, ``"cpu"`` or ``"cuda"``).
+    dataset, genes_label
+        Names recorded in ``results.json``.
+    figures
+        Draw the PNG figures (``False`` skips them, e.g. for quick runs).
+    figure_section
+        Section of the spatial-map figure (default: the featured method's best).
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> secs = synthetic(n_sections=3, n_genes=8, grid=(4, 4))
+    >>> for s in secs:
+    ...     s.obsm["X_toy"] = s.obs[["latent_state"]].to_numpy(float)
+    >>> import tempfile
+    >>> res = run_benchmark(secs, methods=["knn"], genes=list(secs[0].var_names),
+    ...                     feature_key="X_toy", out_dir=tempfile.mkdtemp(), progress=False)
+    >>> sorted(res["methods"]["knn"]["sections"])
+    ['S0', 'S1', 'S2']
+    """
+    import gr2st.methods  # noqa: F401  (importing the package registers every method)
+
+    method_names = list(dict.fromkeys(methods))
+    if not method_names:
+        raise GR2STConfigError("methods: expected at least one method name")
+    classes = {name: METHODS.get(name) for name in method_names}
+    if profile is not None and not any(profile in c.profiles for c in classes.values()):
+        offered = sorted({p for c in classes.values() for p in c.profiles})
+        raise GR2STConfigError(
+            f"profile {profile!r} is offered by none of {method_names}; offered: {offered}"
+        )
+    profiles = {name: _resolve_profile(cls, profile) for name, cls in classes.items()}
+    routed = route_overrides(overrides, method_names)
+    settings: dict[str, Any] = {}
+    for name, cls in classes.items():
+        # Construct once up front so a bad override fails before any fold runs; the
+        # resolved settings also key the saved folds, so changed defaults recompute.
+        settings[name] = to_jsonable(
+            _instantiate(
+                cls,
+                progress=False,
+                feature_key=feature_key,
+                profile=profiles[name],
+                overrides=routed[name],
+                seed=seed,
+            ).describe()
+        )
+        if target_genes is not None and not callable(getattr(cls, "predict_values", None)):
+            raise GR2STConfigError(
+                f"method {name!r} predicts only its input panel; it cannot be scored on "
+                "genes outside it (use the panel genes, or drop the method)"
+            )
+
+    prepared, targets, patients = _prepare(sections, genes, target_genes, progress)
+    scored = prepared if targets is None else targets
+    gene_names = [str(g) for g in next(iter(scored.values())).var_names]
+    if figure_section is not None and figure_section not in prepared:
+        raise GR2STConfigError(
+            f"figure section {figure_section!r} is not among the sections {list(prepared)}"
+        )
+    folds = make_folds(split, patients)
+    truths = {name: stack_expression([a]) for name, a in scored.items()}
+    common = {
+        "split": split,
+        "seed": seed,
+        "panel": list(genes),
+        "genes": gene_names,
+        "feature_key": feature_key,
+        "data": _data_signature(prepared, feature_key),
+        "scored": None if targets is None else _data_signature(targets, feature_key),
+    }
+
+    out = Path(out_dir)
+    store = FoldStore(out)
+    records: dict[str, dict[str, FoldRecord]] = {name: {} for name in method_names}
+    bar = tqdm(total=len(method_names) * len(folds), disable=not progress, desc="benchmark")
+    try:
+        for name in method_names:
+            for fold in folds:
+                bar.set_postfix_str(f"{name} {fold.name}")
+                fingerprint = _fingerprint(
+                    common,
+                    method=name,
+                    profile=profiles[name],
+                    overrides=routed[name],
+                    settings=settings[name],
+                    fold=[fold.name, list(fold.train), list(fold.test)],
+                )
+                record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
+                if record is None:
+                    record = _run_fold(
+                        classes[name],
+                        name=name,
+                        fold=fold,
+                        prepared=prepared,
+                        targets=targets,
+                        truths=truths,
+                        genes=gene_names,
+                        feature_key=feature_key,
+                        profile=profiles[name],
+                        overrides=routed[name],
+                        seed=fold_seed(seed, name, fold.name),
+                        device=device,
+                        workdir=out / "work" / name / fold.name,
+                        fresh=not resume,
+                        fingerprint=fingerprint,
+                        progress=progress,
+                    )
+                    store.save(name, fold.name, record)
+                    _remove_workdir(out / "work", name, fold.name)
+                else:
+                    logger.info("%s %s: loaded the finished fold", name, fold.name)
+                records[name][fold.name] = record
+                bar.update()
+    finally:
+        bar.close()
+
+    results = build_results(
+        records,
+        classes=classes,
+        profiles=profiles,
+        folds=folds,
+        sections=list(prepared),
+        dataset=dataset,
+        split=split,
+        genes=gene_names,
+        genes_label=genes_label,
+        feature_key=feature_key,
+        seed=seed,
+    )
+    write_outputs(
+        out,
+        results,
+        records=records,
+        prepared=scored,
+        truths=truths,
+        genes=gene_names,
+        figures=figures,
+        figure_section=figure_section,
+    )
+    return results
+
+
+def _run_fold(
+    cls: type[Method],
+    *,
+    name: str,
+    fold: Fold,
+    prepared: Mapping[str, AnnData],
+    targets: Mapping[str, AnnData] | None,
+    truths: Mapping[str, np.ndarray],
+    genes: Sequence[str],
+    feature_key: str,
+    profile: str,
+    overrides: Sequence[str],
+    seed: int,
+    device: str,
+    workdir: Path,
+    fresh: bool,
+    fingerprint: str,
+    progress: bool,
+) -> FoldRecord:
+    # Checkpoints of an interrupted fit are reused only for the very same request.
+    marker = workdir / _WORKDIR_MARKER
+    if fresh or not marker.is_file() or marker.read_text() != fingerprint:
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    seed_everything(seed)
+    method = _instantiate(
+        cls,
+        progress=progress,
+        feature_key=feature_key,
+        profile=profile,
+        overrides=overrides,
+        seed=seed,
+        device=device,
+    )
+    start = time.perf_counter()
+    method.fit([prepared[s] for s in fold.train], workdir=workdir)
+    predictions: dict[str, np.ndarray] = {}
+    for section in fold.test:
+        test = prepared[section] if cls.is_ceiling else _blind(prepared[section])
+        if targets is None:
+            raw = method.predict(test)
+        else:
+            raw = method.predict_values(  # type: ignore[attr-defined]
+                test, [targets[s] for s in fold.train]
+            )
+        pred = np.asarray(raw, dtype=np.float32)
+        expected = truths[section].shape
+        if pred.shape != expected:
+            raise GR2STDataError(
+                f"method {name!r}, section {section!r}: predicted shape {pred.shape}, "
+                f"expected {expected}"
+            )
+        if not np.isfinite(pred).all():
+            raise GR2STDataError(
+                f"method {name!r}, section {section!r}: predictions contain NaN or inf"
+            )
+        predictions[section] = pred
+    seconds = time.perf_counter() - start
+
+    scores: dict[str, dict[str, Any]] = {}
+    pcc: dict[str, np.ndarray] = {}
+    for section, pred in predictions.items():
+        metrics = section_metrics(pred, truths[section], genes)
+        pcc[section] = metrics.pop("pcc").to_numpy()
+        scores[section] = metrics
+    meta = {
+        "fingerprint": fingerprint,
+        "method": name,
+        "fold": fold.name,
+        "train": list(fold.train),
+        "test": list(fold.test),
+        "seed": seed,
+        "seconds": seconds,
+        "config": method.describe(),
+        "sections": scores,
+    }
+    return FoldRecord(meta=meta, predictions=predictions, pcc=pcc)

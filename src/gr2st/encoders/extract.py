@@ -1,0 +1,670 @@
+"""Per-spot image inputs of a section: frozen patch features and nuclear types, cached.
+
+:func:`extract_features` encodes the patch of every spot and writes
+``obsm[feature_key(encoder.name)]``. :func:`prepare_image_inputs` does that and the
+nuclear typing of :func:`gr2st.image.nuclei.annotate_nuclei` (``obsm`` nuclei summaries,
+``obs[CELL_TYPE]``) for a list of sections in one pass over the patches: each image is
+decoded once, each patch cut and stain-normalised once (in a background thread, while the
+previous batch is encoded and its nuclei measured), and the next section's image is decoded
+in the background while the current one is processed.
+
+Results are cached in an :class:`~gr2st.encoders.cache.ArrayCache` under keys holding
+everything they depend on: the image file's sha256, the spot coordinates, the patch size,
+the stain normaliser's key, a hash of the image-reading and nuclei code, and the encoder
+(name, weights hash, backend) or the nuclei source (for imported HoVer-Net results, a
+fingerprint of their files). A run whose results are all cached decodes no image at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from gr2st._constants import IMAGE_PATH, MICRONS_PER_PIXEL, SECTION, SPATIAL, UNS, feature_key
+from gr2st._utils.files import sha256_bytes, sha256_file
+from gr2st.encoders.base import Encoder, get_encoder
+from gr2st.encoders.cache import ArrayCache
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.image.nuclei import (
+    NUCLEI_SOURCES,
+    ClassicalParams,
+    NucleiOptions,
+    NucleiTable,
+    NucleusFeatures,
+    annotate_nuclei,
+    classify_nuclei,
+    measure_patches,
+)
+from gr2st.image.nuclei.classical import ASSUMED_MPP
+from gr2st.image.patches import iter_patches, patch_size_px
+from gr2st.image.slide import Slide, open_slide
+from gr2st.image.stain import StainNormalizer, get_stain_normalizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+DEFAULT_STAIN = "reinhard"
+DEFAULT_NUCLEI = "classical"
+
+# Bump when the way features are computed from patches changes (not the encoder itself).
+_FEATURES_VERSION = 1
+
+StainOption = str | StainNormalizer | None
+
+
+@dataclass(frozen=True)
+class SectionReport:
+    """What :func:`prepare_image_inputs` did for one section.
+
+    Attributes
+    ----------
+    wait_s
+        Time spent waiting for the section's image to be decoded (0 when it was decoded
+        in the background meanwhile, or not needed).
+    encode_s, nuclei_s
+        Time spent encoding patches and measuring nuclei (the patch reading and stain
+        normalisation run alongside, in a background thread).
+    total_s
+        Wall time of the section, everything included except the cache look-up, which
+        is done for all sections before the first one is processed.
+    """
+
+    section: str
+    n_spots: int
+    wait_s: float
+    encode_s: float
+    nuclei_s: float
+    total_s: float
+    features_cached: bool
+    nuclei_cached: bool
+
+
+# ----------------------------------------------------------------- section helpers
+
+
+def section_name(adata: AnnData) -> str:
+    """The section id of ``adata`` (``obs[SECTION]``), or ``"section"`` when absent."""
+    if SECTION in adata.obs and adata.n_obs:
+        return str(adata.obs[SECTION].iloc[0])
+    return "section"
+
+
+def image_path(adata: AnnData) -> Path:
+    """The H&E image of ``adata`` (``uns[UNS][IMAGE_PATH]``), checked to exist."""
+    path = adata.uns.get(UNS, {}).get(IMAGE_PATH)
+    name = section_name(adata)
+    if not path:
+        raise GR2STDataError(
+            f"section {name}: uns[{UNS!r}][{IMAGE_PATH!r}] is empty; image features need the "
+            "H&E image"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise GR2STDataError(f"section {name}: image file {path} does not exist")
+    return path
+
+
+def spot_centers(adata: AnnData) -> np.ndarray:
+    """``obsm[SPATIAL]`` as a C-contiguous float64 ``(n_obs, 2)`` array."""
+    if SPATIAL not in adata.obsm:
+        raise GR2STDataError(f"section {section_name(adata)}: obsm[{SPATIAL!r}] is missing")
+    centers = np.ascontiguousarray(adata.obsm[SPATIAL], dtype=np.float64)
+    if centers.shape != (adata.n_obs, 2):
+        raise GR2STDataError(
+            f"section {section_name(adata)}: obsm[{SPATIAL!r}] must have shape "
+            f"({adata.n_obs}, 2), got {centers.shape}"
+        )
+    return centers
+
+
+def resolve_stain(stain: StainOption) -> StainNormalizer | None:
+    """``"reinhard"``/``"macenko"`` → a normaliser; ``None``/``"none"`` → None (no-op).
+
+    Examples
+    --------
+    >>> resolve_stain("none") is None
+    True
+    >>> resolve_stain("reinhard").key.startswith("reinhard-")
+    True
+    """
+    if stain is None or stain == "none":
+        return None
+    if isinstance(stain, str):
+        return get_stain_normalizer(stain)
+    if not isinstance(stain, StainNormalizer):
+        raise GR2STConfigError(f"stain must be a name, None or a StainNormalizer, got {stain!r}")
+    return stain
+
+
+def parse_nuclei(nuclei: str) -> tuple[str, Path | None]:
+    """``"classical"`` / ``"hovernet:<path>"`` / ``"none"`` → (source, HoVer-Net results).
+
+    Examples
+    --------
+    >>> parse_nuclei("classical")
+    ('classical', None)
+    """
+    source, sep, rest = nuclei.partition(":")
+    if source == "hovernet":
+        if not sep or not rest:
+            raise GR2STConfigError(
+                "nuclei='hovernet:<path>' needs the HoVer-Net results (folder or JSON file)"
+            )
+        path = Path(rest).expanduser()
+        if not path.exists():
+            raise GR2STConfigError(f"HoVer-Net results {path} do not exist")
+        return source, path
+    if source in ("classical", "none") and not sep:
+        return source, None
+    raise GR2STConfigError(
+        f"nuclei must be 'classical', 'hovernet:<path>' or 'none', got {nuclei!r}"
+    )
+
+
+def _patch_px(adata: AnnData, size_px: int | None, patch_um: float | None) -> int:
+    mpp = adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL)
+    return patch_size_px(patch_px=size_px, patch_um=patch_um, mpp=mpp)
+
+
+# ----------------------------------------------------------------------- cache keys
+
+
+def _image_key(adata: AnnData, size: int, stain: StainNormalizer | None) -> dict[str, Any]:
+    """The part of every cache key that identifies the pixels of each spot's patch."""
+    return {
+        # The file's sha256, as Slide.content_hash(), without decoding the image.
+        "image": sha256_file(image_path(adata)),
+        "coords": sha256_bytes(spot_centers(adata).tobytes()),
+        "n_spots": adata.n_obs,
+        "size_px": size,
+        "stain": stain.key if stain is not None else "none",
+        # Reading, cropping, normalising and nuclei code: results change when it does.
+        "code": _code_hash("gr2st.image", __name__),
+    }
+
+
+def _features_key(image_key: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
+    return {"kind": "features", "version": _FEATURES_VERSION, **image_key, **encoder.describe()}
+
+
+def _nuclei_key(
+    adata: AnnData, image_key: dict[str, Any], source: str, results: Path | None
+) -> dict[str, Any]:
+    key = {"kind": "nuclei", **image_key, "source": source}
+    if results is not None:
+        # Imported nuclei depend on the files and the spot ids, not on the pixels.
+        key.update(
+            image=None,
+            stain=None,
+            results=_files_fingerprint(results),
+            spot_ids=sha256_bytes(*(str(s).encode() for s in adata.obs_names)),
+            mpp=adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL),
+        )
+    return key
+
+
+def _code_hash(*module_names: str) -> str:
+    """sha256 of the Python sources of modules (a package: all its files)."""
+    files: list[Path] = []
+    for name in module_names:
+        module = importlib.import_module(name)
+        if hasattr(module, "__path__"):
+            files += sorted(p for root in module.__path__ for p in Path(root).rglob("*.py"))
+        else:
+            files.append(Path(str(module.__file__)))
+    return sha256_bytes(*(part for f in files for part in (f.name.encode(), f.read_bytes())))
+
+
+def _files_fingerprint(path: Path) -> str:
+    """sha256 of the names, sizes and modification times of ``path`` or the files under it."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        name = f.relative_to(path) if path.is_dir() else f.name
+        h.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------- nuclei plumbing
+
+
+class _PatchNuclei:
+    """The ``classical`` nuclei source fed with patches that are read anyway.
+
+    Does what :class:`gr2st.image.nuclei.ClassicalNuclei` does, but on the batches of the
+    shared pass, so that patches are not read and stain-normalised a second time: measure
+    each batch, then type all nuclei of the section together.
+    """
+
+    def __init__(self, adata: AnnData, params: ClassicalParams | None = None) -> None:
+        mpp = adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL)
+        if mpp is None:
+            warnings.warn(
+                f"section {section_name(adata)}: uns[{UNS!r}][{MICRONS_PER_PIXEL!r}] is not "
+                f"set; nuclei sizes assume {ASSUMED_MPP} µm/px",
+                stacklevel=4,
+            )
+            mpp = ASSUMED_MPP
+        self.mpp = float(mpp)
+        self.params = params or ClassicalParams()
+        self.n_spots = adata.n_obs
+        self._spots: list[np.ndarray] = []
+        self._features: list[NucleusFeatures] = []
+
+    def add(self, indices: np.ndarray, patches: np.ndarray) -> None:
+        spot, features = measure_patches(patches, microns_per_pixel=self.mpp, params=self.params)
+        self._spots.append(indices[spot])
+        self._features.append(features)
+
+    def table(self) -> NucleiTable:
+        features = NucleusFeatures.concat(self._features)
+        return features.to_table(
+            n_spots=self.n_spots,
+            spot=np.concatenate([np.empty(0, np.int64), *self._spots]),
+            type_id=classify_nuclei(features, params=self.params),
+        )
+
+
+@dataclass
+class _KnownNuclei:
+    """A nuclei source that returns a table found earlier (cache or shared pass)."""
+
+    name: str
+    found: NucleiTable
+
+    def detect(self, adata: AnnData, *, size_px: int, progress: bool) -> NucleiTable:
+        return self.found
+
+
+def _table_arrays(table: NucleiTable) -> dict[str, np.ndarray]:
+    return {f.name: np.asarray(getattr(table, f.name)) for f in dataclasses.fields(table)}
+
+
+def _table_from_arrays(arrays: dict[str, np.ndarray]) -> NucleiTable:
+    names = {f.name for f in dataclasses.fields(NucleiTable)}
+    if set(arrays) != names:
+        raise ValueError(f"nuclei arrays {sorted(arrays)} do not match {sorted(names)}")
+    values: dict[str, Any] = {k: (a.item() if a.ndim == 0 else a) for k, a in arrays.items()}
+    return NucleiTable(**values)
+
+
+# ---------------------------------------------------------------------- the one pass
+
+
+@dataclass
+class _PassTimes:
+    encode_s: float = 0.0
+    nuclei_s: float = 0.0
+
+
+def _one_pass(
+    adata: AnnData,
+    slide: Slide,
+    *,
+    encoder: Encoder | None,
+    nuclei: _PatchNuclei | None,
+    size: int,
+    stain: StainNormalizer | None,
+    batch_size: int,
+    progress: bool,
+    times: _PassTimes,
+) -> np.ndarray | None:
+    """Read every spot's patch once; encode it and/or measure its nuclei."""
+    features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
+    patches = iter_patches(
+        slide, spot_centers(adata), size_px=size, batch_size=batch_size, stain=stain, prefetch=True
+    )
+    parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
+    desc = f"{section_name(adata)} {' + '.join(parts)}"
+    with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
+        for indices, batch in patches:
+            if encoder is not None and features is not None:
+                t0 = time.perf_counter()
+                features[indices] = encoder.encode(batch)
+                times.encode_s += time.perf_counter() - t0
+            if nuclei is not None:
+                t0 = time.perf_counter()
+                nuclei.add(indices, batch)
+                times.nuclei_s += time.perf_counter() - t0
+            bar.update(len(indices))
+    return features
+
+
+# -------------------------------------------------------------------- public API
+
+
+def extract_features(
+    adata: AnnData,
+    *,
+    encoder: Encoder | str = DEFAULT_ENCODER,
+    size_px: int | None = None,
+    patch_um: float | None = None,
+    stain: StainOption = DEFAULT_STAIN,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    slide: Slide | None = None,
+) -> np.ndarray:
+    """Encode the patch of every spot and store it in ``obsm[feature_key(encoder.name)]``.
+
+    Parameters
+    ----------
+    adata
+        One section: ``obsm[SPATIAL]`` spot centres (full-resolution pixels) and
+        ``uns[UNS][IMAGE_PATH]``.
+    encoder
+        An :class:`~gr2st.encoders.Encoder` or a name for :func:`get_encoder`.
+    size_px, patch_um
+        Patch side in full-resolution pixels (default 224) or in microns (needs
+        ``uns[UNS][MICRONS_PER_PIXEL]``); give at most one.
+    stain
+        ``"reinhard"`` (default), ``"macenko"``, a ``StainNormalizer``, or None/``"none"``.
+    cache_dir
+        Folder of the feature cache; None computes without caching.
+    batch_size
+        Patches encoded at once (bounds memory).
+    progress
+        Show a progress bar.
+    slide
+        The already opened :class:`~gr2st.image.Slide` of the section's image, to avoid
+        decoding it again; by default it is opened here (only on a cache miss).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` ``(n_obs, encoder.dim)``, also written to ``adata.obsm``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> adata = synthetic(n_sections=1, grid=(2, 2), image_dir=tempfile.mkdtemp())[0]
+    >>> extract_features(adata, stain=None, progress=False).shape
+    (4, 1280)
+    >>> "X_efficientnet-lite0" in adata.obsm
+    True
+    """
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
+    _check_batch_size(batch_size)
+    size = _patch_px(adata, size_px, patch_um)
+    normalizer = resolve_stain(stain)
+    key = _features_key(_image_key(adata, size, normalizer), enc)
+    cache = ArrayCache(cache_dir) if cache_dir is not None else None
+    features = _cached_features(cache, adata, key)
+    if features is None:
+        options: dict[str, Any] = {
+            "encoder": enc,
+            "nuclei": None,
+            "size": size,
+            "stain": normalizer,
+            "batch_size": batch_size,
+            "progress": progress,
+            "times": _PassTimes(),
+        }
+        if slide is None:
+            with open_slide(image_path(adata)) as opened:
+                features = _one_pass(adata, opened, **options)
+        else:
+            features = _one_pass(adata, slide, **options)
+        assert features is not None
+        if cache is not None:
+            cache.save(section_name(adata), "features", key, {"features": features})
+    adata.obsm[feature_key(enc.name)] = features
+    return features
+
+
+def prepare_image_inputs(
+    adatas: Sequence[AnnData],
+    *,
+    encoder: Encoder | str = DEFAULT_ENCODER,
+    nuclei: str = DEFAULT_NUCLEI,
+    size_px: int | None = None,
+    patch_um: float | None = None,
+    stain: StainOption = DEFAULT_STAIN,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    on_section: Callable[[SectionReport], None] | None = None,
+) -> list[SectionReport]:
+    """Fill the image features and nuclear types of every section, using the cache.
+
+    Writes ``obsm[feature_key(encoder.name)]`` (as :func:`extract_features`) and, unless
+    ``nuclei="none"``, what :func:`gr2st.image.nuclei.annotate_nuclei` writes
+    (``obsm`` nuclei counts, composition and morphology, ``obs[CELL_TYPE]`` and its
+    ``uns`` fields). The classical nuclei are measured on the same normalised patches
+    as the features.
+
+    Parameters
+    ----------
+    adatas
+        Sections with ``obsm[SPATIAL]`` and ``uns[UNS][IMAGE_PATH]``.
+    encoder
+        An :class:`~gr2st.encoders.Encoder` or a name for :func:`get_encoder`.
+    nuclei
+        ``"classical"`` (scikit-image segmentation), ``"hovernet:<path>"`` (imported
+        HoVer-Net results: a folder of per-spot files or one JSON) or ``"none"``.
+    size_px, patch_um, stain, batch_size
+        As in :func:`extract_features`.
+    cache_dir
+        Cache folder; None computes everything without caching.
+    progress
+        Show progress bars.
+    on_section
+        Called with each section's report as soon as the section is done.
+
+    Returns
+    -------
+    list[SectionReport]
+        Per-section timings and cache hits, in the order of ``adatas``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> sections = synthetic(n_sections=2, grid=(2, 2), image_dir=tempfile.mkdtemp())
+    >>> cache = tempfile.mkdtemp()
+    >>> _ = prepare_image_inputs(sections, size_px=48, cache_dir=cache, progress=False)
+    >>> again = prepare_image_inputs(sections, size_px=48, cache_dir=cache, progress=False)
+    >>> [(r.features_cached, r.nuclei_cached) for r in again]
+    [(True, True), (True, True)]
+    """
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
+    _check_batch_size(batch_size)
+    source, results = parse_nuclei(nuclei)
+    normalizer = resolve_stain(stain)
+    cache = ArrayCache(cache_dir) if cache_dir is not None else None
+    # Look everything up first, so that a warm run decodes no image at all.
+    plans = [_plan(a, enc, source, results, size_px, patch_um, normalizer, cache) for a in adatas]
+    todo = [i for i, plan in enumerate(plans) if plan.needs_pixels]
+    reports: list[SectionReport] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-decode") as pool:
+        # The next image to process is decoded in the background: at most two in memory.
+        decoding: dict[int, Future[Slide]] = {}
+
+        def decode_after(i: int) -> None:
+            later = [j for j in todo if j > i]
+            if later:
+                decoding[later[0]] = pool.submit(_open_decoded, plans[later[0]].adata)
+
+        decode_after(-1)
+        try:
+            for i, plan in enumerate(plans):
+                start = time.perf_counter()
+                slide = decoding.pop(i).result() if i in decoding else None
+                decode_after(i)
+                wait = time.perf_counter() - start
+                try:
+                    times = _run(plan, slide, enc, normalizer, cache, batch_size, progress)
+                finally:
+                    if slide is not None:
+                        slide.close()
+                report = SectionReport(
+                    section=section_name(plan.adata),
+                    n_spots=plan.adata.n_obs,
+                    wait_s=wait,
+                    encode_s=times.encode_s,
+                    nuclei_s=times.nuclei_s,
+                    total_s=time.perf_counter() - start,
+                    features_cached=plan.features is not None,
+                    nuclei_cached=plan.nuclei is not None,
+                )
+                reports.append(report)
+                if on_section is not None:
+                    on_section(report)
+        finally:
+            # After an error, release the image decoded ahead for a section not reached.
+            for future in decoding.values():
+                if not future.cancel() and future.exception() is None:
+                    future.result().close()
+    return reports
+
+
+def _open_decoded(adata: AnnData) -> Slide:
+    """Open the section's image and read one spot's pixel, so that formats decoded on
+    first use (JPEG, PNG) are decoded now, in the calling (background) thread."""
+    slide = open_slide(image_path(adata))
+    if adata.n_obs:
+        x, y = spot_centers(adata)[0]
+        slide.read_region(int(x), int(y), 1, 1)
+    return slide
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise GR2STConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _cached_features(
+    cache: ArrayCache | None, adata: AnnData, key: dict[str, Any]
+) -> np.ndarray | None:
+    if cache is None:
+        return None
+    hit = cache.load(section_name(adata), "features", key, n_rows=adata.n_obs)
+    return None if hit is None else hit["features"]
+
+
+def _cached_nuclei(
+    cache: ArrayCache | None, adata: AnnData, key: dict[str, Any]
+) -> NucleiTable | None:
+    if cache is None:
+        return None
+    hit = cache.load(section_name(adata), "nuclei", key)
+    if hit is None:
+        return None
+    try:
+        return _table_from_arrays(hit)
+    except (ValueError, TypeError) as err:
+        log.warning(
+            "ignoring cached nuclei of section %s (%s); recomputing", section_name(adata), err
+        )
+        return None
+
+
+@dataclass
+class _Plan:
+    """One section's settings, cache keys and whatever the cache already holds."""
+
+    adata: AnnData
+    size: int
+    source: str
+    results: Path | None
+    features_key: dict[str, Any]
+    nuclei_key: dict[str, Any] | None
+    features: np.ndarray | None
+    nuclei: NucleiTable | None
+
+    @property
+    def needs_pixels(self) -> bool:
+        measure = self.nuclei_key is not None and self.nuclei is None and self.results is None
+        return self.features is None or measure
+
+
+def _plan(
+    adata: AnnData,
+    encoder: Encoder,
+    source: str,
+    results: Path | None,
+    size_px: int | None,
+    patch_um: float | None,
+    stain: StainNormalizer | None,
+    cache: ArrayCache | None,
+) -> _Plan:
+    size = _patch_px(adata, size_px, patch_um)
+    image_key = _image_key(adata, size, stain)
+    f_key = _features_key(image_key, encoder)
+    n_key = None if source == "none" else _nuclei_key(adata, image_key, source, results)
+    return _Plan(
+        adata=adata,
+        size=size,
+        source=source,
+        results=results,
+        features_key=f_key,
+        nuclei_key=n_key,
+        features=_cached_features(cache, adata, f_key),
+        nuclei=None if n_key is None else _cached_nuclei(cache, adata, n_key),
+    )
+
+
+def _run(
+    plan: _Plan,
+    slide: Slide | None,
+    encoder: Encoder,
+    stain: StainNormalizer | None,
+    cache: ArrayCache | None,
+    batch_size: int,
+    progress: bool,
+) -> _PassTimes:
+    adata, name, times = plan.adata, section_name(plan.adata), _PassTimes()
+    features, table = plan.features, plan.nuclei
+    measure = None
+    if plan.nuclei_key is not None and table is None and plan.results is None:
+        measure = _PatchNuclei(adata)
+    if slide is not None:
+        computed = _one_pass(
+            adata,
+            slide,
+            encoder=encoder if features is None else None,
+            nuclei=measure,
+            size=plan.size,
+            stain=stain,
+            batch_size=batch_size,
+            progress=progress,
+            times=times,
+        )
+        features = features if computed is None else computed
+    if features is None:
+        raise AssertionError(f"section {name}: features neither cached nor computed")
+    if plan.features is None and cache is not None:
+        cache.save(name, "features", plan.features_key, {"features": features})
+    adata.obsm[feature_key(encoder.name)] = features
+    if plan.nuclei_key is None:
+        return times
+    t0 = time.perf_counter()
+    if table is None:
+        if measure is not None:
+            table = measure.table()
+        else:
+            options = NucleiOptions(hovernet_path=plan.results, batch_size=batch_size)
+            detector = NUCLEI_SOURCES.get(plan.source)(options)
+            table = detector.detect(adata, size_px=plan.size, progress=progress)
+        if cache is not None:
+            cache.save(name, "nuclei", plan.nuclei_key, _table_arrays(table))
+    annotate_nuclei(
+        adata, source=_KnownNuclei(plan.source, table), size_px=plan.size, progress=False
+    )
+    times.nuclei_s += time.perf_counter() - t0
+    return times

@@ -1,0 +1,66 @@
+"""``mean``: predict every gene's mean over the training spots.
+
+Every prediction is the same vector, so the per-gene Pearson r is undefined (NaN) for
+all genes: under the published NaN-dropping policy the section score is undefined too,
+while the strict score (NaN counted as 0) is 0. The baseline is kept to make that policy
+visible; its MSE and MAE are the meaningful numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from gr2st.benchmark.data import stack_expression
+from gr2st.benchmark.overrides import apply_overrides
+from gr2st.errors import GR2STConfigError
+from gr2st.methods.base import METHODS, Method
+
+
+@METHODS.register("mean")
+class MeanBaseline(Method):
+    """Training-spot mean of each gene, identical for every test spot.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> obs = pd.DataFrame({"section": ["A", "A"]}, index=["s1", "s2"])
+    >>> train = anndata.AnnData(np.array([[1.0, 2.0], [3.0, 6.0]], np.float32), obs=obs)
+    >>> m = MeanBaseline(feature_key="X_none")
+    >>> m.fit([train])
+    >>> m.predict(train)
+    array([[2., 4.],
+           [2., 4.]], dtype=float32)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # No hyperparameters: any override is a mistake worth reporting.
+        apply_overrides(_NoConfig(), self.overrides, owner="mean")
+        self._mean: np.ndarray | None = None
+
+    def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
+        self._mean = _spot_mean(train)
+
+    def predict(self, test: AnnData) -> np.ndarray:
+        if self._mean is None:
+            raise GR2STConfigError("mean: predict() called before fit()")
+        return np.tile(self._mean, (test.n_obs, 1))
+
+    def predict_values(self, test: AnnData, values: Sequence[AnnData]) -> np.ndarray:
+        """Predict the genes of ``values`` (one AnnData per training section)."""
+        return np.tile(_spot_mean(values), (test.n_obs, 1))
+
+
+def _spot_mean(sections: Sequence[AnnData]) -> np.ndarray:
+    return stack_expression(sections).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _NoConfig:
+    """Empty config: ``apply_overrides`` then rejects every key."""

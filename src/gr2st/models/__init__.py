@@ -1,0 +1,31 @@
+"""GR2ST: the network, its configuration and the user-facing model class."""
+
+from __future__ import annotations
+
+from gr2st.models.config import (
+    PROFILES,
+    GR2STConfig,
+    ModelConfig,
+    PredictConfig,
+    TrainConfig,
+    apply_overrides,
+    get_profile,
+)
+from gr2st.models.gat import DenseGATConv, make_gat
+from gr2st.models.gr2st import GR2ST, Prediction
+from gr2st.models.module import GR2STModule
+
+__all__ = [
+    "GR2ST",
+    "PROFILES",
+    "DenseGATConv",
+    "GR2STConfig",
+    "GR2STModule",
+    "ModelConfig",
+    "PredictConfig",
+    "Prediction",
+    "TrainConfig",
+    "apply_overrides",
+    "get_profile",
+    "make_gat",
+]

@@ -1,0 +1,45 @@
+"""Building blocks shared by GR2ST and the learned baselines."""
+
+from __future__ import annotations
+
+from gr2st.models.layers.contrastive import clip_binary_cross_entropy, clip_cross_entropy
+from gr2st.models.layers.knowledge_graph import KnowledgeGraphAttention
+from gr2st.models.layers.projection import ProjectionHead
+from gr2st.models.layers.training import (
+    EpochCheckpoint,
+    SectionArrays,
+    fingerprint,
+    section_arrays,
+    spot_positions,
+)
+from gr2st.models.layers.transformer import (
+    Attention,
+    DecoderBlock,
+    FeedForward,
+    TransformerBlock,
+    TransformerDecoder,
+    TransformerEncoder,
+    random_attention_mask,
+)
+from gr2st.models.layers.zinb import ZINBHead, zinb_nll
+
+__all__ = [
+    "Attention",
+    "DecoderBlock",
+    "EpochCheckpoint",
+    "FeedForward",
+    "KnowledgeGraphAttention",
+    "ProjectionHead",
+    "SectionArrays",
+    "TransformerBlock",
+    "TransformerDecoder",
+    "TransformerEncoder",
+    "ZINBHead",
+    "clip_binary_cross_entropy",
+    "clip_cross_entropy",
+    "fingerprint",
+    "random_attention_mask",
+    "section_arrays",
+    "spot_positions",
+    "zinb_nll",
+]

@@ -1,0 +1,7 @@
+"""Nearest-embedding retrieval used by GR2ST's prediction."""
+
+from __future__ import annotations
+
+from gr2st.retrieval.knn import RetrievalResult, neighbour_weights, retrieve
+
+__all__ = ["RetrievalResult", "neighbour_weights", "retrieve"]

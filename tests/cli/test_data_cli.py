@@ -1,0 +1,119 @@
+"""``gr2st data fetch`` end to end, against a local HTTP server (never the internet)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shlex
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gr2st.cli.main import app, main
+from gr2st.io import download
+from gr2st.io.download import Manifest, RemoteFile
+
+FILES = {"ST-cnts/A1.tsv.gz": b"counts" * 1000, "ST-spotfiles/A1_selection.tsv": b"x\ty\n1\t2\n"}
+
+
+class QuietFolderHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging each request to stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[str]:
+    """URL of a local server holding ``FILES`` under their relative paths."""
+    root = tmp_path / "served"
+    for rel, data in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    handler = functools.partial(QuietFolderHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def tiny_her2st(monkeypatch: pytest.MonkeyPatch) -> Manifest:
+    """Replace the built-in HER2ST manifest by two files (the real one lists 118)."""
+    files = tuple(RemoteFile(p, len(b), hashlib.sha256(b).hexdigest()) for p, b in FILES.items())
+    manifest = Manifest(name="her2st", base_url="https://unreachable.invalid/", files=files)
+    monkeypatch.setattr(download, "get_manifest", lambda name: manifest)
+    return manifest
+
+
+def test_fetch_prints_destination_and_the_benchmark_argument(
+    tiny_her2st: Manifest, mirror: str, tmp_path: Path
+) -> None:
+    dest = tmp_path / "my data"  # a space, so the printed argument must be quoted
+    args = ["data", "fetch", "her2st", "--dest", str(dest), "--mirror", mirror, "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == f"Fetching her2st into {dest.resolve()}"
+    assert lines[1] == "Done: 2 downloaded (0.0 MiB), 0 already present, 0 extracted."
+    assert lines[-1] == f"Use it with: gr2st benchmark --data {shlex.quote(str(dest.resolve()))}"
+    assert {p: (dest / p).read_bytes() for p in FILES} == FILES
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "Done: 0 downloaded (0.0 MiB), 2 already present, 0 extracted." in again.output
+
+
+def test_a_missing_file_exits_with_a_one_line_error(
+    tiny_her2st: Manifest,
+    mirror: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broken = Manifest(
+        name="her2st",
+        base_url=tiny_her2st.base_url,
+        files=(*tiny_her2st.files, RemoteFile("ST-cnts/Z9.tsv.gz")),
+    )
+    monkeypatch.setattr(download, "get_manifest", lambda name: broken)
+    argv = ["gr2st", "data", "fetch", "her2st", "--dest", str(tmp_path / "d"), "--mirror", mirror]
+    monkeypatch.setattr(sys, "argv", [*argv, "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {mirror}ST-cnts/Z9.tsv.gz was not found (HTTP 404)\n"
+
+
+def test_an_unknown_dataset_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["gr2st", "data", "fetch", "visium", "--dest", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unknown dataset 'visium'; known: cscc, her2st\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_says_where_each_dataset_comes_from() -> None:
+    group = CliRunner().invoke(app, ["data", "--help"])
+    assert group.exit_code == 0
+    assert "fetch" in group.output
+    result = CliRunner().invoke(app, ["data", "fetch", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for fact in (
+        "github.com/almaan/her2st at commit 85df741",
+        "copy data/ST-imgs into DEST/ST-imgs",
+        "GEO GSE144240_RAW.tar",
+        "--mirror",
+    ):
+        assert fact in text

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import gr2st.encoders.extract as extract_mod
+from gr2st._constants import (
+    CELL_TYPE,
+    IMAGE_PATH,
+    NUCLEI_COMPOSITION,
+    NUCLEI_COUNTS,
+    NUCLEI_MORPHOLOGY,
+    UNS,
+    feature_key,
+)
+from gr2st.datasets import synthetic
+from gr2st.encoders import extract_features, prepare_image_inputs
+from gr2st.errors import GR2STDataError
+from gr2st.image import get_stain_normalizer
+from gr2st.image.nuclei import NUCLEI_SOURCE_KEY, annotate_nuclei
+
+SIZE = 40
+NUCLEI_OBSM = (NUCLEI_COUNTS, NUCLEI_COMPOSITION, NUCLEI_MORPHOLOGY)
+
+
+@pytest.fixture
+def sections(tmp_path):
+    return synthetic(n_sections=3, n_genes=5, grid=(3, 4), image_dir=tmp_path / "img", seed=1)
+
+
+def _assert_same_nuclei(a, b):
+    for key in NUCLEI_OBSM:
+        np.testing.assert_array_equal(a.obsm[key], b.obsm[key])
+    np.testing.assert_array_equal(a.obs[CELL_TYPE].to_numpy(), b.obs[CELL_TYPE].to_numpy())
+    assert a.uns[UNS][NUCLEI_SOURCE_KEY] == b.uns[UNS][NUCLEI_SOURCE_KEY]
+
+
+def test_matches_separate_feature_and_nuclei_steps(sections, colour_encoder, tmp_path):
+    expected = [s.copy() for s in sections]
+    reinhard = get_stain_normalizer("reinhard")
+    for s in expected:
+        extract_features(s, encoder=colour_encoder, size_px=SIZE, stain=reinhard, progress=False)
+        annotate_nuclei(s, source="classical", size_px=SIZE, stain=reinhard, progress=False)
+    reports = prepare_image_inputs(
+        sections,
+        encoder=colour_encoder,
+        size_px=SIZE,
+        stain="reinhard",
+        cache_dir=tmp_path / "cache",
+        batch_size=5,
+        progress=False,
+    )
+    assert [r.section for r in reports] == ["S0", "S1", "S2"]
+    assert all(not r.features_cached and not r.nuclei_cached for r in reports)
+    assert all(r.total_s >= r.encode_s + r.nuclei_s for r in reports)
+    for got, want in zip(sections, expected, strict=True):
+        np.testing.assert_array_equal(
+            got.obsm[feature_key("colour")], want.obsm[feature_key("colour")]
+        )
+        _assert_same_nuclei(got, want)
+        assert got.obsm[NUCLEI_COUNTS].sum() > 0
+
+
+def test_warm_run_reads_only_the_cache(sections, colour_encoder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    prepare_image_inputs(
+        sections, encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
+    )
+    fresh = [s.copy() for s in sections]
+    for s in fresh:
+        del s.obsm[feature_key("colour")]
+        for key in NUCLEI_OBSM:
+            del s.obsm[key]
+        s.obs[CELL_TYPE] = -1
+    calls = colour_encoder.calls
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("computed on a warm run")
+
+    monkeypatch.setattr(extract_mod, "open_slide", forbidden)
+    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    reports = prepare_image_inputs(
+        fresh, encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
+    )
+    assert colour_encoder.calls == calls
+    assert all(r.features_cached and r.nuclei_cached for r in reports)
+    for got, want in zip(fresh, sections, strict=True):
+        np.testing.assert_array_equal(
+            got.obsm[feature_key("colour")], want.obsm[feature_key("colour")]
+        )
+        _assert_same_nuclei(got, want)
+
+
+def test_new_encoder_reuses_cached_nuclei(sections, colour_encoder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    prepare_image_inputs(
+        sections[:1], encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
+    )
+
+    class OtherEncoder(type(colour_encoder)):
+        name = "colour2"
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nuclei measured again")
+
+    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    other = OtherEncoder()
+    (report,) = prepare_image_inputs(
+        sections[:1], encoder=other, size_px=SIZE, cache_dir=cache, progress=False
+    )
+    assert (report.features_cached, report.nuclei_cached) == (False, True)
+    assert other.patches == sections[0].n_obs
+
+
+def test_no_nuclei(sections, colour_encoder):
+    (report,) = prepare_image_inputs(
+        sections[:1], encoder=colour_encoder, nuclei="none", size_px=SIZE, progress=False
+    )
+    assert report.nuclei_s == 0
+    assert NUCLEI_COUNTS not in sections[0].obsm
+    assert feature_key("colour") in sections[0].obsm
+
+
+def test_truncated_nuclei_cache_is_recomputed(sections, colour_encoder, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    prepare_image_inputs(
+        sections[:1], encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
+    )
+    expected = sections[0].copy()
+    (path,) = cache.rglob("nuclei-*.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        (report,) = prepare_image_inputs(
+            sections[:1], encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
+        )
+    assert "ignoring cache file" in caplog.text
+    assert (report.features_cached, report.nuclei_cached) == (True, False)
+    _assert_same_nuclei(sections[0], expected)
+
+
+def test_hovernet_results_are_imported_and_cached(sections, colour_encoder, tmp_path):
+    folder = tmp_path / "hovernet"
+    folder.mkdir()
+    adata = sections[0]
+    for i, spot in enumerate(adata.obs_names[:-1]):  # the last spot has no record
+        rows = "".join(
+            f"{k}\t{k}\t\t{name}\n" for k, name in enumerate(["inflam", "neopla"][: 1 + i % 2])
+        )
+        (folder / f"{spot}.tsv").write_text("x\ty\tclass\tname\n" + rows)
+    want = adata.copy()
+    with pytest.warns(UserWarning, match="1 of 12 spots have no nuclei record"):
+        annotate_nuclei(want, source="hovernet", hovernet_path=folder, progress=False)
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match="no nuclei record"):
+        prepare_image_inputs(
+            [adata],
+            encoder=colour_encoder,
+            nuclei=f"hovernet:{folder}",
+            size_px=SIZE,
+            cache_dir=cache,
+            progress=False,
+        )
+    _assert_same_nuclei(adata, want)
+    # inflam (3) alone, then an inflam-neopla tie, which goes to neopla (2, first in order)
+    assert adata.obs[CELL_TYPE].tolist()[:3] == [3, 2, 3]
+    with pytest.warns(UserWarning, match="no nuclei record"):
+        (report,) = prepare_image_inputs(
+            [adata],
+            encoder=colour_encoder,
+            nuclei=f"hovernet:{folder}",
+            size_px=SIZE,
+            cache_dir=cache,
+            progress=False,
+        )
+    assert report.nuclei_cached
+    # Editing a results file invalidates the cached nuclei.
+    spot_file = folder / f"{adata.obs_names[0]}.tsv"
+    spot_file.write_text("x\ty\tclass\tname\n1\t1\t\tconnec\n")
+    os.utime(spot_file, ns=(1, 1))
+    with pytest.warns(UserWarning, match="no nuclei record"):
+        (report,) = prepare_image_inputs(
+            [adata],
+            encoder=colour_encoder,
+            nuclei=f"hovernet:{folder}",
+            size_px=SIZE,
+            cache_dir=cache,
+            progress=False,
+        )
+    assert not report.nuclei_cached
+    assert adata.obs[CELL_TYPE].iloc[0] == 4  # connec
+
+
+def test_error_stops_the_run_and_writes_nothing(sections, colour_encoder, tmp_path):
+    class Broken(type(colour_encoder)):
+        def _encode(self, batch):
+            raise RuntimeError("encoder crashed")
+
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        prepare_image_inputs(
+            sections, encoder=Broken(), size_px=SIZE, cache_dir=cache, progress=False
+        )
+    assert not list(cache.rglob("*.npz"))
+    assert feature_key("colour") not in sections[0].obsm
+
+
+def test_missing_image_fails_before_any_work(sections, colour_encoder, tmp_path):
+    sections[2].uns[UNS][IMAGE_PATH] = str(tmp_path / "gone.png")
+    with pytest.raises(GR2STDataError, match=r"section S2: image file .*gone\.png does not exist"):
+        prepare_image_inputs(sections, encoder=colour_encoder, size_px=SIZE, progress=False)
+    assert colour_encoder.calls == 0

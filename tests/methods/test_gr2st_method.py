@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anndata import AnnData
+
+from gr2st.datasets import synthetic
+from gr2st.errors import GR2STConfigError
+from gr2st.methods.base import METHODS
+from gr2st.methods.gr2st import GR2STMethod
+
+FEATURE_KEY = "X_test"
+SMALL = [
+    "model.proj_dim=8",
+    "model.heads=2",
+    "model.n_positions=32",
+    "k_dynamic=4",
+    "k_spatial=4",
+    "train.epochs=3",
+    "top_k=10",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny tensors: one thread is fastest and does not oversubscribe shared cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sections() -> list[AnnData]:
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(5, 6))
+    out = []
+    for adata in synthetic(n_sections=3, n_genes=12, grid=(6, 6), seed=0):
+        counts = adata.X.toarray()
+        adata.X = np.log10(1 + 1e4 * counts / counts.sum(1, keepdims=True)).astype(np.float32)
+        adata.obsm[FEATURE_KEY] = mix[adata.obs["latent_state"].to_numpy()].astype(np.float32)
+        out.append(adata)
+    return out
+
+
+def _method(profile: str = "default", **kwargs: object) -> GR2STMethod:
+    return GR2STMethod(
+        feature_key=FEATURE_KEY,
+        profile=profile,
+        overrides=SMALL,
+        device="cpu",
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_registered_with_both_profiles() -> None:
+    assert METHODS.get("gr2st") is GR2STMethod
+    assert GR2STMethod.profiles == ("default", "reference")
+    with pytest.raises(GR2STConfigError, match="unknown GR2ST profile"):
+        GR2STMethod(feature_key=FEATURE_KEY, profile="paper")
+    with pytest.raises(GR2STConfigError, match="unknown field"):
+        GR2STMethod(feature_key=FEATURE_KEY, overrides=["model.colour=red"])
+
+
+def test_fit_predict_and_describe(sections: list[AnnData], tmp_path: Path) -> None:
+    *train, test = sections
+    method = _method("reference")
+    with pytest.raises(GR2STConfigError, match="before fit"):
+        method.predict(test)
+    method.fit(train, workdir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    pred = method.predict(test)
+    assert pred.shape == (test.n_obs, test.n_vars)
+    assert pred.dtype == np.float32
+    full = method.predict_full(test)
+    np.testing.assert_array_equal(full.mean, pred)
+    assert full.provenance.shape == (test.n_obs, 2)
+    assert full.std.shape == pred.shape
+    info = method.describe()
+    assert info["profile"] == "reference"
+    assert info["train"]["epochs"] == 3
+    assert info["model"]["position_rounding"] == "floor"
+
+
+def test_refit_in_the_same_workdir_resumes_the_finished_run(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    *train, test = sections
+    first = _method(seed=3)
+    first.fit(train, workdir=tmp_path)
+    again = _method(seed=3)
+    again.fit(train, workdir=tmp_path)  # all epochs already in the checkpoint
+    np.testing.assert_array_equal(first.predict(test), again.predict(test))

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anndata import AnnData
+
+from gr2st.datasets import synthetic
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.evaluation.metrics import pearson_per_gene
+from gr2st.genes.normalize import prepare_section
+from gr2st.methods.base import METHODS
+from gr2st.methods.mclstexp import PROFILES, MclSTExp, augment_patches
+from gr2st.methods.mean import MeanBaseline
+from gr2st.models.layers import EpochCheckpoint
+
+KEY = "X_latent"
+
+
+def _prepared(n_sections: int, *, grid: tuple[int, int] = (8, 8), seed: int = 0) -> list[AnnData]:
+    """Strong-signal sections whose features carry the latent state (one-hot + noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for raw in synthetic(n_sections=n_sections, n_genes=16, grid=grid, signal=2.0, seed=seed):
+        section = prepare_section(raw, genes=list(raw.var_names))
+        onehot = 2.0 * np.eye(8)[section.obs["latent_state"].to_numpy()]
+        section.obsm[KEY] = (onehot + rng.normal(0, 0.3, onehot.shape)).astype(np.float32)
+        out.append(section)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sections() -> list[AnnData]:
+    return _prepared(4)
+
+
+def _method(*overrides: str, seed: int = 0) -> MclSTExp:
+    return MclSTExp(
+        feature_key=KEY, profile="cpu", overrides=list(overrides), seed=seed, progress=False
+    )
+
+
+def test_registered_with_both_profiles():
+    assert METHODS.get("mclstexp") is MclSTExp
+    assert MclSTExp.profiles == ("cpu", "paper")
+    assert PROFILES["paper"].image_input == "pixels"
+    assert PROFILES["paper"].epochs == 90
+    assert PROFILES["cpu"].image_input == "features"
+
+
+def test_learns_the_image_expression_link_and_beats_the_mean(sections):
+    train, test = sections[:3], sections[3]
+    method = _method("epochs=40")
+    method.fit(train)
+    pred = method.predict(test)
+    assert pred.shape == (test.n_obs, test.n_vars)
+    assert pred.dtype == np.float32
+    assert np.isfinite(pred).all()
+    assert method.history_[-1] < 0.5 * method.history_[0]  # the contrastive loss falls
+    pcc = np.nanmean(pearson_per_gene(pred, test.X))
+    mean = MeanBaseline(feature_key=KEY)
+    mean.fit(train)
+    mean_pred = mean.predict(test)
+    # The mean is constant per gene: r is undefined (counted as 0 under the strict policy).
+    assert np.isnan(pearson_per_gene(mean_pred, test.X)).all()
+    assert pcc > 0.2
+    assert ((pred - test.X) ** 2).mean() < ((mean_pred - test.X) ** 2).mean()
+
+
+def test_deterministic_for_a_seed(sections):
+    train, test = sections[:2], sections[3]
+    a, b, c = _method("epochs=2"), _method("epochs=2"), _method("epochs=2", seed=1)
+    for m in (a, b, c):
+        m.fit(train)
+    np.testing.assert_array_equal(a.predict(test), b.predict(test))
+    assert a.history_ == b.history_
+    assert not np.array_equal(a.predict(test), c.predict(test))
+
+
+def test_interrupted_fit_resumes_identically(sections, tmp_path, monkeypatch):
+    train, test = sections[:2], sections[3]
+    reference = _method("epochs=4")
+    reference.fit(train, workdir=tmp_path / "straight")
+
+    real_save = EpochCheckpoint.save
+
+    def crash_after_second_epoch(self: EpochCheckpoint, **kwargs: object) -> None:
+        real_save(self, **kwargs)  # type: ignore[arg-type]
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochCheckpoint, "save", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _method("epochs=4").fit(train, workdir=tmp_path / "resumed")
+    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
+    # A fresh process: different global RNG state before fitting.
+    torch.manual_seed(1234)
+    resumed = _method("epochs=4")
+    resumed.fit(train, workdir=tmp_path / "resumed")
+    assert resumed.history_ == reference.history_
+    np.testing.assert_array_equal(resumed.predict(test), reference.predict(test))
+    # A finished checkpoint is reused without training again.
+    again = _method("epochs=4")
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda *a, **k: pytest.fail("retrained"))
+    again.fit(train, workdir=tmp_path / "resumed")
+    np.testing.assert_array_equal(again.predict(test), reference.predict(test))
+
+
+def test_describe_records_profile_and_deviation(sections):
+    method = _method("epochs=1")
+    assert method.describe()["n_positions"] == 0
+    method.fit(sections[:1])
+    info = method.describe()
+    assert info["profile"] == "cpu"
+    assert info["epochs"] == 1
+    assert info["n_positions"] == 9  # largest training coordinate (8) + 1
+    assert "frozen" in info["deviations"]
+    assert (
+        "EfficientNet-Lite0" in MclSTExp(feature_key=KEY, profile="paper").describe()["deviations"]
+    )
+
+
+def test_bad_options_and_inputs_are_rejected(sections):
+    with pytest.raises(GR2STConfigError, match="unknown profile 'gpu'"):
+        MclSTExp(feature_key=KEY, profile="gpu")
+    with pytest.raises(GR2STConfigError, match="unknown override 'epoch'"):
+        _method("epoch=3")
+    with pytest.raises(GR2STConfigError, match="epochs must be positive"):
+        _method("epochs=0")
+    with pytest.raises(GR2STConfigError, match="before fit"):
+        _method().predict(sections[0])
+    with pytest.raises(GR2STDataError, match=r"obsm\['X_other'\] is missing"):
+        MclSTExp(feature_key="X_other", profile="cpu", progress=False).fit(sections[:1])
+    with pytest.raises(GR2STDataError, match="exceed n_positions=5"):
+        _method("n_positions=5").fit(sections[:1])
+
+
+def test_augment_patches_keeps_range_and_is_seeded():
+    x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 255
+    torch.manual_seed(0)
+    a = augment_patches(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(augment_patches(x), a)
+    assert a.shape == x.shape
+    assert float(a.min()) >= 0
+    assert float(a.max()) <= 255
+    # A uniform grey patch stays uniform (flips, rotations and jitter act per patch).
+    grey = torch.full((5, 3, 4, 4), 120.0)
+    out = augment_patches(grey)
+    assert torch.allclose(out, out[:, :1, :1, :1].expand_as(out), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_paper_profile_fine_tunes_the_cnn_on_patches(tmp_path):
+    raw = synthetic(n_sections=2, n_genes=6, grid=(3, 3), image_dir=tmp_path, seed=0)
+    train, test = (prepare_section(s, genes=list(s.var_names)) for s in raw)
+    method = MclSTExp(
+        feature_key=KEY,
+        profile="paper",
+        overrides=["epochs=1", "batch_size=9", "patch_px=32", "top_k=5"],
+        device="cpu",
+        progress=False,
+    )
+    method.fit([train])
+    assert method._net is not None
+    assert method._net.image_encoder is not None
+    from gr2st.encoders import get_encoder
+
+    frozen = get_encoder("efficientnet-lite0", device="cpu", backend="torch").torch_module()
+    tuned = method._net.image_encoder.state_dict()
+    changed = [
+        name
+        for name, value in frozen.state_dict().items()
+        if value.is_floating_point() and not torch.equal(value, tuned[name])
+    ]
+    assert changed  # the encoder was trained, not frozen
+    pred = method.predict(test)
+    assert pred.shape == (9, 6)
+    assert np.isfinite(pred).all()

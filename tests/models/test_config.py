@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gr2st.errors import GR2STConfigError
+from gr2st.models import GR2STConfig, apply_overrides, get_profile
+
+
+def test_reference_profile_is_the_published_recipe() -> None:
+    cfg = get_profile("reference")
+    m, t = cfg.model, cfg.train
+    assert (m.proj_dim, m.heads, m.dropout, m.temperature) == (256, 8, 0.1, 1.0)
+    assert (m.k_dynamic, m.k_spatial, m.same_type_bonus, m.fusion) == (20, 20, 0.3, "sum")
+    assert not m.normalise_logits
+    assert not m.learnable_temperature
+    assert (m.n_positions, m.position_rounding) == (65536, "floor")
+    assert m.use_dynamic
+    assert m.use_spatial
+    assert m.use_cell_type
+    assert m.use_position
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay) == (100, 2048, 1e-4, 1e-3)
+    assert t.optimiser_per_epoch
+    assert t.average_last == 1
+    assert t.feature_noise == 0.0
+    assert cfg.predict.top_k == 200
+
+
+def test_default_profile_differs_only_where_documented() -> None:
+    ref, ours = get_profile("reference"), get_profile("default")
+    assert ours.train == ref.train
+    assert ours.predict == ref.predict
+    diff = {
+        f.name
+        for f in dataclasses.fields(ref.model)
+        if getattr(ref.model, f.name) != getattr(ours.model, f.name)
+    }
+    assert diff == {"n_positions", "position_rounding"}
+    assert ours.model.n_positions == 1024
+    assert ours.model.position_rounding == "round"
+
+
+def test_overrides_coerce_types_and_leave_the_original_unchanged() -> None:
+    base = get_profile("default")
+    cfg = apply_overrides(
+        base,
+        [
+            "model.fusion=concat",
+            "train.epochs=50",
+            "train.lr=3e-4",
+            "model.use_dynamic=false",
+            "learnable_temperature=YES",
+            " top_k = 10 ",
+            "train.epochs=1e1",
+        ],
+    )
+    assert cfg.model.fusion == "concat"
+    assert cfg.train.epochs == 10
+    assert cfg.train.lr == 3e-4
+    assert cfg.model.use_dynamic is False
+    assert cfg.model.learnable_temperature is True
+    assert cfg.predict.top_k == 10
+    assert base.train.epochs == 100
+    assert base.model.fusion == "sum"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.nope=1", r"unknown field 'model.nope'; known: dropout"),
+        ("nope=1", r"unknown field 'nope'"),
+        ("solver.lr=1", r"unknown section 'solver'"),
+        ("train.epochs", r"expected 'section.field=value'"),
+        ("train.epochs=2.5", r"train.epochs: expected an integer, got '2.5'"),
+        ("train.epochs=many", r"train.epochs: expected an integer"),
+        ("train.lr=fast", r"train.lr: expected a number"),
+        ("model.use_spatial=maybe", r"model.use_spatial: expected a boolean"),
+        ("model.fusion=product", r"model.fusion: expected one of \['sum', 'concat'"),
+        ("model.dropout=1.0", r"model.dropout: expected a value in \[0, 1\)"),
+        ("train.epochs=0", r"train.epochs: expected a positive value"),
+        ("model.temperature=-1", r"model.temperature: expected a positive value"),
+        ("train.average_last=500", r"train.average_last: expected at most train.epochs"),
+    ],
+)
+def test_bad_overrides_raise_a_clear_error(override: str, message: str) -> None:
+    with pytest.raises(GR2STConfigError, match=message):
+        apply_overrides(get_profile("reference"), [override])
+
+
+def test_at_least_one_branch_is_required() -> None:
+    with pytest.raises(GR2STConfigError, match="at least one branch"):
+        apply_overrides(get_profile("default"), ["use_dynamic=0", "use_spatial=0"])
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(GR2STConfigError, match="unknown GR2ST profile 'paper'; known: default"):
+        get_profile("paper")
+
+
+def test_dict_round_trip() -> None:
+    cfg = apply_overrides(get_profile("default"), ["model.fusion=max", "train.feature_noise=0.1"])
+    assert GR2STConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(GR2STConfigError, match="unknown section"):
+        GR2STConfig.from_dict({**cfg.to_dict(), "extra": {}})
+    assert dataclasses.is_dataclass(cfg)
+    assert cfg.to_json().startswith('{"model"')
