@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/gr2st benchmark $(if $(DATA),--data $(DATA)) --methods gr2st --profile default --out $(OUT)
+	$(VENV)/bin/gr2st benchmark $(if $(DATA),--data $(DATA)) --methods gr2st,ridge,knn,mean,oracle --profile default --out $(OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q

@@ -117,3 +117,30 @@ def test_help_says_where_each_dataset_comes_from() -> None:
         "--mirror",
     ):
         assert fact in text
+
+
+def test_data_check_on_her2st_layout(tmp_path: Path) -> None:
+    from gr2st._constants import SECTION
+    from gr2st.datasets import synthetic, write_her2st_layout
+
+    genes_file = tmp_path / "panel.txt"
+    secs = synthetic(n_sections=2, n_genes=6, grid=(3, 3), image_dir=tmp_path / "img", seed=0)
+    for name, s in zip(["A1", "B1"], secs, strict=True):
+        s.obs[SECTION] = name
+    secs[1].uns["gr2st"]["image_path"] = None
+    genes_file.write_text("\n".join(secs[0].var_names[:4]) + "\n")
+    root = write_her2st_layout(secs, tmp_path / "her2st")
+    result = CliRunner().invoke(
+        app, ["data", "check", "--data", str(root), "--panel", str(genes_file)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "A1: 9 spots, image yes" in result.output
+    assert "B1: 9 spots, image no" in result.output
+    assert "Sections with an image (the benchmark's default): A1" in result.output
+
+    genes_file.write_text("GENE000\nNOT_A_GENE\n")
+    result = CliRunner().invoke(
+        app, ["data", "check", "--data", str(root), "--panel", str(genes_file)]
+    )
+    assert result.exit_code != 0
+    assert "NOT_A_GENE" in str(result.exception)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from gr2st.io import download
@@ -64,6 +65,45 @@ def fetch_command(
         f"{len(report.skipped)} already present, {len(report.extracted)} extracted."
     )
     typer.echo(f"Use it with: gr2st benchmark --data {shlex.quote(str(report.dest))}")
+
+
+@data_app.command("check")
+def check_command(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        metavar="DIR",
+        help="HER2ST folder (default: $GR2ST_DATA, else ../shared/data/her2st).",
+    ),
+    panel: str = typer.Option("her2st-785", "--panel", help="Gene panel every section needs."),
+) -> None:
+    """Load every HER2ST section, check the panel genes, and say what can run.
+
+    Prints one line per section (spots, image, zero-panel spots) and exits with an
+    error naming the first section that does not read.
+    """
+    from gr2st._constants import IMAGE_PATH, UNS
+    from gr2st.cli.benchmark import resolve_data_dir
+    from gr2st.genes import check_genes, get_panel
+    from gr2st.io import list_her2st, read_her2st
+
+    root = resolve_data_dir(data)
+    genes = get_panel(panel)
+    table = list_her2st(root)
+    imaged = []
+    for name in table["section"]:
+        adata = read_her2st(root, name)
+        check_genes(adata, genes, source=f"{root}/ST-cnts/{name}.tsv.gz")
+        library = np.asarray(adata[:, genes].X.sum(axis=1)).ravel()
+        image = adata.uns[UNS][IMAGE_PATH]
+        if image is not None:
+            imaged.append(name)
+        typer.echo(
+            f"{name}: {adata.n_obs} spots, image {'yes' if image else 'no '}, "
+            f"{int((library == 0).sum())} spot(s) with zero {panel} counts"
+        )
+    typer.echo(f"{len(table)} sections read; all contain the {len(genes)} {panel} genes.")
+    typer.echo(f"Sections with an image (the benchmark's default): {', '.join(imaged) or 'none'}")
 
 
 def register(app: typer.Typer) -> None:
