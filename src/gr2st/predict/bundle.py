@@ -17,8 +17,9 @@ A bundle is one folder, written atomically (built next to its final name, then r
     index (``groups``, int64) and their log-normalised expression of every gene
     measured in all training sections, normalised with the panel library size, as a
     CSR matrix (``all_data`` float32, ``all_indices`` int32, ``all_indptr`` int64).
-    Log-normalised spatial counts are mostly zero, so the CSR form is several times
-    smaller than a dense float16 matrix while staying exact.
+    The CSR form is exact; on HER2ST-6 (1,187 spots × 13,891 genes, 25 % non-zero) it
+    takes 33 MB, as much as a dense float16 matrix without float16's rounding, and
+    sparser data (Visium, 5-10 % non-zero) gain a factor 2-4 over float16.
 
 :func:`load_bundle` checks every file against ``bundle.json`` before anything is used.
 
@@ -558,9 +559,7 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise GR2STDataError(f"{file}: cannot read safetensors ({exc})") from None
 
 
-def load_bundle(
-    path: str | Path, *, device: str = "auto", check_encoder: bool = True
-) -> Bundle:
+def load_bundle(path: str | Path, *, device: str = "auto", check_encoder: bool = True) -> Bundle:
     """Read and validate a bundle written by :func:`save_bundle` / ``gr2st train``.
 
     Checks, each failing with a one-line error naming the file or field: the folder and

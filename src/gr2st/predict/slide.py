@@ -1,0 +1,318 @@
+"""Predict a whole slide with a bundle, in memory linear in the number of spots.
+
+Pipeline: patches are read and stain-normalised in batches (a background thread
+prepares the next batch), each batch is encoded and projected to image embeddings
+right away, so only the ``(spots, embedding)`` matrix is kept; the retrieval then runs
+over chunks of spots against the reference bank. Nothing is ever ``spots × spots``
+and at most three patch batches are in memory.
+
+The output AnnData is in gr2st's shape plus the prediction: ``X`` the predicted
+log-normalised expression (float32), ``layers[UNCERTAINTY_LAYER]`` the weighted
+standard deviation of the retrieved expression, ``obs["provenance_<section>"]`` the
+weight share of each training section (rows sum to 1), ``obsm[SPATIAL]`` the centres,
+``layers[MEASURED_LAYER]`` the measured expression when the input has counts, and
+``uns["spatial"][library_id]`` the thumbnail and scale factors that
+``scanpy.pl.spatial`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
+
+from gr2st._constants import (
+    IMAGE_PATH,
+    MEASURED_LAYER,
+    MICRONS_PER_PIXEL,
+    SECTION,
+    SOURCE_FORMAT,
+    SPATIAL,
+    SPOT_DIAMETER_PX,
+    UNCERTAINTY_LAYER,
+    UNS,
+)
+from gr2st._utils.files import atomic_path
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.genes import log_normalize
+from gr2st.image.patches import iter_patches
+from gr2st.image.slide import open_slide
+from gr2st.predict.bundle import Bundle
+from gr2st.predict.spots import THUMBNAIL_PX, QuerySpots
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the ``obs`` columns holding each training section's weight share.
+PROVENANCE_PREFIX = "provenance_"
+#: ``uns[UNS]`` fields recording where a prediction came from.
+BUNDLE_FIELD = "bundle"
+FINGERPRINT_FIELD = "bundle_fingerprint"
+COMMAND_FIELD = "command"
+PATCH_FIELD = "patch_size_px"
+MISSING_MEASURED_FIELD = "genes_not_measured"
+
+
+def predict_spots(
+    bundle: Bundle,
+    image: str | Path,
+    spots: QuerySpots,
+    *,
+    genes: str | Sequence[str] = "panel",
+    mpp: float | None = None,
+    batch_size: int = 32,
+    library_id: str | None = None,
+    thumbnail: tuple[np.ndarray, float] | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+) -> AnnData:
+    """Predict the expression of ``spots`` on ``image`` with a loaded bundle.
+
+    Parameters
+    ----------
+    bundle
+        From :func:`~gr2st.predict.load_bundle` (with its encoder checked).
+    image
+        The H&E slide (any format :func:`~gr2st.image.open_slide` reads).
+    spots
+        Where to predict (:func:`read_spots_csv`, :func:`spots_from_section`,
+        :func:`grid_spots`).
+    genes
+        ``"panel"``, ``"all"`` (every gene measured in all training sections) or names.
+    mpp
+        Microns per pixel of the slide, overriding its metadata and the input's. With a
+        known resolution the patch covers the training patch's area in microns;
+        otherwise it has the training side in pixels.
+    batch_size
+        Patches read and encoded at once.
+    library_id
+        Key of ``uns["spatial"]`` (default: the image's file stem).
+    thumbnail
+        ``(image, scale)`` of the slide when already computed (e.g. for the grid).
+    command
+        Command line recorded in ``uns[UNS]`` (default ``sys.argv``).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    AnnData
+        See the module docstring.
+
+    Examples
+    --------
+    >>> bundle = load_bundle("models/her2st")  # doctest: +SKIP
+    >>> pred = predict_spots(bundle, "slide.svs", read_spots_csv("spots.csv"))  # doctest: +SKIP
+    """
+    if bundle.encoder is None:
+        raise GR2STConfigError("predict_spots: load the bundle with check_encoder=True")
+    chosen = bundle.resolve_genes(genes)
+    image = Path(image)
+    stain = bundle.stain_normalizer()
+    with open_slide(image) as slide:
+        resolution = next((v for v in (mpp, slide.mpp, spots.mpp) if v is not None), None)
+        size = bundle.patch_px(resolution)
+        thumb, scale = thumbnail if thumbnail is not None else slide.thumbnail(THUMBNAIL_PX)
+        embeddings = np.empty(
+            (spots.n_spots, int(bundle.meta["bank"]["embedding_dim"])), np.float32
+        )
+        batches = iter_patches(
+            slide, spots.centers, size_px=size, batch_size=batch_size, stain=stain, prefetch=True
+        )
+        with tqdm(total=spots.n_spots, unit="spot", desc="predict", disable=not progress) as bar:
+            for indices, patches in batches:
+                embeddings[indices] = bundle.embed(bundle.encoder.encode(patches))
+                bar.update(len(indices))
+    result = bundle.retrieve(embeddings, genes=chosen)
+    del embeddings
+    assert result.provenance is not None
+    obs = spots.obs.copy()
+    obs.index = obs.index.astype(str)
+    lib = library_id or image.stem
+    obs[SECTION] = lib
+    for j, name in enumerate(bundle.train_sections):
+        obs[f"{PROVENANCE_PREFIX}{name}"] = result.provenance[:, j]
+    adata = AnnData(X=result.mean, obs=obs, var=pd.DataFrame(index=pd.Index(chosen)))
+    adata.layers[UNCERTAINTY_LAYER] = result.std
+    adata.obsm[SPATIAL] = np.asarray(spots.centers, dtype=np.float64)
+    diameter = spots.spot_diameter_px or _spacing(spots.centers, default=float(size))
+    adata.uns[SPATIAL] = {
+        lib: {
+            "images": {"hires": np.ascontiguousarray(thumb, dtype=np.uint8)},
+            "scalefactors": {
+                "tissue_hires_scalef": float(scale),
+                "spot_diameter_fullres": float(diameter),
+            },
+        }
+    }
+    adata.uns[UNS] = {
+        IMAGE_PATH: str(image.resolve()),
+        SPOT_DIAMETER_PX: float(diameter),
+        MICRONS_PER_PIXEL: resolution,
+        SOURCE_FORMAT: f"prediction:{spots.source}",
+        BUNDLE_FIELD: str(bundle.path.resolve()),
+        FINGERPRINT_FIELD: bundle.fingerprint,
+        COMMAND_FIELD: list(sys.argv if command is None else command),
+        PATCH_FIELD: size,
+    }
+    if spots.measured is not None:
+        measured, missing = measured_expression(
+            spots.measured, genes=chosen, library=bundle.panel_genes
+        )
+        adata.layers[MEASURED_LAYER] = measured
+        adata.uns[UNS][MISSING_MEASURED_FIELD] = missing
+    return adata
+
+
+def measured_expression(
+    adata: AnnData, *, genes: Sequence[str], library: Sequence[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Measured counts log-normalised like the bundle's bank, aligned to ``genes``.
+
+    ``log10(1 + 1e4 · counts / library size)`` with the library size summed over the
+    ``library`` genes present in ``adata``. Genes not measured are NaN columns and spots
+    with a zero library NaN rows.
+
+    Returns
+    -------
+    values : numpy.ndarray
+        float32 ``(n_obs, len(genes))``.
+    missing : list of str
+        The genes not measured.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> sec = synthetic(n_sections=1, n_genes=4, grid=(2, 2))[0]
+    >>> values, missing = measured_expression(sec, genes=["GENE000", "X"],
+    ...                                       library=["GENE000", "GENE001"])
+    >>> values.shape, missing, bool(np.isnan(values[:, 1]).all())
+    ((4, 2), ['X'], True)
+    """
+    var = pd.Index(adata.var_names.astype(str))
+    lib_genes = [g for g in library if g in var]
+    out = np.full((adata.n_obs, len(genes)), np.nan, np.float32)
+    missing = [g for g in genes if g not in var]
+    if not lib_genes:
+        log.warning("measured expression: none of the library genes is measured; left as NaN")
+        return out, list(genes)
+    if len(lib_genes) < len(library):
+        log.warning(
+            "measured expression: %d of %d library (panel) genes are not measured; library "
+            "sizes use the %d present",
+            len(library) - len(lib_genes),
+            len(library),
+            len(lib_genes),
+        )
+    x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    x = sp.csr_matrix(x)
+    size = np.asarray(x[:, var.get_indexer(lib_genes)].sum(axis=1)).ravel()
+    rows = np.flatnonzero(size > 0)
+    cols = [i for i, g in enumerate(genes) if g in var]
+    if cols and rows.size:
+        counts = x[rows][:, var.get_indexer([genes[i] for i in cols])]
+        out[np.ix_(rows, np.asarray(cols, dtype=np.int64))] = log_normalize(
+            counts, library_size=size[rows]
+        )
+    return out, missing
+
+
+def _spacing(centers: np.ndarray, *, default: float) -> float:
+    """Median nearest-neighbour distance of the spots (``default`` for one spot)."""
+    if len(centers) < 2:
+        return default
+    distance, _ = cKDTree(centers).query(centers, k=2)
+    return float(np.median(distance[:, 1]))
+
+
+def write_prediction(adata: AnnData, path: str | Path) -> Path:
+    """Write a prediction as ``.h5ad``, atomically.
+
+    Examples
+    --------
+    >>> write_prediction(pred, "out/slide.h5ad")  # doctest: +SKIP
+    """
+    final = Path(path)
+    if final.suffix != ".h5ad":
+        raise GR2STConfigError(f"--out {final}: expected a .h5ad file name")
+    with atomic_path(final) as tmp:
+        adata.write_h5ad(tmp)
+    return final
+
+
+def plot_genes(adata: AnnData, genes: Sequence[str], *, out: str | Path) -> list[Path]:
+    """Draw each gene's prediction and uncertainty over the slide thumbnail as a PNG.
+
+    Files are named ``<out stem>_<gene>.png`` next to ``out``. Spots are drawn as
+    circles of the spot diameter on the thumbnail of ``uns["spatial"]`` (the same
+    picture ``scanpy.pl.spatial`` gives), with matplotlib's object API so that no pyplot
+    state is left behind.
+
+    Examples
+    --------
+    >>> plot_genes(pred, ["ERBB2"], out="out/slide.h5ad")  # doctest: +SKIP
+    [PosixPath('out/slide_ERBB2.png')]
+    """
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.figure import Figure
+
+    unknown = [g for g in genes if g not in adata.var_names]
+    if unknown:
+        raise GR2STConfigError(
+            f"--plot: {unknown} are not among the predicted genes (choose them with --genes)"
+        )
+    library = next(iter(adata.uns[SPATIAL].values()))
+    thumb = library["images"]["hires"]
+    scale = float(library["scalefactors"]["tissue_hires_scalef"])
+    diameter = float(library["scalefactors"]["spot_diameter_fullres"]) * scale
+    xy = np.asarray(adata.obsm[SPATIAL], dtype=np.float64) * scale
+    out = Path(out)
+    paths = []
+    for gene in genes:
+        column = adata.var_names.get_loc(gene)
+        layers = [
+            (np.asarray(adata.X[:, column]).ravel(), f"{gene}: predicted log-expression"),
+            (adata.layers[UNCERTAINTY_LAYER][:, column], f"{gene}: uncertainty (neighbour sd)"),
+        ]
+        fig = Figure(figsize=(11, 5), layout="constrained")
+        for ax, (values, title) in zip(fig.subplots(1, 2), layers, strict=True):
+            ax.imshow(thumb)
+            spots = EllipseCollection(
+                widths=diameter,
+                heights=diameter,
+                angles=0,
+                units="xy",
+                offsets=xy,
+                offset_transform=ax.transData,
+                array=values,
+                cmap="viridis",
+            )
+            ax.add_collection(spots)
+            fig.colorbar(spots, ax=ax, shrink=0.8)
+            ax.set_title(title)
+            ax.set_axis_off()
+        path = out.with_name(f"{out.stem}_{_safe(gene)}.png")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        paths.append(path)
+    return paths
+
+
+def _safe(name: str) -> str:
+    """A gene name usable in a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def resolve_image(spots: QuerySpots, image: str | Path | None) -> Path:
+    """The image to read: the given one, else the one the input (Visium/h5ad) names."""
+    chosen = Path(image) if image is not None else spots.image
+    if chosen is None:
+        raise GR2STDataError(f"{spots.source}: no image; pass --image SLIDE (the input names none)")
+    return chosen

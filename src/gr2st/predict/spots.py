@@ -1,0 +1,305 @@
+"""Where to predict on a slide: spots from a CSV, a section, or a grid over the tissue.
+
+Grid
+----
+``grid_spots`` tiles the tissue with spots on a **hexagonal** lattice (Visium's
+geometry: each spot has six equidistant neighbours, rows ``pitch · √3/2`` apart, odd
+rows shifted by half a pitch), which covers the tissue more evenly than a square
+lattice of the same pitch. The tissue is found on a low-resolution thumbnail by
+:func:`detect_tissue`; a lattice point is kept when the thumbnail pixel under it is
+tissue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import ndimage
+from skimage.color import rgb2hsv
+from skimage.filters import threshold_otsu
+from skimage.morphology import remove_small_holes, remove_small_objects
+
+from gr2st._constants import (
+    ARRAY_X,
+    ARRAY_Y,
+    IMAGE_PATH,
+    MICRONS_PER_PIXEL,
+    SPATIAL,
+    SPOT_DIAMETER_PX,
+    UNS,
+)
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.image.slide import Slide
+
+#: CSV columns of ``--spots``: centre in full-resolution pixels, optional spot id.
+CSV_COLUMNS = ("x", "y")
+CSV_ID_COLUMN = "id"
+#: Default distance between neighbouring grid spots (Visium's pitch), in microns.
+DEFAULT_PITCH_UM = 100.0
+#: Longer side of the thumbnail used for tissue detection and for plots.
+THUMBNAIL_PX = 2000
+# Otsu's threshold on saturation is bounded so that a slide that is all tissue (or all
+# glass) is not split in two: glass is below 0.05, stained tissue above 0.15.
+_SATURATION_BOUNDS = (0.05, 0.15)
+# Tissue pieces and holes smaller than this share of the thumbnail are noise.
+_MIN_OBJECT_SHARE = 5e-4
+
+
+@dataclass(frozen=True)
+class QuerySpots:
+    """The spots to predict.
+
+    Attributes
+    ----------
+    centers
+        ``(N, 2)`` float64 spot centres ``(x, y)`` in full-resolution pixels.
+    obs
+        One row per spot, indexed by spot id (may hold array coordinates).
+    source
+        ``"spots"``, ``"visium"``, ``"h5ad"`` or ``"grid"``.
+    measured
+        The section read from Visium/h5ad (raw counts in ``X``), else None.
+    image
+        The image the section names (Visium/h5ad), else None.
+    mpp
+        Microns per pixel known from the input (Visium/h5ad metadata, grid), else None.
+    spot_diameter_px
+        Spot diameter in full-resolution pixels when the input defines one.
+    """
+
+    centers: np.ndarray
+    obs: pd.DataFrame
+    source: str
+    measured: AnnData | None = None
+    image: Path | None = None
+    mpp: float | None = None
+    spot_diameter_px: float | None = None
+
+    @property
+    def n_spots(self) -> int:
+        """Number of spots."""
+        return int(self.centers.shape[0])
+
+
+def read_spots_csv(path: str | Path) -> QuerySpots:
+    """Read spot centres from a CSV with columns ``x``, ``y`` (full-resolution pixels).
+
+    An ``id`` column names the spots (unique); otherwise they are ``spot0``, ``spot1``, …
+    Other columns are kept in ``obs``.
+
+    Raises
+    ------
+    GR2STDataError
+        Missing file or columns, non-numeric or non-finite coordinates, repeated ids,
+        no rows.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "spots.csv"
+    >>> _ = p.write_text("id,x,y\\na,10,20\\nb,30.5,40\\n")
+    >>> q = read_spots_csv(p)
+    >>> q.centers.tolist(), list(q.obs.index)
+    ([[10.0, 20.0], [30.5, 40.0]], ['a', 'b'])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GR2STDataError(f"{path}: no such spots file")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise GR2STDataError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    expected = (
+        f"expected columns {', '.join(CSV_COLUMNS)} (full-resolution pixels) and "
+        f"optionally {CSV_ID_COLUMN}"
+    )
+    missing = [c for c in CSV_COLUMNS if c not in table.columns]
+    if missing:
+        raise GR2STDataError(
+            f"{path}: missing column(s) {missing} (found {list(table.columns)}); {expected}"
+        )
+    if table.empty:
+        raise GR2STDataError(f"{path}: no spots; {expected}")
+    coords = table[list(CSV_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise GR2STDataError(
+            f"{path}: row {row + 2} has a non-numeric or missing x/y "
+            f"({table.iloc[row][list(CSV_COLUMNS)].tolist()}); {expected}"
+        )
+    if CSV_ID_COLUMN in table.columns:
+        ids = pd.Index(table[CSV_ID_COLUMN].astype(str), name=None)
+        if ids.has_duplicates:
+            dup = ids[ids.duplicated()].unique()[:3].tolist()
+            raise GR2STDataError(f"{path}: column {CSV_ID_COLUMN!r} repeats ids {dup}")
+    else:
+        ids = pd.Index([f"spot{i}" for i in range(len(table))])
+    extra = [c for c in table.columns if c not in (*CSV_COLUMNS, CSV_ID_COLUMN)]
+    obs = table[extra].set_axis(ids, axis=0)
+    return QuerySpots(centers=coords, obs=obs, source="spots")
+
+
+def spots_from_section(adata: AnnData, *, source: str) -> QuerySpots:
+    """The spots of a section read by :mod:`gr2st.io` (Visium, h5ad), with its counts.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> q = spots_from_section(synthetic(n_sections=1, grid=(2, 3))[0], source="h5ad")
+    >>> q.n_spots, q.measured.n_vars
+    (6, 40)
+    """
+    if SPATIAL not in adata.obsm:
+        raise GR2STDataError(f"{source}: obsm[{SPATIAL!r}] is missing; expected spot centres")
+    meta = adata.uns.get(UNS, {})
+    image = meta.get(IMAGE_PATH)
+    mpp = meta.get(MICRONS_PER_PIXEL)
+    diameter = meta.get(SPOT_DIAMETER_PX)
+    return QuerySpots(
+        centers=np.asarray(adata.obsm[SPATIAL], dtype=np.float64),
+        obs=adata.obs.copy(),
+        source=source,
+        measured=adata,
+        image=None if image is None else Path(str(image)),
+        mpp=None if mpp is None else float(mpp),
+        spot_diameter_px=None if diameter is None else float(diameter),
+    )
+
+
+def detect_tissue(thumbnail: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask of an RGB thumbnail.
+
+    Stained tissue is saturated, glass is grey or white: pixels whose (smoothed) HSV
+    saturation exceeds Otsu's threshold, bounded to ``[0.05, 0.15]`` so that an
+    all-tissue or all-glass image is not split in two, are tissue; pieces and holes
+    smaller than 0.05 % of the thumbnail are removed / filled.
+
+    Examples
+    --------
+    >>> img = np.full((100, 100, 3), 245, np.uint8)
+    >>> img[20:60, 30:80] = (200, 120, 170)
+    >>> mask = detect_tissue(img)
+    >>> int(mask.sum()), bool(mask[40, 50]), bool(mask[5, 5])
+    (2000, True, False)
+    """
+    rgb = np.asarray(thumbnail)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise GR2STDataError(f"thumbnail: expected a uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    saturation = ndimage.uniform_filter(rgb2hsv(rgb)[..., 1], size=3, mode="nearest")
+    lo, hi = _SATURATION_BOUNDS
+    if float(saturation.max()) - float(saturation.min()) < 1e-6:
+        threshold = hi
+    else:
+        threshold = float(np.clip(threshold_otsu(saturation), lo, hi))
+    mask = saturation > threshold
+    small = max(1, int(_MIN_OBJECT_SHARE * mask.size))
+    mask = remove_small_objects(mask, max_size=small)
+    return np.asarray(remove_small_holes(mask, max_size=small), dtype=bool)
+
+
+def hex_lattice(width: float, height: float, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hexagonal lattice points inside a ``width × height`` box.
+
+    Returns
+    -------
+    centers : numpy.ndarray
+        ``(N, 2)`` float64 ``(x, y)``, row by row, half a pitch from the left/top edges.
+    array : numpy.ndarray
+        ``(N, 2)`` int64 Visium-style array coordinates ``(col, row)``: columns step by
+        2 within a row and odd rows use odd columns.
+
+    Examples
+    --------
+    >>> c, a = hex_lattice(40, 40, 20)
+    >>> c.round(2).tolist(), a.tolist()
+    [[10.0, 10.0], [30.0, 10.0], [20.0, 27.32]], [[0, 0], [2, 0], [1, 1]]
+    """
+    if not pitch > 0:
+        raise GR2STConfigError(f"grid pitch must be positive, got {pitch}")
+    dy = pitch * np.sqrt(3) / 2
+    rows = np.arange(int(np.floor((height - pitch / 2) / dy)) + 1)
+    rows = rows[pitch / 2 + rows * dy < height]
+    xs, ys, cols, rr = [], [], [], []
+    for r in rows:
+        x0 = pitch / 2 * (1 + r % 2)
+        k = np.arange(int(np.floor((width - x0) / pitch)) + 1)
+        k = k[x0 + k * pitch < width]
+        xs.append(x0 + k * pitch)
+        ys.append(np.full(k.size, pitch / 2 + r * dy))
+        cols.append(2 * k + r % 2)
+        rr.append(np.full(k.size, r))
+    if not xs:
+        return np.zeros((0, 2)), np.zeros((0, 2), np.int64)
+    centers = np.column_stack([np.concatenate(xs), np.concatenate(ys)])
+    array = np.column_stack([np.concatenate(cols), np.concatenate(rr)]).astype(np.int64)
+    return centers, array
+
+
+def grid_spots(
+    slide: Slide,
+    *,
+    pitch_um: float = DEFAULT_PITCH_UM,
+    mpp: float | None = None,
+    thumbnail: tuple[np.ndarray, float] | None = None,
+) -> QuerySpots:
+    """Spots on a hexagonal lattice of ``pitch_um`` over the tissue of ``slide``.
+
+    Parameters
+    ----------
+    slide
+        The open slide.
+    pitch_um
+        Centre-to-centre distance of neighbouring spots, in microns.
+    mpp
+        Microns per full-resolution pixel; default: the slide's metadata.
+    thumbnail
+        ``(image, scale)`` as returned by ``slide.thumbnail`` (computed when omitted).
+
+    Raises
+    ------
+    GR2STConfigError
+        Unknown microns per pixel, or a non-positive pitch.
+    GR2STDataError
+        No tissue found.
+
+    Examples
+    --------
+    >>> spots = grid_spots(open_slide("slide.tif"), pitch_um=100)  # doctest: +SKIP
+    """
+    resolution = mpp if mpp is not None else slide.mpp
+    if resolution is None:
+        raise GR2STConfigError(
+            f"{slide.path}: microns per pixel unknown (no resolution metadata); a grid in "
+            "microns needs it: pass --mpp"
+        )
+    if not (resolution > 0 and pitch_um > 0):
+        raise GR2STConfigError(f"pitch ({pitch_um} µm) and mpp ({resolution}) must be positive")
+    image, scale = thumbnail if thumbnail is not None else slide.thumbnail(THUMBNAIL_PX)
+    mask = detect_tissue(image)
+    if not mask.any():
+        raise GR2STDataError(f"{slide.path}: no tissue detected on the thumbnail")
+    width, height = slide.dimensions
+    pitch_px = pitch_um / resolution
+    centers, array = hex_lattice(width, height, pitch_px)
+    ty = np.clip((centers[:, 1] * scale).astype(np.int64), 0, mask.shape[0] - 1)
+    tx = np.clip((centers[:, 0] * scale).astype(np.int64), 0, mask.shape[1] - 1)
+    keep = mask[ty, tx]
+    if not keep.any():
+        raise GR2STDataError(
+            f"{slide.path}: no grid spot at pitch {pitch_um} µm falls on the detected tissue"
+        )
+    centers, array = centers[keep], array[keep]
+    ids = pd.Index([f"{c}x{r}" for c, r in array])
+    obs = pd.DataFrame({ARRAY_X: array[:, 0].astype(float), ARRAY_Y: array[:, 1].astype(float)})
+    return QuerySpots(
+        centers=centers,
+        obs=obs.set_axis(ids, axis=0),
+        source="grid",
+        mpp=float(resolution),
+        spot_diameter_px=float(pitch_px),
+    )

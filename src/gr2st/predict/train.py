@@ -1,0 +1,111 @@
+"""Train a model on raw sections and write it as a bundle (``gr2st train``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from anndata import AnnData
+
+from gr2st._constants import feature_key
+from gr2st.encoders import DEFAULT_ENCODER, Encoder, get_encoder, prepare_image_inputs
+from gr2st.encoders.extract import StainOption, resolve_stain
+from gr2st.errors import GR2STConfigError
+from gr2st.genes import common_genes, get_panel, prepare_sections
+from gr2st.models import GR2ST
+from gr2st.predict.bundle import BUNDLE_METHODS, BundleSettings, save_bundle
+
+#: Default gene panel of a bundle.
+DEFAULT_PANEL = "her2st-785"
+
+
+def train_bundle(
+    sections: Sequence[AnnData],
+    out: str | Path,
+    *,
+    panel: str | Path | Sequence[str] = DEFAULT_PANEL,
+    method: str = "gr2st",
+    profile: str = "default",
+    overrides: Sequence[str] = (),
+    encoder: Encoder | str = DEFAULT_ENCODER,
+    nuclei: str = "classical",
+    stain: StainOption = "reinhard",
+    size_px: int = 224,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Compute image inputs, train a model on ``sections`` and write a bundle to ``out``.
+
+    Parameters
+    ----------
+    sections
+        Raw sections from :mod:`gr2st.io` (counts in ``X``, an image each).
+    out
+        Bundle folder to write (replaced atomically when it exists).
+    panel
+        Built-in panel name, gene-list file or list of genes: the model's genes and the
+        library genes of every normalisation.
+    method
+        Only ``"gr2st"`` is supported.
+    profile, overrides, seed, device
+        As in :class:`~gr2st.models.GR2ST`.
+    encoder, nuclei, stain, size_px, cache_dir, batch_size
+        As in :func:`~gr2st.encoders.prepare_image_inputs`.
+    progress
+        Show progress bars.
+    command
+        Command line recorded in the bundle.
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle folder.
+
+    Examples
+    --------
+    >>> from gr2st.io import read_her2st
+    >>> secs = [read_her2st("data/her2st", s) for s in ("B1", "C1")]  # doctest: +SKIP
+    >>> train_bundle(secs, "models/demo", overrides=["train.epochs=5"])  # doctest: +SKIP
+    """
+    if method not in BUNDLE_METHODS:
+        raise GR2STConfigError(
+            f"method {method!r}: bundles support {', '.join(BUNDLE_METHODS)} only"
+        )
+    if not sections:
+        raise GR2STConfigError("train: expected at least one section")
+    enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, device=device)
+    normalizer = resolve_stain(stain)
+    prepare_image_inputs(
+        sections,
+        encoder=enc,
+        nuclei=nuclei,
+        size_px=size_px,
+        stain=normalizer,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    genes = get_panel(panel) if isinstance(panel, str | Path) else list(panel)
+    train = prepare_sections(sections, genes=genes, progress=progress)
+    everything = prepare_sections(
+        sections, genes=common_genes(sections), library_genes=genes, progress=progress
+    )
+    model = GR2ST(
+        train,
+        feature_key=feature_key(enc.name),
+        profile=profile,
+        overrides=overrides,
+        seed=seed,
+        device=device,
+    )
+    model.train(progress=progress)
+    settings = BundleSettings(
+        encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei, profile=profile
+    )
+    return save_bundle(
+        model, out, sections=train, all_genes=everything, settings=settings, command=command
+    )

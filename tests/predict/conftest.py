@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from predictfixtures import trained
+
+__all__ = ["trained"]
