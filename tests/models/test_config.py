@@ -36,8 +36,9 @@ def test_default_profile_differs_only_where_documented() -> None:
         for f in dataclasses.fields(ref.model)
         if getattr(ref.model, f.name) != getattr(ours.model, f.name)
     }
-    assert diff == {"n_positions", "position_rounding"}
+    assert diff == {"n_positions", "position_rounding", "dropout"}
     assert ours.model.n_positions == 1024
+    assert ours.model.dropout == 0.3
     assert ours.model.position_rounding == "round"
 
 
