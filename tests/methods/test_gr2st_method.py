@@ -96,3 +96,23 @@ def test_refit_in_the_same_workdir_resumes_the_finished_run(
     again = _method(seed=3)
     again.fit(train, workdir=tmp_path)  # all epochs already in the checkpoint
     np.testing.assert_array_equal(first.predict(test), again.predict(test))
+
+
+def test_predict_values_retrieves_other_genes_with_the_same_weights(
+    sections: list[AnnData],
+) -> None:
+    method = _method()
+    method.fit(sections[:2])
+    test = sections[2]
+    # Values = the panel itself doubled: retrieval is linear in the values.
+    doubled = [AnnData(X=2 * s.X, obs=s.obs, var=s.var) for s in sections[:2]]
+    np.testing.assert_allclose(
+        method.predict_values(test, doubled), 2 * method.predict(test), rtol=1e-5, atol=1e-6
+    )
+    # A subset of genes gives the matching columns.
+    subset = [s[:, ["GENE003", "GENE001"]].copy() for s in sections[:2]]
+    np.testing.assert_allclose(
+        method.predict_values(test, subset), method.predict(test)[:, [3, 1]], rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(GR2STConfigError, match="before fit"):
+        _method().predict_values(test, subset)
