@@ -23,6 +23,8 @@ SPATIAL: Final = "spatial"
 NUCLEI_COMPOSITION: Final = "nuclei_composition"
 NUCLEI_COUNTS: Final = "nuclei_counts"
 NUCLEI_MORPHOLOGY: Final = "nuclei_morphology"
+# uint8 RGB patch stacks (n_spots, side, side, 3) for the methods that learn from pixels
+PATCHES: Final = "patches"
 
 # layers
 COUNTS_LAYER: Final = "counts"

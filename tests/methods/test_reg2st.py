@@ -17,9 +17,8 @@ from gr2st.methods.reg2st import (
     Reg2STConfig,
     Reg2STNet,
     lr_schedule,
-    size_factors,
 )
-from gr2st.models.layers import EpochCheckpoint
+from gr2st.models.layers import EpochCheckpoint, size_factors
 
 KEY = "X_latent"
 # A small network that still learns in seconds (the architecture is unchanged).

@@ -31,7 +31,7 @@ import numpy as np
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from gr2st._constants import CELL_TYPE, PATIENT
+from gr2st._constants import CELL_TYPE, PATCHES, PATIENT
 from gr2st._utils.files import sha256_bytes
 from gr2st._utils.seed import seed_everything
 from gr2st.benchmark.data import section_name, stack_expression
@@ -83,7 +83,8 @@ def _blind(adata: AnnData) -> AnnData:
 
 
 def _data_signature(sections: Mapping[str, AnnData], feature_key: str) -> str:
-    """Hash of everything a method may read: spots, expression, features, cell types."""
+    """Hash of everything a method may read: spots, expression, features, cell types,
+    patches."""
     parts = []
     for name, adata in sections.items():
         parts += [name.encode(), "\n".join(map(str, adata.obs_names)).encode()]
@@ -92,6 +93,8 @@ def _data_signature(sections: Mapping[str, AnnData], feature_key: str) -> str:
             parts.append(np.ascontiguousarray(adata.obsm[feature_key], np.float32).tobytes())
         if CELL_TYPE in adata.obs:
             parts.append(adata.obs[CELL_TYPE].to_numpy(np.int64).tobytes())
+        if PATCHES in adata.obsm:
+            parts.append(np.ascontiguousarray(adata.obsm[PATCHES]).tobytes())
     return sha256_bytes(*parts)
 
 

@@ -231,8 +231,14 @@ def benchmark_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     from gr2st.benchmark import render_table, run_benchmark
-    from gr2st.encoders import DEFAULT_ENCODER, get_encoder, prepare_image_inputs
+    from gr2st.encoders import (
+        DEFAULT_ENCODER,
+        extract_patches,
+        get_encoder,
+        prepare_image_inputs,
+    )
     from gr2st.encoders.efficientnet import user_cache_dir
+    from gr2st.methods.base import METHODS
 
     method_names = resolve_methods(methods)
     root = resolve_data_dir(data)
@@ -246,6 +252,20 @@ def benchmark_command(
             adatas,
             encoder=enc,
             nuclei=nuclei,
+            cache_dir=cache or user_cache_dir() / "features",
+            progress=progress,
+        )
+    pixel_sides = {
+        int(cls.patch_px or 0)
+        for cls in (METHODS.get(name) for name in method_names)
+        if cls.input == "pixels"
+    }
+    if pixel_sides:
+        # Methods learning from pixels share one uint8 patch stack (the largest side asked
+        # for; a method wanting a smaller side resizes it once when it reads it).
+        extract_patches(
+            adatas,
+            out_px=max(pixel_sides),
             cache_dir=cache or user_cache_dir() / "features",
             progress=progress,
         )

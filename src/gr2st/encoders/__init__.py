@@ -20,6 +20,7 @@ from gr2st.encoders.extract import (
     DEFAULT_ENCODER,
     SectionReport,
     extract_features,
+    extract_patches,
     prepare_image_inputs,
 )
 from gr2st.encoders.hf import HFEncoder
@@ -33,6 +34,7 @@ __all__ = [
     "HFEncoder",
     "SectionReport",
     "extract_features",
+    "extract_patches",
     "get_encoder",
     "list_encoders",
     "prepare_image_inputs",

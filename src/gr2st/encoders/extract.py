@@ -33,7 +33,15 @@ import numpy as np
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from gr2st._constants import IMAGE_PATH, MICRONS_PER_PIXEL, SECTION, SPATIAL, UNS, feature_key
+from gr2st._constants import (
+    IMAGE_PATH,
+    MICRONS_PER_PIXEL,
+    PATCHES,
+    SECTION,
+    SPATIAL,
+    UNS,
+    feature_key,
+)
 from gr2st._utils.files import sha256_bytes, sha256_file
 from gr2st.encoders.base import Encoder, get_encoder
 from gr2st.encoders.cache import ArrayCache
@@ -668,3 +676,77 @@ def _run(
     )
     times.nuclei_s += time.perf_counter() - t0
     return times
+
+
+def extract_patches(
+    adatas: Sequence[AnnData],
+    *,
+    out_px: int,
+    size_px: int | None = None,
+    patch_um: float | None = None,
+    stain: StainOption = DEFAULT_STAIN,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> None:
+    """Store every spot's stain-normalised patch as ``uint8`` in ``obsm[PATCHES]``.
+
+    The methods that learn from pixels (HisToGene, Hist2ST, …) train for hundreds of
+    epochs on the same patches; keeping them decoded, cropped, resized and normalised
+    once (and cached on disk) means no epoch touches a JPEG. The crop is the one the
+    frozen encoders see (``size_px``/``patch_um``, default 224 px), resized to
+    ``out_px`` with anti-aliasing, so every method looks at the same tissue.
+
+    Parameters
+    ----------
+    adatas
+        Sections with ``obsm[SPATIAL]`` and ``uns[UNS][IMAGE_PATH]``.
+    out_px
+        Side of the stored patches.
+    size_px, patch_um, stain, cache_dir
+        As in :func:`extract_features`.
+    batch_size
+        Patches read at once.
+    progress
+        Show a progress bar per section.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> sections = synthetic(n_sections=1, grid=(2, 3), image_dir=tempfile.mkdtemp())
+    >>> extract_patches(sections, out_px=16, size_px=48, stain=None, progress=False)
+    >>> sections[0].obsm["patches"].shape, sections[0].obsm["patches"].dtype
+    ((6, 16, 16, 3), dtype('uint8'))
+    """
+    if not isinstance(out_px, int) or out_px < 1:
+        raise GR2STConfigError(f"out_px must be a positive integer, got {out_px!r}")
+    _check_batch_size(batch_size)
+    normalizer = resolve_stain(stain)
+    cache = ArrayCache(cache_dir) if cache_dir is not None else None
+    for adata in adatas:
+        name = section_name(adata)
+        size = _patch_px(adata, size_px, patch_um)
+        key = {"kind": "patches", "out_px": out_px, **_image_key(adata, size, normalizer)}
+        hit = None if cache is None else cache.load(name, "patches", key, n_rows=adata.n_obs)
+        if hit is not None:
+            adata.obsm[PATCHES] = hit["patches"]
+            continue
+        patches = np.empty((adata.n_obs, out_px, out_px, 3), np.uint8)
+        batches = iter_patches(
+            image_path(adata),
+            spot_centers(adata),
+            size_px=size,
+            out_px=out_px,
+            batch_size=batch_size,
+            stain=normalizer,
+        )
+        with tqdm(
+            total=adata.n_obs, unit="spot", desc=f"{name} patches", disable=not progress
+        ) as bar:
+            for indices, batch in batches:
+                patches[indices] = batch
+                bar.update(len(indices))
+        if cache is not None:
+            cache.save(name, "patches", key, {"patches": patches})
+        adata.obsm[PATCHES] = patches

@@ -20,14 +20,18 @@ what ``--genes all`` needs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from anndata import AnnData
 
 from gr2st._registry import Registry
+from gr2st.benchmark.overrides import apply_overrides
+from gr2st.errors import GR2STConfigError
+
+C = TypeVar("C")
 
 
 class Method(ABC):
@@ -48,8 +52,11 @@ class Method(ABC):
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
 
-    #: "features" methods read ``obsm[feature_key]``; "pixels" methods read patches.
+    #: "features" methods read ``obsm[feature_key]``; "pixels" methods read
+    #: ``obsm[PATCHES]`` (uint8 patches, see :func:`gr2st.encoders.extract_patches`).
     input: ClassVar[str] = "features"
+    #: Side of the patches a "pixels" method wants in ``obsm[PATCHES]``.
+    patch_px: ClassVar[int | None] = None
     #: A ceiling (like the oracle) is reported but never ranked as a method.
     is_ceiling: ClassVar[bool] = False
     profiles: ClassVar[tuple[str, ...]] = ("default",)
@@ -80,6 +87,14 @@ class Method(ABC):
     @abstractmethod
     def predict(self, test: AnnData) -> np.ndarray:
         """Return predictions of shape ``(test.n_obs, test.n_vars)`` (float32)."""
+
+    def _profile_config(self, owner: str, table: Mapping[str, C]) -> C:
+        """The chosen profile's config from ``table`` with the overrides applied."""
+        if self.profile not in table:
+            raise GR2STConfigError(
+                f"{owner}: unknown profile {self.profile!r}; known: {', '.join(self.profiles)}"
+            )
+        return apply_overrides(table[self.profile], self.overrides, owner=owner)
 
     def describe(self) -> dict[str, Any]:
         """Settings to record in ``results.json`` (profile and resolved config)."""

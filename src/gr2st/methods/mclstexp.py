@@ -56,7 +56,6 @@ from tqdm.auto import tqdm
 from gr2st._constants import IMAGE_PATH, SPATIAL, UNS
 from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.benchmark.data import section_name, stack_features
-from gr2st.benchmark.overrides import apply_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.methods.base import METHODS, Method
 from gr2st.models.layers import (
@@ -290,11 +289,7 @@ class MclSTExp(Method):
 
     def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.profile not in PROFILES:
-            raise GR2STConfigError(
-                f"mclstexp: unknown profile {self.profile!r}; known: {', '.join(self.profiles)}"
-            )
-        self.config = apply_overrides(PROFILES[self.profile], self.overrides, owner="mclstexp")
+        self.config = self._profile_config("mclstexp", PROFILES)
         self.config.validate()
         self.progress = progress
         self.history_: list[float] = []

@@ -66,7 +66,6 @@ from tqdm.auto import tqdm
 
 from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.benchmark.data import section_name, stack_features
-from gr2st.benchmark.overrides import apply_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.methods.base import METHODS, Method
 from gr2st.models.layers import (
@@ -78,12 +77,10 @@ from gr2st.models.layers import (
     fingerprint,
     random_attention_mask,
     section_arrays,
+    size_factors,
     spot_positions,
     zinb_nll,
 )
-
-# Floor of the ZINB size factor, so that a spot without panel counts keeps a finite mean.
-_MIN_SIZE_FACTOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -203,21 +200,6 @@ def lr_schedule(cfg: Reg2STConfig, steps_per_epoch: int) -> np.ndarray:
     return np.concatenate([warmup, cosine])
 
 
-def size_factors(counts: np.ndarray) -> np.ndarray:
-    """Per-spot panel total divided by the section's median total (floored at 1e-3).
-
-    Examples
-    --------
-    >>> size_factors(np.array([[1, 1], [2, 2], [4, 4]])).tolist()
-    [0.5, 1.0, 2.0]
-    """
-    totals = counts.sum(axis=1)
-    median = float(np.median(totals))
-    if median <= 0:
-        raise GR2STDataError("reg2st: the median panel count of a section is 0; cannot scale ZINB")
-    return np.maximum(totals / median, _MIN_SIZE_FACTOR).astype(np.float32)
-
-
 class Reg2STNet(nn.Module):
     """Reg2ST's network (see the module docstring).
 
@@ -323,11 +305,7 @@ class Reg2ST(Method):
 
     def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.profile not in PROFILES:
-            raise GR2STConfigError(
-                f"reg2st: unknown profile {self.profile!r}; known: {', '.join(self.profiles)}"
-            )
-        self.config = apply_overrides(PROFILES[self.profile], self.overrides, owner="reg2st")
+        self.config = self._profile_config("reg2st", PROFILES)
         self.config.validate()
         self.progress = progress
         self.history_: list[float] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from gr2st.models.layers.augment import Augmentation, augment_patches
 from gr2st.models.layers.contrastive import clip_binary_cross_entropy, clip_cross_entropy
+from gr2st.models.layers.distillation import ViewDistillation
 from gr2st.models.layers.knowledge_graph import KnowledgeGraphAttention
 from gr2st.models.layers.projection import ProjectionHead
 from gr2st.models.layers.training import (
@@ -21,10 +23,11 @@ from gr2st.models.layers.transformer import (
     TransformerEncoder,
     random_attention_mask,
 )
-from gr2st.models.layers.zinb import ZINBHead, zinb_nll
+from gr2st.models.layers.zinb import ZINBHead, size_factors, zinb_nll
 
 __all__ = [
     "Attention",
+    "Augmentation",
     "DecoderBlock",
     "EpochCheckpoint",
     "FeedForward",
@@ -34,12 +37,15 @@ __all__ = [
     "TransformerBlock",
     "TransformerDecoder",
     "TransformerEncoder",
+    "ViewDistillation",
     "ZINBHead",
+    "augment_patches",
     "clip_binary_cross_entropy",
     "clip_cross_entropy",
     "fingerprint",
     "random_attention_mask",
     "section_arrays",
+    "size_factors",
     "spot_positions",
     "zinb_nll",
 ]

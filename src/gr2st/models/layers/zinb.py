@@ -16,15 +16,35 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr2st.errors import GR2STConfigError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 
 # Output ranges of the mean and dispersion activations (as in DCA and Reg2ST).
 MEAN_RANGE = (1e-5, 1e6)
 DISPERSION_RANGE = (1e-4, 1e4)
+# Floor of a spot's size factor, so a spot without panel counts keeps a finite mean.
+MIN_SIZE_FACTOR = 1e-3
+
+
+def size_factors(counts: np.ndarray) -> np.ndarray:
+    """Per-spot panel total divided by the section's median total (floored at 1e-3).
+
+    The ZINB mean of a spot is scaled by it, as in Hist2ST and Reg2ST.
+
+    Examples
+    --------
+    >>> size_factors(np.array([[1, 1], [2, 2], [4, 4]])).tolist()
+    [0.5, 1.0, 2.0]
+    """
+    totals = counts.sum(axis=1)
+    median = float(np.median(totals)) if len(totals) else 0.0
+    if median <= 0:
+        raise GR2STDataError("the median panel count of a section is 0; cannot scale ZINB")
+    return np.maximum(totals / median, MIN_SIZE_FACTOR).astype(np.float32)
 
 
 def zinb_nll(

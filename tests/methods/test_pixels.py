@@ -1,0 +1,141 @@
+"""The shared loop of the pixel methods, exercised with a tiny method defined here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from torch import Tensor, nn
+
+from gr2st._constants import PATCHES
+from gr2st.datasets import synthetic
+from gr2st.encoders import extract_patches
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.evaluation.metrics import pearson_per_gene
+from gr2st.genes import prepare_section
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection, patch_tensor
+from gr2st.models.layers import EpochCheckpoint
+
+
+@dataclass(frozen=True)
+class TinyConfig(PixelConfig):
+    width: int = 8
+
+
+class Tiny(PixelMethod[TinyConfig]):
+    """Mean colour of the patch → linear layer (enough to learn the synthetic signal)."""
+
+    name = "tiny"
+    profiles = ("cpu",)
+    configs = {"cpu": TinyConfig(epochs=30, lr=3e-2, aug_hflip=0.5)}
+    patch_px = 8
+
+    def build(self, n_genes: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(6, self.config.width), nn.ReLU(), nn.Linear(self.config.width, n_genes)
+        )
+
+    def _features(self, patches: Tensor) -> Tensor:
+        # Colour differences between states are a few hundredths: scale them up.
+        return 20 * torch.cat([patches.mean((2, 3)) - 0.7, patches.std((2, 3))], 1)
+
+    def training_loss(
+        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        patches = self.augment(section.patches, generator)
+        return {"mse": F.mse_loss(net(self._features(patches)), section.expression)}
+
+    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
+        return net(self._features(section.patches))
+
+
+@pytest.fixture(scope="module")
+def sections(tmp_path_factory: Any) -> list[AnnData]:
+    folder = tmp_path_factory.mktemp("img")
+    raw = synthetic(n_sections=4, n_genes=12, grid=(8, 8), signal=2.5, image_dir=folder, seed=2)
+    extract_patches(raw, out_px=16, size_px=40, stain=None, progress=False)
+    return [prepare_section(a, genes=list(a.var_names)) for a in raw]
+
+
+def _tiny(*overrides: str, seed: int = 0) -> Tiny:
+    return Tiny(feature_key="X_unused", overrides=list(overrides), seed=seed, progress=False)
+
+
+def test_the_loop_fits_the_training_sections(sections):
+    # Generalisation is each method's own test; this checks that the shared loop trains.
+    method = _tiny()
+    method.fit(sections[:3])
+    assert len(method.history_) == 30
+    assert method.history_[-1] < 0.5 * method.history_[0]
+    seen = method.predict(sections[0])
+    truth = np.asarray(sections[0].X)
+    assert seen.shape == truth.shape and seen.dtype == np.float32
+    assert np.nanmean(pearson_per_gene(seen, truth)) > 0.3
+    mean = np.vstack([np.asarray(s.X) for s in sections[:3]]).mean(0)
+    assert ((seen - truth) ** 2).mean() < 0.85 * ((mean - truth) ** 2).mean()
+    assert method.predict(sections[3]).shape == sections[3].shape
+
+
+def test_patches_are_read_as_unit_floats_and_resized(sections):
+    x = patch_tensor(sections[0], side=8, owner="tiny")
+    assert x.shape == (sections[0].n_obs, 3, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
+    full = patch_tensor(sections[0], side=16, owner="tiny")
+    expected = torch.from_numpy(sections[0].obsm[PATCHES]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(full, expected)
+
+
+def test_deterministic_and_resumes_identically(sections, tmp_path, monkeypatch):
+    train, test = sections[:2], sections[3]
+    a, b, c = _tiny("epochs=4"), _tiny("epochs=4"), _tiny("epochs=4", seed=1)
+    a.fit(train, workdir=tmp_path / "a")
+    b.fit(train)
+    c.fit(train)
+    assert a.history_ == b.history_ != c.history_
+
+    real_save = EpochCheckpoint.save
+
+    def crash_after_second_epoch(self: EpochCheckpoint, **kwargs: Any) -> None:
+        real_save(self, **kwargs)
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochCheckpoint, "save", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny("epochs=4").fit(train, workdir=tmp_path / "resumed")
+    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
+    torch.manual_seed(999)  # the global state must come from the checkpoint
+    resumed = _tiny("epochs=4")
+    resumed.fit(train, workdir=tmp_path / "resumed")
+    assert resumed.history_ == a.history_
+    np.testing.assert_array_equal(resumed.predict(test), a.predict(test))
+
+
+def test_step_schedule():
+    method = _tiny("lr=1.0", "lr_step_epochs=2", "lr_gamma=0.5")
+    assert [method._lr(e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_errors(sections):
+    with pytest.raises(GR2STConfigError, match="tiny: unknown profile 'paper'; known: cpu"):
+        Tiny(feature_key="X", profile="paper")
+    with pytest.raises(GR2STConfigError, match="tiny: optimizer must be adam or adamw"):
+        _tiny("optimizer=sgd")
+    with pytest.raises(GR2STConfigError, match="tiny: augment hflip must be in"):
+        _tiny("aug_hflip=2")
+    with pytest.raises(GR2STConfigError, match="predict\\(\\) called before fit"):
+        _tiny().predict(sections[0])
+    bare = sections[0].copy()
+    del bare.obsm[PATCHES]
+    with pytest.raises(GR2STDataError, match="obsm\\['patches'\\] is missing"):
+        _tiny("epochs=1").fit([bare])
+    bad = sections[0].copy()
+    bad.obsm[PATCHES] = bad.obsm[PATCHES].astype(np.float32)
+    with pytest.raises(GR2STDataError, match="must be uint8"):
+        _tiny("epochs=1").fit([bad])
+    with pytest.raises(GR2STDataError, match="n_positions=4"):
+        _tiny("n_positions=4").fit(sections[:1])
