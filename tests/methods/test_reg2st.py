@@ -209,3 +209,14 @@ def test_describe_records_the_profile():
     assert info["profile"] == "cpu"
     assert info["epochs"] == 7
     assert info["decoder_depth"] == PROFILES["cpu"].decoder_depth
+
+
+def test_positions_ablation_ignores_coordinates(sections):
+    train, test = sections[:2], sections[5]
+    moved = test.copy()
+    moved.obs[ARRAY_X] = (moved.obs[ARRAY_X] + 3) % 20
+    for use, same in (("true", False), ("false", True)):
+        method = _method("epochs=3", f"use_positions={use}")
+        method.fit(train)
+        a, b = method.predict(test), method.predict(moved)
+        assert np.array_equal(a, b) is same

@@ -152,3 +152,17 @@ def test_errors(trained: Trained) -> None:
     no_image = query.__class__(centers=query.centers, obs=query.obs, source="spots")
     with pytest.raises(GR2STDataError, match="spots: no image; pass --image SLIDE"):
         resolve_image(no_image, None)
+
+
+def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Path) -> None:
+    bundle = load_bundle(trained.path, device="cpu")
+    query = spots_from_section(trained.test, source="h5ad")
+    n_all = len(bundle.resolve_genes("all"))
+    limit = 2 * 4 * query.n_spots * n_all / 1e9 * 0.99
+    # A missing image proves nothing was read: the size check comes first.
+    with pytest.raises(GR2STConfigError, match=rf"{query.n_spots:,} spots × {n_all:,} genes"):
+        predict_spots(bundle, tmp_path / "absent.png", query, genes="all", max_output_gb=limit)
+    image = trained.test.uns[UNS][IMAGE_PATH]
+    pred = predict_spots(bundle, image, query, genes="all", max_output_gb=limit / 0.98,
+                         progress=False)  # fmt: skip
+    assert pred.shape == (query.n_spots, n_all)

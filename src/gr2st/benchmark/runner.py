@@ -83,8 +83,7 @@ def _blind(adata: AnnData) -> AnnData:
 
 
 def _data_signature(sections: Mapping[str, AnnData], feature_key: str) -> str:
-    """Hash of everything a method may read: spots, expression, features, cell types,
-    patches."""
+    """Hash of what every method may read: spots, expression, features, cell types."""
     parts = []
     for name, adata in sections.items():
         parts += [name.encode(), "\n".join(map(str, adata.obs_names)).encode()]
@@ -93,9 +92,20 @@ def _data_signature(sections: Mapping[str, AnnData], feature_key: str) -> str:
             parts.append(np.ascontiguousarray(adata.obsm[feature_key], np.float32).tobytes())
         if CELL_TYPE in adata.obs:
             parts.append(adata.obs[CELL_TYPE].to_numpy(np.int64).tobytes())
-        if PATCHES in adata.obsm:
-            parts.append(np.ascontiguousarray(adata.obsm[PATCHES]).tobytes())
     return sha256_bytes(*parts)
+
+
+def _patches_signature(sections: Mapping[str, AnnData]) -> str | None:
+    """Hash of the pixel methods' patch stacks (None when there are none).
+
+    Kept out of the shared signature, so adding a pixel method to a run does not
+    invalidate the saved folds of the feature methods.
+    """
+    if not all(PATCHES in a.obsm for a in sections.values()):
+        return None
+    return sha256_bytes(
+        *(np.ascontiguousarray(a.obsm[PATCHES]).tobytes() for a in sections.values())
+    )
 
 
 def _fingerprint(common: Mapping[str, Any], **specific: Any) -> str:
@@ -275,6 +285,7 @@ def run_benchmark(
         "scored": None if targets is None else _data_signature(targets, feature_key),
     }
 
+    patches = _patches_signature(prepared)
     out = Path(out_dir)
     store = FoldStore(out)
     records: dict[str, dict[str, FoldRecord]] = {name: {} for name in method_names}
@@ -285,6 +296,7 @@ def run_benchmark(
                 bar.set_postfix_str(f"{name} {fold.name}")
                 fingerprint = _fingerprint(
                     common,
+                    **({"patches": patches} if classes[name].input == "pixels" else {}),
                     method=name,
                     profile=profiles[name],
                     overrides=routed[name],

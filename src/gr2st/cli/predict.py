@@ -138,6 +138,12 @@ def predict_command(
     genes: str = typer.Option("panel", "--genes", help="panel, all, or GENE,GENE,…"),
     plot: str | None = typer.Option(None, "--plot", metavar="GENES", help="Genes to draw as PNG."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
+    max_output_gb: float = typer.Option(
+        4.0,
+        "--max-output-gb",
+        min=0.0,
+        help="Refuse before reading the slide when the dense outputs would exceed this.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -188,6 +194,7 @@ def predict_command(
         batch_size=batch_size,
         thumbnail=thumbnail,
         progress=progress,
+        max_output_gb=max_output_gb,
     )
     write_prediction(pred, out)
     elapsed = time.perf_counter() - start

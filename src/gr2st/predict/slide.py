@@ -58,6 +58,8 @@ FINGERPRINT_FIELD = "bundle_fingerprint"
 COMMAND_FIELD = "command"
 PATCH_FIELD = "patch_size_px"
 MISSING_MEASURED_FIELD = "genes_not_measured"
+#: Default memory limit of the dense outputs of one prediction (float32 mean + sd).
+DEFAULT_MAX_OUTPUT_GB = 4.0
 
 
 def predict_spots(
@@ -72,6 +74,7 @@ def predict_spots(
     thumbnail: tuple[np.ndarray, float] | None = None,
     command: Sequence[str] | None = None,
     progress: bool = True,
+    max_output_gb: float = DEFAULT_MAX_OUTPUT_GB,
 ) -> AnnData:
     """Predict the expression of ``spots`` on ``image`` with a loaded bundle.
 
@@ -100,6 +103,10 @@ def predict_spots(
         Command line recorded in ``uns[UNS]`` (default ``sys.argv``).
     progress
         Show a progress bar.
+    max_output_gb
+        Refuse (before reading any patch) when the dense prediction and uncertainty
+        matrices would exceed this many gigabytes: ``genes="all"`` on a whole slide
+        (100,000 spots × 15,000 genes) is 12 GB.
 
     Returns
     -------
@@ -114,6 +121,7 @@ def predict_spots(
     if bundle.encoder is None:
         raise GR2STConfigError("predict_spots: load the bundle with check_encoder=True")
     chosen = bundle.resolve_genes(genes)
+    check_output_size(spots.n_spots, len(chosen), max_output_gb=max_output_gb)
     image = Path(image)
     stain = bundle.stain_normalizer()
     with open_slide(image) as slide:
@@ -169,6 +177,26 @@ def predict_spots(
         adata.layers[MEASURED_LAYER] = measured
         adata.uns[UNS][MISSING_MEASURED_FIELD] = missing
     return adata
+
+
+def check_output_size(n_spots: int, n_genes: int, *, max_output_gb: float) -> None:
+    """Raise when the float32 prediction and uncertainty matrices exceed ``max_output_gb``.
+
+    Examples
+    --------
+    >>> check_output_size(1_000, 785, max_output_gb=1.0)
+    >>> check_output_size(100_000, 15_000, max_output_gb=4.0)
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STConfigError: 100,000 spots × 15,000 genes need 12.0 GB for the predictions and their uncertainty (limit 4.0 GB, --max-output-gb); predict the panel or a gene list (--genes), fewer spots, or raise the limit
+    """
+    need = 2 * 4 * n_spots * n_genes / 1e9
+    if need > max_output_gb:
+        raise GR2STConfigError(
+            f"{n_spots:,} spots × {n_genes:,} genes need {need:.1f} GB for the predictions and "
+            f"their uncertainty (limit {max_output_gb:.1f} GB, --max-output-gb); predict the "
+            "panel or a gene list (--genes), fewer spots, or raise the limit"
+        )
 
 
 def measured_expression(
