@@ -67,8 +67,16 @@ class Flaky(Tracker):
         super().fit(train, workdir=workdir)
 
 
+class PixelTracker(Tracker):
+    """A Tracker that declares it learns from patches (``obsm[PATCHES]``)."""
+
+    input = "pixels"
+    patch_px = 8
+
+
 METHODS.register("test-tracker")(Tracker)
 METHODS.register("test-flaky")(Flaky)
+METHODS.register("test-pixel-tracker")(PixelTracker)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from anndata import AnnData
 from PIL import Image
 
-from gr2st._constants import feature_key
+from gr2st._constants import PATCHES, feature_key
 from gr2st.benchmark import fold_seed, run_benchmark
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation import section_metrics
@@ -161,6 +161,24 @@ def test_resume_recomputes_only_the_missing_fold(
         second["methods"]["test-tracker"]["folds"]["S0"]["seconds"]
         == (first["methods"]["test-tracker"]["folds"]["S0"]["seconds"])
     )
+
+
+def test_new_patches_refit_only_the_pixel_methods(
+    sections: list[AnnData], tmp_path: Path, tracker: Any
+) -> None:
+    rng = np.random.default_rng(0)
+    for a in sections:
+        a.obsm[PATCHES] = rng.integers(0, 256, (a.n_obs, 8, 8, 3), dtype=np.uint8)
+    methods = ["test-tracker", "test-pixel-tracker"]
+    _run(sections, tmp_path, methods=methods)
+    assert len(tracker.calls) == 6
+    tracker.calls.clear()
+    _run(sections, tmp_path, methods=methods)
+    assert tracker.calls == []  # everything resumed
+    sections[0].obsm[PATCHES] = 255 - sections[0].obsm[PATCHES]
+    _run(sections, tmp_path, methods=methods)
+    # Other patches change what the pixel method reads, not what the feature method reads.
+    assert [c["method"] for c in tracker.calls] == ["PixelTracker"] * 3
 
 
 def test_crash_mid_run_then_rerun_matches_uninterrupted(
