@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from gr2st.methods import gr2st, knn, mclstexp, mean, oracle, reg2st, ridge
+from gr2st.methods import gr2st, knn, mclstexp, mean, oracle, reg2st, ridge, thitogene
 from gr2st.methods.base import METHODS, Method
 
-__all__ = ["METHODS", "Method", "gr2st", "knn", "mclstexp", "mean", "oracle", "reg2st", "ridge"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "gr2st",
+    "knn",
+    "mclstexp",
+    "mean",
+    "oracle",
+    "reg2st",
+    "ridge",
+    "thitogene",
+]
