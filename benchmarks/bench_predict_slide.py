@@ -154,6 +154,27 @@ def run_one(bundle_path: Path, slide: Path, n: int, batch_size: int) -> dict[str
         )
         setup = time.perf_counter() - start
         t0 = time.perf_counter()
+        # Elapsed time and peak memory each time another quarter of the spots is encoded,
+        # so one run shows whether the cost per spot stays constant as spots accumulate.
+        marks = [n * q // 4 for q in (1, 2, 3, 4)]
+        checkpoints: list[dict[str, float]] = []
+        encode, done = bundle.encoder.encode, [0]
+
+        def counted(batch: np.ndarray) -> np.ndarray:
+            out = encode(batch)
+            done[0] += len(batch)
+            while len(checkpoints) < len(marks) and done[0] >= marks[len(checkpoints)]:
+                checkpoints.append(
+                    {
+                        "spots": done[0],
+                        "elapsed_s": time.perf_counter() - t0,
+                        "peak_rss_bytes": rss.peak,
+                        "load_1min": os.getloadavg()[0],
+                    }
+                )
+            return out
+
+        bundle.encoder.encode = counted  # type: ignore[method-assign]
         pred = predict_spots(
             bundle, slide, spots, batch_size=batch_size, thumbnail=thumbnail, progress=False
         )
@@ -172,6 +193,7 @@ def run_one(bundle_path: Path, slide: Path, n: int, batch_size: int) -> dict[str
         "spots_per_s": n / predict_s,
         "peak_rss_bytes": rss.peak,
         "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "checkpoints": checkpoints,
     }
 
 

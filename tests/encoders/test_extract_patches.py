@@ -32,7 +32,8 @@ def test_patches_equal_the_image_pipeline_crops(sections):
             ]
         )
         got = adata.obsm[PATCHES]
-        assert got.dtype == np.uint8 and got.shape == (16, 16, 16, 3)
+        assert got.dtype == np.uint8
+        assert got.shape == (16, 16, 16, 3)
         np.testing.assert_array_equal(got, expected)
 
 
@@ -41,7 +42,8 @@ def test_patches_are_cached_and_keyed_by_size(sections, tmp_path, monkeypatch):
     extract_patches(sections, out_px=8, size_px=32, stain=None, cache_dir=cache, progress=False)
     first = [a.obsm[PATCHES].copy() for a in sections]
     files = sorted(p.name for p in (cache / "S0").iterdir())
-    assert len(files) == 1 and files[0].startswith("patches-")
+    assert len(files) == 1
+    assert files[0].startswith("patches-")
 
     # A warm run reads no image at all.
     import gr2st.encoders.extract as extract_mod

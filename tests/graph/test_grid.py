@@ -37,14 +37,18 @@ def test_grid_graph_full_lattice_degrees():
     pos = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
     deg4 = torch.bincount(grid_graph(pos)[0], minlength=20)
     deg8 = torch.bincount(grid_graph(pos, neighbourhood=8)[0], minlength=20)
-    assert deg4.max() == 4 and deg4.min() == 2 and int(deg4.sum()) == 2 * (3 * 5 + 4 * 4)
-    assert deg8.max() == 8 and deg8.min() == 3
+    assert deg4.max() == 4
+    assert deg4.min() == 2
+    assert int(deg4.sum()) == 2 * (3 * 5 + 4 * 4)
+    assert deg8.max() == 8
+    assert deg8.min() == 3
 
 
 def test_grid_adjacency_is_symmetric_without_self_loops():
     pos = torch.tensor([[0, 0], [0, 1], [1, 1], [4, 4]])
     adj = grid_adjacency(pos, neighbourhood=8)
-    assert torch.equal(adj, adj.T) and adj.diag().sum() == 0
+    assert torch.equal(adj, adj.T)
+    assert adj.diag().sum() == 0
     assert adj.tolist() == [[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
 
 

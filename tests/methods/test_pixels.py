@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -32,7 +32,9 @@ class Tiny(PixelMethod[TinyConfig]):
 
     name = "tiny"
     profiles = ("cpu",)
-    configs = {"cpu": TinyConfig(epochs=30, lr=3e-2, aug_hflip=0.5)}
+    configs: ClassVar[dict[str, TinyConfig]] = {
+        "cpu": TinyConfig(epochs=30, lr=3e-2, aug_hflip=0.5)
+    }
     patch_px = 8
 
     def build(self, n_genes: int) -> nn.Module:
@@ -74,7 +76,8 @@ def test_the_loop_fits_the_training_sections(sections):
     assert method.history_[-1] < 0.5 * method.history_[0]
     seen = method.predict(sections[0])
     truth = np.asarray(sections[0].X)
-    assert seen.shape == truth.shape and seen.dtype == np.float32
+    assert seen.shape == truth.shape
+    assert seen.dtype == np.float32
     assert np.nanmean(pearson_per_gene(seen, truth)) > 0.3
     mean = np.vstack([np.asarray(s.X) for s in sections[:3]]).mean(0)
     assert ((seen - truth) ** 2).mean() < 0.85 * ((mean - truth) ** 2).mean()
@@ -83,7 +86,9 @@ def test_the_loop_fits_the_training_sections(sections):
 
 def test_patches_are_read_as_unit_floats_and_resized(sections):
     x = patch_tensor(sections[0], side=8, owner="tiny")
-    assert x.shape == (sections[0].n_obs, 3, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert x.shape == (sections[0].n_obs, 3, 8, 8)
+    assert float(x.min()) >= 0
+    assert float(x.max()) <= 1
     full = patch_tensor(sections[0], side=16, owner="tiny")
     expected = torch.from_numpy(sections[0].obsm[PATCHES]).permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(full, expected)

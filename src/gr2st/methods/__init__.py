@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gr2st.methods import (
     gr2st,
+    hist2st,
     histogene,
     knn,
     mclstexp,
@@ -19,6 +20,7 @@ __all__ = [
     "METHODS",
     "Method",
     "gr2st",
+    "hist2st",
     "histogene",
     "knn",
     "mclstexp",

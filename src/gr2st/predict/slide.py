@@ -185,10 +185,10 @@ def check_output_size(n_spots: int, n_genes: int, *, max_output_gb: float) -> No
     Examples
     --------
     >>> check_output_size(1_000, 785, max_output_gb=1.0)
-    >>> check_output_size(100_000, 15_000, max_output_gb=4.0)
+    >>> check_output_size(100_000, 15_000, max_output_gb=4.0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    gr2st.errors.GR2STConfigError: 100,000 spots × 15,000 genes need 12.0 GB for the predictions and their uncertainty (limit 4.0 GB, --max-output-gb); predict the panel or a gene list (--genes), fewer spots, or raise the limit
+    gr2st.errors.GR2STConfigError: 100,000 spots × 15,000 genes need 12.0 GB for the ...
     """
     need = 2 * 4 * n_spots * n_genes / 1e9
     if need > max_output_gb:

@@ -36,7 +36,9 @@ def test_rotation_by_90_degrees_matches_rot90():
     assert torch.allclose(turned, torch.rot90(x, 1, (-2, -1)), atol=1e-5) or torch.allclose(
         turned, torch.rot90(x, -1, (-2, -1)), atol=1e-5
     )
-    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert out.shape == x.shape
+    assert out.min() >= 0
+    assert out.max() <= 1
 
 
 def test_augmentation_is_per_patch_and_seeded():
@@ -45,7 +47,8 @@ def test_augmentation_is_per_patch_and_seeded():
     a = augment_patches(x, aug, generator=torch.Generator().manual_seed(1))
     b = augment_patches(x, aug, generator=torch.Generator().manual_seed(1))
     c = augment_patches(x, aug, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
     # Brightness is drawn per patch (a flip does not change a patch's mean).
     ratios = (a.mean((1, 2, 3)) / x.mean((1, 2, 3))).unique()
     assert len(ratios) > 32
