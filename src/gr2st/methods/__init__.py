@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gr2st.methods import (
     gr2st,
+    hggep,
     hist2st,
     histogene,
     knn,
@@ -20,6 +21,7 @@ __all__ = [
     "METHODS",
     "Method",
     "gr2st",
+    "hggep",
     "hist2st",
     "histogene",
     "knn",
