@@ -74,6 +74,24 @@ def test_h5ad_folder_panel_and_all_genes(h5ad_dir: Path, tmp_path: Path) -> None
     assert res["genes"].startswith("all 12 genes")
 
 
+def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> None:
+    tiny = ["epochs=1", "dim=16", "depth=1", "heads=2", "dim_head=8", "mlp_dim=16"]
+    code, _, exc = _invoke(
+        "--data", str(h5ad_dir), "--methods", "histogene,knn", "--encoder", "toy",
+        "--profile", "cpu", "--panel", str(tmp_path / "panel.txt"),
+        *[a for t in tiny for a in ("--set", f"histogene:{t}")],
+        "--cache", str(tmp_path / "cache"), "--no-progress", "--no-figures",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, exc
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert set(res["methods"]) == {"histogene", "knn"}
+    assert res["methods"]["histogene"]["profile"] == "cpu"
+    assert res["methods"]["histogene"]["sections"]["S0"]["n_spots"] == 36
+    cached = sorted(p.parent.name for p in (tmp_path / "cache").rglob("patches-*.npz"))
+    assert cached == ["S0", "S1", "S2"]
+
+
 def test_cli_options_reach_the_fold_loop(h5ad_dir: Path, tmp_path: Path) -> None:
     code, _, exc = _invoke(
         "--data", str(h5ad_dir), "--methods", "knn", "--encoder", "toy", "--sections", "S0,S2",
