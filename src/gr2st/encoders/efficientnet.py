@@ -95,6 +95,23 @@ class _LiteFeatures(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
+def pretrained_network(model: str) -> EfficientNet:
+    """The offline ImageNet EfficientNet-Lite network ``model``, trainable, in train mode.
+
+    For methods that fine-tune or tap the CNN (the HGGEP backbone); frozen feature
+    extraction goes through :func:`~gr2st.encoders.get_encoder` instead. Its inputs
+    are scaled as ``(x - 127) / 128`` on 0..255 pixels.
+
+    Examples
+    --------
+    >>> net = pretrained_network("efficientnet-lite0")  # doctest: +SKIP
+    """
+    net = EfficientNet.from_name(model)
+    state = torch.load(weights_file(model), map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net
+
+
 def _build_module(model: str, weights: Path) -> _LiteFeatures:
     net = EfficientNet.from_name(model)
     state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -132,7 +132,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import Tensor, nn
 from torch_geometric.nn import HypergraphConv
 
-from gr2st.encoders.efficientnet import _build_module, weights_file
+from gr2st.encoders.efficientnet import pretrained_network
 from gr2st.errors import GR2STConfigError
 from gr2st.graph import grid_graph
 from gr2st.methods.base import METHODS
@@ -635,7 +635,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
         self._pools: dict[str, Taps] = {}
 
     def build(self, n_genes: int) -> nn.Module:
-        lite = _build_module(BACKBONE, weights_file(BACKBONE)).net
+        lite = pretrained_network(BACKBONE)
         return HGGEPNet(n_genes, config=self.config, backbone=lite, patch_px=int(self.patch_px))
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
