@@ -12,9 +12,11 @@ from PIL import Image
 
 from gr2st._constants import PATCHES, feature_key
 from gr2st.benchmark import fold_seed, run_benchmark
+from gr2st.benchmark.runner import _instantiate
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation import section_metrics
 from gr2st.genes import prepare_section
+from gr2st.methods import METHODS
 
 FEATURES = feature_key("toy")  # filled by the `sections` fixture (conftest.py)
 SECTION_KEYS = {
@@ -303,3 +305,13 @@ def test_input_errors(sections: list[AnnData], tmp_path: Path) -> None:
             out_dir=tmp_path,
             progress=False,
         )
+
+
+@pytest.mark.parametrize(
+    "name", ["gr2st", "mclstexp", "reg2st", "histogene", "hist2st", "thitogene", "hggep"]
+)
+def test_no_progress_reaches_every_trainer(name: str) -> None:
+    # hggep's __init__ only forwards **kwargs; --no-progress once missed it.
+    cls = METHODS.get(name)
+    assert _instantiate(cls, progress=False, feature_key="X_f").progress is False
+    assert _instantiate(cls, progress=True, feature_key="X_f").progress is True

@@ -148,8 +148,13 @@ def _remove_workdir(root: Path, method: str, fold: str) -> None:
 
 def _instantiate(cls: type[Method], *, progress: bool, **options: Any) -> Method:
     # Trainable methods may take their own ``progress`` flag; keep them quiet when the
-    # benchmark is.
-    if "progress" in inspect.signature(cls).parameters:
+    # benchmark is. A subclass whose ``__init__`` only forwards ``**kwargs`` hides the
+    # flag from its own signature, so look along the MRO.
+    if any(
+        "progress" in inspect.signature(klass.__init__).parameters
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+    ):
         options["progress"] = progress
     return cls(**options)
 
