@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ from gr2st.datasets import synthetic
 from gr2st.encoders import extract_patches
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import pearson_per_gene
-from gr2st.genes import get_panel, prepare_section
-from gr2st.io import read_her2st
+from gr2st.genes import prepare_section
 from gr2st.methods.base import METHODS
 from gr2st.methods.histogene import PROFILES, HisToGene, HisToGeneConfig, HisToGeneNet
 from gr2st.methods.mean import MeanBaseline
@@ -219,19 +217,3 @@ def test_describe_records_the_profile():
     assert info["epochs"] == 7
     assert info["dim"] == PROFILES["cpu"].dim
     assert HisToGene(feature_key=KEY, profile="paper").describe()["pixel_scale"] == 255.0
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_cpu_profile_trains_on_her2st_patches(her2st_root: Path, tmp_path: Path):
-    genes = get_panel("her2st-785")
-    raw = [read_her2st(her2st_root, name)[:48].copy() for name in ("C2", "C3")]
-    extract_patches(raw, out_px=HisToGene.patch_px, cache_dir=tmp_path, progress=False)
-    train, test = (prepare_section(a, genes=genes) for a in raw)
-    method = HisToGene(feature_key=KEY, profile="cpu", overrides=["epochs=2"], progress=False)
-    method.fit([train], workdir=tmp_path / "fold")
-    pred = method.predict(test)
-    assert pred.shape == (test.n_obs, len(genes))
-    assert np.isfinite(pred).all()
-    assert method.history_[1] < method.history_[0]
-    assert (tmp_path / "fold" / "checkpoint.pt").is_file()

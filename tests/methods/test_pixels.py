@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,7 +18,9 @@ from gr2st.datasets import synthetic
 from gr2st.encoders import extract_patches
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import pearson_per_gene
-from gr2st.genes import prepare_section
+from gr2st.genes import get_panel, prepare_section
+from gr2st.io import read_her2st
+from gr2st.methods import METHODS
 from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection, patch_tensor
 from gr2st.models.layers import EpochCheckpoint
 
@@ -144,3 +147,21 @@ def test_errors(sections):
         _tiny("epochs=1").fit([bad])
     with pytest.raises(GR2STDataError, match="n_positions=4"):
         _tiny("n_positions=4").fit(sections[:1])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["histogene", "hist2st", "thitogene", "hggep"])
+def test_cpu_profiles_train_on_her2st_patches(name: str, her2st_root: Path, tmp_path: Path):
+    genes = get_panel("her2st-785")
+    cls = METHODS.get(name)
+    raw = [read_her2st(her2st_root, section)[:48].copy() for section in ("C2", "C3")]
+    extract_patches(raw, out_px=cls.patch_px, cache_dir=tmp_path, progress=False)
+    train, test = (prepare_section(a, genes=genes) for a in raw)
+    method = cls(feature_key="X_unused", profile="cpu", overrides=["epochs=2"], progress=False)
+    method.fit([train], workdir=tmp_path / "fold")
+    pred = method.predict(test)
+    assert pred.shape == (test.n_obs, len(genes))
+    assert np.isfinite(pred).all()
+    assert method.history_[1] < method.history_[0]
+    assert (tmp_path / "fold" / "checkpoint.pt").is_file()
