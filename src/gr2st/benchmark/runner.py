@@ -151,7 +151,7 @@ def _instantiate(cls: type[Method], *, progress: bool, **options: Any) -> Method
     # benchmark is. A subclass whose ``__init__`` only forwards ``**kwargs`` hides the
     # flag from its own signature, so look along the MRO.
     if any(
-        "progress" in inspect.signature(klass.__init__).parameters
+        "progress" in inspect.signature(vars(klass)["__init__"]).parameters
         for klass in cls.__mro__
         if "__init__" in vars(klass)
     ):
