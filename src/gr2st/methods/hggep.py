@@ -94,7 +94,7 @@ Profiles
     per step, 520 epochs; GPU-sized).
 ``cpu``
     Same heads, losses and optimiser, reduced for a 2-core CPU (a HER2ST-6 fold, 5
-    sections ≈ 1,000 spots, 785 genes, in about 2.5 minutes):
+    sections ≈ 1,000 spots, 785 genes, in about 3 minutes on two threads, 4.5–5 on one):
 
     - Frozen backbone, computed once per fit (``finetune_backbone=False``,
       ``view_pool=2``): Lite0 on one 112-px patch costs about 7 ms of CPU forward
@@ -251,7 +251,7 @@ PROFILES: dict[str, HGGEPConfig] = {
     "paper": HGGEPConfig(),
     # Frozen Lite0 computed once per fit (original + 2 augmented copies), no GEM, dim
     # 1024 -> 256 (heads 16 -> 4), 5 -> 2 views, 520 -> 40 epochs at 100x the learning
-    # rate: ~2.5 min per HER2ST-6 fold on 2 CPU cores. See the module docstring.
+    # rate: ~3 min per HER2ST-6 fold on 2 CPU cores. See the module docstring.
     "cpu": HGGEPConfig(
         epochs=40,
         lr=1e-3,
