@@ -94,7 +94,7 @@ Profiles
     per step, 520 epochs; GPU-sized).
 ``cpu``
     Same heads, losses and optimiser, reduced for a 2-core CPU (a HER2ST-6 fold, 5
-    sections ≈ 1,000 spots, 785 genes, in about 3 minutes on two threads, 4.5–5 on one):
+    sections ≈ 1,000 spots, 785 genes, in about 3 minutes on two threads, 4.5–5.5 on one):
 
     - Frozen backbone, computed once per fit (``finetune_backbone=False``,
       ``view_pool=2``): Lite0 on one 112-px patch costs about 7 ms of CPU forward
