@@ -41,9 +41,19 @@ ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
 
 # PanNuke nuclear types in the reference's order; the index is the type id.
 NUCLEAR_TYPES: Final = ("nolabe", "necros", "neopla", "inflam", "connec", "no-neo")
+N_NUCLEAR_TYPES: Final = len(NUCLEAR_TYPES)
 
-# The reference patch side in full-resolution pixels.
+# Defaults of the image and gene steps, used by the API and the CLI alike.
+#: The reference patch side in full-resolution pixels.
 DEFAULT_PATCH_PX: Final = 224
+#: The frozen patch encoder (offline ImageNet weights).
+DEFAULT_ENCODER: Final = "efficientnet-lite0"
+#: Stain normalisation of every patch.
+DEFAULT_STAIN: Final = "reinhard"
+#: Source of the nuclear types.
+DEFAULT_NUCLEI: Final = "classical"
+#: The model's gene panel.
+DEFAULT_PANEL: Final = "her2st-785"
 
 
 def feature_key(encoder: str) -> str:

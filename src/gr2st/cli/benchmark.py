@@ -10,13 +10,11 @@ import typer
 from anndata import AnnData
 from rich.console import Console
 
-from gr2st._constants import CELL_TYPE, feature_key
+from gr2st._constants import CELL_TYPE, DEFAULT_PANEL, feature_key
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
-#: Default gene panel of the model.
-DEFAULT_PANEL = "her2st-785"
 
 _HELP = """Cross-validate METHODS on a dataset: fit on the training sections of each fold,
 predict the held-out section(s) from the image, score per section, and write
@@ -78,8 +76,8 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
 
     Returns the dataset name recorded in ``results.json`` and the sections.
     """
-    from gr2st.benchmark.data import section_name
     from gr2st.io import list_her2st, read_h5ad, read_her2st
+    from gr2st.sections import section_name
 
     if (root / "ST-cnts").is_dir():
         table = list_her2st(root)
@@ -164,8 +162,8 @@ def benchmark_command(
         None,
         "--profile",
         metavar="NAME",
-        help="Hyperparameter profile (e.g. reference, default); methods without it use "
-        "their own default.",
+        help="Profile of the learned methods: default (ours) or paper (as published); "
+        "knn, ridge, mean and oracle have one set of settings.",
     ),
     split: str = typer.Option(
         "section", "--split", metavar="SPLIT", help="section or patient (leave one out)."

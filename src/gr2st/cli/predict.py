@@ -52,7 +52,7 @@ def train_command(
         None, "--sections", metavar="NAMES", help="Comma-separated sections (default: all)."
     ),
     method: str = typer.Option("gr2st", "--method", help="Method (only gr2st is bundled)."),
-    profile: str = typer.Option("default", "--profile", help="GR2ST profile: default, reference."),
+    profile: str = typer.Option("default", "--profile", help="GR2ST profile: default or paper."),
     overrides: list[str] = typer.Option(
         [], "--set", metavar="KEY=VALUE", help="Config override, e.g. train.epochs=50; repeatable."
     ),

@@ -10,7 +10,8 @@ from anndata import AnnData
 
 from gr2st.errors import GR2STConfigError
 from gr2st.genes.panels import common_genes
-from gr2st.io._validate import as_counts, section_label
+from gr2st.io._validate import as_counts
+from gr2st.sections import section_label
 
 _FLAVORS = ("seurat", "cell_ranger")
 

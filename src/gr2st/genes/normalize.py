@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from gr2st._constants import COUNTS_LAYER, UNS, ZERO_PANEL_SPOTS
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes.panels import check_genes
-from gr2st.io._validate import as_counts, examples, section_label
+from gr2st.io._validate import as_counts, examples
+from gr2st.sections import section_label
 
 log = logging.getLogger(__name__)
 

@@ -55,19 +55,6 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def section_label(adata: AnnData) -> str:
-    """The section's name (``obs["section"]``) for messages, or ``"section"``.
-
-    Examples
-    --------
-    >>> section_label(AnnData(np.zeros((0, 1))))
-    'section'
-    """
-    if SECTION in adata.obs and adata.n_obs:
-        return str(adata.obs[SECTION].iloc[0])
-    return "section"
-
-
 def require_file(path: str | Path, *, what: str) -> Path:
     """Return ``path`` as a :class:`~pathlib.Path`, or raise if it is not a readable file.
 

@@ -60,8 +60,8 @@ Profiles
 --------
 ``paper``
     The settings above (``dim`` 1024, 6 network passes per step; GPU-sized).
-``cpu``
-    Same architecture, losses, optimiser, schedule shape and augmentations, reduced for
+``default``
+    Same architecture, losses, optimizer, schedule shape and augmentations, reduced for
     a 2-core CPU (a HER2ST-6 fold: 5 training sections ≈ 920 spots, 785 genes):
 
     - ``reduced_channels`` 4 → 1, so ``dim = 16² · 1 = 256`` (the 16 × 16 token grid
@@ -70,13 +70,13 @@ Profiles
       ``dim²``, and at 1024 one epoch takes minutes here.
     - 1 augmented view instead of 5 (each view is a full forward and backward pass).
     - 50 epochs instead of 350 at ``lr`` 1e-4 instead of 1e-5, StepLR every 7 epochs
-      instead of 50 (the same decay over the run): 250 optimiser steps instead of the
+      instead of 50 (the same decay over the run): 250 optimizer steps instead of the
       published ≈ 10,900 (31 training sections × 350 epochs); at 1e-5 they do not even
       fit the genes' mean levels.
 
     Cost: ≈ 4.4 CPU-seconds per epoch (one thread), ≈ 220 CPU-seconds per fold.
 
-What to expect from the ``cpu`` profile (measured on HER2ST-6 with B4 held out): a
+What to expect from the ``default`` profile (measured on HER2ST-6 with B4 held out): a
 mean PCC of about 0 (-0.004). Within a few hundred steps the network does not learn to
 read the patches; we checked why, and found no fault in the implementation:
 
@@ -108,9 +108,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import SAGEConv
 
+from gr2st.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from gr2st.errors import GR2STConfigError
 from gr2st.graph import grid_graph
-from gr2st.methods.base import METHODS
+from gr2st.methods.base import register_method
 from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
 from gr2st.models.layers import TransformerEncoder, ViewDistillation, ZINBHead, zinb_nll
 from gr2st.models.layers.convmixer import ConvMixer
@@ -159,19 +165,19 @@ class Hist2STConfig(PixelConfig):
     aug_rotation: float = 90.0
     aug_hflip: float = 0.2
     aug_grayscale: float = 0.1
-    pixel_scale: float = 255.0
-    patch_size: int = 7
-    channels: int = 32
-    kernel_size: int = 5
-    mixer_depth: int = 2
-    reduced_channels: int = 4
-    transformer_depth: int = 8
-    heads: int = 16
-    dim_head: int = 64
-    gnn_depth: int = 4
-    views: int = 5
-    w_zinb: float = 0.25
-    w_distill: float = 0.5
+    pixel_scale: PositiveFloat = 255.0
+    patch_size: PositiveInt = 7
+    channels: PositiveInt = 32
+    kernel_size: PositiveInt = 5
+    mixer_depth: PositiveInt = 2
+    reduced_channels: PositiveInt = 4
+    transformer_depth: PositiveInt = 8
+    heads: PositiveInt = 16
+    dim_head: PositiveInt = 64
+    gnn_depth: PositiveInt = 4
+    views: NonNegativeInt = 5
+    w_zinb: NonNegativeFloat = 0.25
+    w_distill: NonNegativeFloat = 0.5
 
     def dim(self, patch_px: int = PATCH_PX) -> int:
         """Width of a spot's state: ``(patch_px / patch_size)² · reduced_channels``.
@@ -183,32 +189,13 @@ class Hist2STConfig(PixelConfig):
         """
         return (patch_px // self.patch_size) ** 2 * self.reduced_channels
 
-    def validate(self, owner: str) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        super().validate(owner)
-        for name in (
-            "patch_size",
-            "channels",
-            "kernel_size",
-            "mixer_depth",
-            "reduced_channels",
-            "transformer_depth",
-            "heads",
-            "dim_head",
-            "gnn_depth",
-        ):
-            if not getattr(self, name) >= 1:
-                raise GR2STConfigError(f"{owner}: {name} must be >= 1, got {getattr(self, name)}")
+    def check(self) -> None:
         if PATCH_PX % self.patch_size:
             raise GR2STConfigError(
-                f"{owner}: patch_size must divide the {PATCH_PX}-px patch, got {self.patch_size}"
+                f"patch_size must divide the {PATCH_PX}-px patch, got {self.patch_size}"
             )
-        if not self.pixel_scale > 0:
-            raise GR2STConfigError(f"{owner}: pixel_scale must be positive, got {self.pixel_scale}")
         if self.kernel_size % 2 == 0:
-            raise GR2STConfigError(f"{owner}: kernel_size must be odd, got {self.kernel_size}")
-        if self.views < 0 or self.w_zinb < 0 or self.w_distill < 0:
-            raise GR2STConfigError(f"{owner}: views, w_zinb and w_distill must be >= 0")
+            raise GR2STConfigError(f"kernel_size must be odd, got {self.kernel_size}")
 
 
 PROFILES: dict[str, Hist2STConfig] = {
@@ -216,7 +203,7 @@ PROFILES: dict[str, Hist2STConfig] = {
     # dim 1024 -> 256 (reduced_channels 4 -> 1, heads 16 -> 4), 5 -> 1 augmented view,
     # 350 -> 50 epochs at 10x the learning rate with the StepLR step in proportion
     # (50 -> 7 epochs): ~220 CPU-seconds per HER2ST-6 fold (see the module docstring).
-    "cpu": Hist2STConfig(
+    "default": Hist2STConfig(
         epochs=50,
         lr=1e-4,
         lr_step_epochs=7,
@@ -310,14 +297,14 @@ class Hist2STNet(nn.Module):
         return sequence.mean(0)
 
 
-@METHODS.register("hist2st")
+@register_method
 class Hist2ST(PixelMethod[Hist2STConfig]):
     """Hist2ST: ConvMixer, Transformer and GNN trained on raw patches, one section per step.
 
     Parameters
     ----------
     **kwargs
-        See :class:`~gr2st.methods.pixels.PixelMethod` (``profile`` ``"cpu"``, the
+        See :class:`~gr2st.methods.pixels.PixelMethod` (``profile`` ``"default"``, the
         default, or ``"paper"``; ``overrides`` as ``"field=value"`` of
         :class:`Hist2STConfig`).
 
@@ -328,8 +315,7 @@ class Hist2ST(PixelMethod[Hist2STConfig]):
     """
 
     name = "hist2st"
-    profiles = ("cpu", "paper")
-    configs: ClassVar[dict[str, Hist2STConfig]] = PROFILES
+    profiles = PROFILES
     needs_counts = True
     patch_px: ClassVar[int] = PATCH_PX
 

@@ -43,8 +43,8 @@ Profiles
 --------
 ``paper``
     The settings above (GPU-sized; any frozen features, Phikon-v2 in the paper).
-``cpu``
-    Same architecture, losses and optimiser, reduced for a 2-core CPU: 100 epochs
+``default``
+    Same architecture, losses and optimizer, reduced for a 2-core CPU: 100 epochs
     instead of 400 (warm-up 3 instead of 10, about the same share of the run) and 2
     decoder blocks instead of 6: a HER2ST-6 fold (5 training sections, 1,000 spots,
     1280-d, 785 genes) trains in about 2 minutes.
@@ -60,8 +60,8 @@ new section's coordinates; with 31 training sections (the paper) this is diluted
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,29 +70,34 @@ import torch
 import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gr2st._utils.seed import resolve_device, seed_everything
-from gr2st.benchmark.data import section_name, stack_features
+from gr2st.config import (
+    Config,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
 from gr2st.models.layers import (
-    EpochCheckpoint,
     KnowledgeGraphAttention,
     TransformerDecoder,
     ZINBHead,
     clip_binary_cross_entropy,
-    fingerprint,
     random_attention_mask,
-    section_arrays,
     size_factors,
-    spot_positions,
     zinb_nll,
 )
+from gr2st.sections import section_arrays, section_name, spot_positions, stack_features
+from gr2st.training import Batch, TrainingTask
 
 
 @dataclass(frozen=True)
-class Reg2STConfig:
+class Reg2STConfig(Config):
     """Settings of :class:`Reg2ST` (defaults: the ``paper`` profile).
 
     Attributes
@@ -126,73 +131,47 @@ class Reg2STConfig:
         Loss weights.
     """
 
-    epochs: int = 400
-    lr: float = 1e-4
-    warmup_lr: float = 1e-5
-    final_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.01
-    hidden_dim: int = 256
-    gene_encoder_dim: int = 1024
-    decoder_depth: int = 6
-    decoder_heads: int = 8
-    decoder_mlp_dim: int = 1024
-    mask_rate: float = 0.75
-    graph_top_k: int = 6
-    graph_dropout: float = 0.3
-    dropout: float = 0.2
-    n_positions: int = 64
+    epochs: PositiveInt = 400
+    lr: PositiveFloat = 1e-4
+    warmup_lr: PositiveFloat = 1e-5
+    final_lr: PositiveFloat = 1e-6
+    warmup_epochs: NonNegativeInt = 10
+    weight_decay: NonNegativeFloat = 0.01
+    hidden_dim: PositiveInt = 256
+    gene_encoder_dim: PositiveInt = 1024
+    decoder_depth: PositiveInt = 6
+    decoder_heads: PositiveInt = 8
+    decoder_mlp_dim: PositiveInt = 1024
+    mask_rate: Fraction = 0.75
+    graph_top_k: PositiveInt = 6
+    graph_dropout: Fraction = 0.3
+    dropout: Fraction = 0.2
+    n_positions: PositiveInt = 64
     use_positions: bool = True
-    init_temperature: float = 0.07
-    w_contrastive: float = 0.5
-    w_mse: float = 1.0
-    w_projection: float = 1.0
-    w_zinb: float = 0.25
+    init_temperature: PositiveFloat = 0.07
+    w_contrastive: NonNegativeFloat = 0.5
+    w_mse: NonNegativeFloat = 1.0
+    w_projection: NonNegativeFloat = 1.0
+    w_zinb: NonNegativeFloat = 0.25
+    precision: Precision = "fp32"
 
-    def validate(self) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        positive = (
-            "epochs",
-            "lr",
-            "warmup_lr",
-            "final_lr",
-            "hidden_dim",
-            "gene_encoder_dim",
-            "decoder_depth",
-            "decoder_heads",
-            "decoder_mlp_dim",
-            "graph_top_k",
-            "n_positions",
-            "init_temperature",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise GR2STConfigError(f"reg2st: {name} must be positive, got {value}")
-        if not 0 <= self.warmup_epochs < self.epochs:
+    def check(self) -> None:
+        if self.warmup_epochs >= self.epochs:
             raise GR2STConfigError(
-                f"reg2st: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
+                f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
             )
         if self.hidden_dim % self.decoder_heads:
             raise GR2STConfigError(
-                f"reg2st: hidden_dim ({self.hidden_dim}) must be divisible by decoder_heads "
+                f"hidden_dim ({self.hidden_dim}) must be divisible by decoder_heads "
                 f"({self.decoder_heads})"
             )
-        for name in ("mask_rate", "dropout", "graph_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise GR2STConfigError(
-                    f"reg2st: {name} must be in [0, 1), got {getattr(self, name)}"
-                )
-        weights = (self.w_contrastive, self.w_mse, self.w_projection, self.w_zinb)
-        if self.weight_decay < 0 or min(weights) < 0:
-            raise GR2STConfigError("reg2st: weight_decay and loss weights must be >= 0")
 
 
 PROFILES: dict[str, Reg2STConfig] = {
     "paper": Reg2STConfig(),
     # 400 -> 100 epochs (warm-up 10 -> 3, about the same share), 6 -> 2 decoder blocks:
     # about 1 CPU-second per epoch of a 5-section HER2ST-6 fold (1,000 spots, 785 genes).
-    "cpu": Reg2STConfig(epochs=100, warmup_epochs=3, decoder_depth=2),
+    "default": Reg2STConfig(epochs=100, warmup_epochs=3, decoder_depth=2),
 }
 
 
@@ -298,14 +277,42 @@ class Reg2STNet(nn.Module):
         }
 
 
-@METHODS.register("reg2st")
-class Reg2ST(Method):
+class _RegressionTask(TrainingTask):
+    """Reg2ST's steps (one section each, in name order) and weighted loss terms."""
+
+    def __init__(self, cfg: Reg2STConfig, sections: list[tuple[Tensor, ...]]) -> None:
+        self.cfg = cfg
+        self.sections = sections
+        self.schedule = lr_schedule(cfg, len(sections))
+        self.weights = {
+            "contrastive": cfg.w_contrastive,
+            "mse": cfg.w_mse,
+            "projection": cfg.w_projection,
+            "zinb": cfg.w_zinb,
+        }
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+
+    def learning_rate(self, epoch: int, step: int) -> float:
+        return float(self.schedule[epoch * len(self.sections) + step])
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
+        return (Batch(section) for section in self.sections)
+
+    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
+        terms = net.losses(*batch)
+        return {k: self.weights[k] * v for k, v in terms.items()}
+
+
+@register_method
+class Reg2ST(Method[Reg2STConfig]):
     """Reg2ST: expression-guided regression from frozen image features.
 
     Parameters
     ----------
-    progress
-        Show a progress bar over epochs.
     **kwargs
         See :class:`~gr2st.methods.base.Method`.
 
@@ -316,13 +323,12 @@ class Reg2ST(Method):
     (400, 6)
     """
 
-    profiles = ("cpu", "paper")
+    name = "reg2st"
+    learned = True
+    profiles = PROFILES
 
-    def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = self._profile_config("reg2st", PROFILES)
-        self.config.validate()
-        self.progress = progress
         self.history_: list[float] = []
         self._net: Reg2STNet | None = None
 
@@ -355,42 +361,15 @@ class Reg2ST(Method):
         net = Reg2STNet(
             sections[0].expression.shape[1], sections[0].features.shape[1], config=cfg
         ).to(device)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = lr_schedule(cfg, len(sections))
-        settings = {"method": "reg2st", "seed": self.seed, **asdict(cfg)}
         arrays = [a for s in sections for a in (s.features, s.positions, s.expression, s.counts)]
-        checkpoint = EpochCheckpoint(workdir, run_fingerprint=fingerprint(settings, arrays))
-        start, history = checkpoint.load(model=net, optimizer=optimizer)
-        weights = {
-            "contrastive": cfg.w_contrastive,
-            "mse": cfg.w_mse,
-            "projection": cfg.w_projection,
-            "zinb": cfg.w_zinb,
-        }
-        epochs = tqdm(
-            range(start, cfg.epochs),
-            desc="reg2st",
-            initial=start,
-            total=cfg.epochs,
-            disable=not self.progress,
+        history = self.train_network(
+            net,
+            _RegressionTask(cfg, tensors),
+            epochs=cfg.epochs,
+            workdir=workdir,
+            data=arrays,
+            precision=cfg.precision,
         )
-        for epoch in epochs:
-            net.train()
-            total = 0.0
-            for i, batch in enumerate(tensors):
-                for group in optimizer.param_groups:
-                    group["lr"] = float(schedule[epoch * len(tensors) + i])
-                terms = net.losses(*batch)
-                loss = sum(
-                    (weights[k] * v for k, v in terms.items()), torch.zeros((), device=device)
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-            history.append(total / len(tensors))
-            epochs.set_postfix(loss=f"{history[-1]:.4f}")
-            checkpoint.save(model=net, optimizer=optimizer, epoch=epoch + 1, history=history)
         self._net = net.eval()
         self.history_ = history
 
@@ -406,6 +385,3 @@ class Reg2ST(Method):
             torch.from_numpy(features).to(device), torch.from_numpy(positions).to(device)
         )
         return out.cpu().numpy().astype(np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **asdict(self.config)}

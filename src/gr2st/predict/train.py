@@ -7,16 +7,20 @@ from pathlib import Path
 
 from anndata import AnnData
 
-from gr2st._constants import feature_key
-from gr2st.encoders import DEFAULT_ENCODER, Encoder, get_encoder, prepare_image_inputs
+from gr2st._constants import (
+    DEFAULT_ENCODER,
+    DEFAULT_NUCLEI,
+    DEFAULT_PANEL,
+    DEFAULT_PATCH_PX,
+    DEFAULT_STAIN,
+    feature_key,
+)
+from gr2st.encoders import Encoder, get_encoder, prepare_image_inputs
 from gr2st.encoders.extract import StainOption, resolve_stain
 from gr2st.errors import GR2STConfigError
 from gr2st.genes import common_genes, get_panel, prepare_sections
 from gr2st.models import GR2ST
 from gr2st.predict.bundle import BUNDLE_METHODS, BundleSettings, save_bundle
-
-#: Default gene panel of a bundle.
-DEFAULT_PANEL = "her2st-785"
 
 
 def train_bundle(
@@ -28,9 +32,9 @@ def train_bundle(
     profile: str = "default",
     overrides: Sequence[str] = (),
     encoder: Encoder | str = DEFAULT_ENCODER,
-    nuclei: str = "classical",
-    stain: StainOption = "reinhard",
-    size_px: int = 224,
+    nuclei: str = DEFAULT_NUCLEI,
+    stain: StainOption = DEFAULT_STAIN,
+    size_px: int = DEFAULT_PATCH_PX,
     seed: int = 0,
     device: str = "auto",
     cache_dir: str | Path | None = None,
@@ -52,7 +56,7 @@ def train_bundle(
     method
         Only ``"gr2st"`` is supported.
     profile, overrides, seed, device
-        As in :class:`~gr2st.models.GR2ST`.
+        As in :class:`~gr2st.models.GR2ST` (profile ``default`` or ``paper``).
     encoder, nuclei, stain, size_px, cache_dir, batch_size
         As in :func:`~gr2st.encoders.prepare_image_inputs`.
     progress
@@ -103,9 +107,7 @@ def train_bundle(
         device=device,
     )
     model.train(progress=progress)
-    settings = BundleSettings(
-        encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei, profile=profile
-    )
+    settings = BundleSettings(encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei)
     return save_bundle(
         model, out, sections=train, all_genes=everything, settings=settings, command=command
     )
