@@ -66,11 +66,11 @@ def _variant(
     return module, torch.optim.Adam(module.parameters(), lr=1e-4, weight_decay=1e-3)
 
 
-def _step(module: GR2STModule, optimiser: torch.optim.Optimizer, batch: tuple[Tensor, ...]) -> None:
+def _step(module: GR2STModule, optimizer: torch.optim.Optimizer, batch: tuple[Tensor, ...]) -> None:
     loss = module(*batch)
-    optimiser.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimiser.step()
+    optimizer.step()
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -125,8 +125,8 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in built}
     for step in range(args.warmup + args.steps):
-        for name, (module, optimiser) in built.items():
-            elapsed = _timed(partial(_step, module, optimiser, batch), device)
+        for name, (module, optimizer) in built.items():
+            elapsed = _timed(partial(_step, module, optimizer, batch), device)
             if step >= args.warmup:
                 times[name].append(elapsed)
 

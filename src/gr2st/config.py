@@ -364,10 +364,13 @@ def validate(config: Config, *, owner: str) -> None:
         for part in path.split("."):
             value = getattr(value, part)
         base, bounds = _split_annotated(hint)
-        if get_origin(base) is Literal and value not in get_args(base):
+        items = value if isinstance(value, tuple) else (value,)
+        if get_origin(base) is tuple:
+            base, element_bounds = _split_annotated(get_args(base)[0])
+            bounds = bounds + element_bounds
+        if get_origin(base) is Literal and any(v not in get_args(base) for v in items):
             choices = ", ".join(str(c) for c in get_args(base))
             raise GR2STConfigError(f"{owner}: {path} must be one of {choices}, got {value!r}")
-        items = value if isinstance(value, tuple) else (value,)
         for bound in bounds:
             for item in items:
                 if item is not None and not bound.contains(item):

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from anndata import AnnData
+from gr2st.benchmark.data import section_name, stack_expression
 
 from gr2st._constants import feature_key
-from gr2st.benchmark.data import section_name, stack_expression
 from gr2st.datasets import synthetic
 from gr2st.methods import METHODS, Method
 

@@ -56,6 +56,8 @@ def synthetic(
     n_states: int = 3,
     signal: float = 1.5,
     pitch_px: int = 48,
+    state_scale: float = 1.5,
+    depth: float = 40.0,
     image_dir: str | Path | None = None,
     seed: int = 0,
 ) -> list[AnnData]:
@@ -77,6 +79,11 @@ def synthetic(
         Strength of the state → expression link (log-fold scale); 0 gives pure noise.
     pitch_px
         Distance between neighbouring spot centres in image pixels.
+    state_scale
+        Spatial scale, in spots, of the latent state's patches (the smoothing width of
+        the random fields they come from); smaller values mix states more finely.
+    depth
+        Median total count of a spot (sequencing depth): lower means noisier counts.
     image_dir
         Folder where one PNG per section is written; ``None`` writes no image.
     seed
@@ -104,13 +111,13 @@ def synthetic(
     loadings = rng.normal(0.0, 1.0, (n_states, n_genes)) * strength
     out = []
     for s in range(n_sections):
-        states = _latent_states(rng, grid, n_states)
+        states = _latent_states(rng, grid, n_states, state_scale)
         rows, cols = np.indices(grid)
         ax, ay = cols.ravel() + 1, rows.ravel() + 1
         px = _MARGIN_PX + (ax - 1) * pitch_px + rng.normal(0, 0.5, ax.size)
         py = _MARGIN_PX + (ay - 1) * pitch_px + rng.normal(0, 0.5, ay.size)
         state = states.ravel()
-        library = rng.lognormal(np.log(40.0), 0.3, state.size)
+        library = rng.lognormal(np.log(depth), 0.3, state.size)
         rate = np.exp(base[None, :] + loadings[state]) * library[:, None] / n_genes
         # Gamma-Poisson (negative binomial, dispersion 5) counts.
         counts = rng.poisson(rng.gamma(5.0, rate / 5.0))
@@ -154,9 +161,11 @@ def synthetic(
     return out
 
 
-def _latent_states(rng: np.random.Generator, grid: tuple[int, int], n_states: int) -> np.ndarray:
+def _latent_states(
+    rng: np.random.Generator, grid: tuple[int, int], n_states: int, scale: float
+) -> np.ndarray:
     fields = np.stack(
-        [gaussian_filter(rng.normal(size=grid), sigma=1.5, mode="wrap") for _ in range(n_states)]
+        [gaussian_filter(rng.normal(size=grid), sigma=scale, mode="wrap") for _ in range(n_states)]
     )
     return np.asarray(fields.argmax(axis=0), dtype=np.int64)
 

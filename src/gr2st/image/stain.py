@@ -111,7 +111,7 @@ class LabMoments:
     --------
     >>> moments = LabMoments()
     >>> moments.add(np.full((4, 4, 3), [200, 120, 160], np.uint8))
-    >>> moments.weight, moments.std.tolist()
+    >>> moments.weight, moments.std.round(6).tolist()
     (16.0, [0.0, 0.0, 0.0])
     """
 

@@ -139,7 +139,8 @@ def patch_tensor(adata: AnnData, *, side: int, owner: str) -> Tensor:
 
     Examples
     --------
-    >>> ad = AnnData(np.zeros((2, 1), np.float32))
+    >>> import pandas as pd
+    >>> ad = AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"section": ["A", "A"]}))
     >>> ad.obsm["patches"] = np.full((2, 8, 8, 3), 255, np.uint8)
     >>> patch_tensor(ad, side=4, owner="demo").shape
     torch.Size([2, 3, 4, 4])
