@@ -141,7 +141,7 @@ def test_bad_overrides_and_missing_features(prepared: list[AnnData]) -> None:
         KNNBaseline(feature_key=FEATURES, overrides=["k=3"])
     with pytest.raises(GR2STConfigError, match="mean: unknown override"):
         MeanBaseline(feature_key=FEATURES, overrides=["top_k=3"])
-    with pytest.raises(GR2STConfigError, match="knn: top_k=.many.: expected an integer"):
+    with pytest.raises(GR2STConfigError, match=r"knn: top_k=.many.: expected an integer"):
         KNNBaseline(feature_key=FEATURES, overrides=["top_k=many"])
     with pytest.raises(GR2STConfigError, match="top_k must be > 0"):
         ExpressionOracle(feature_key=FEATURES, overrides=["top_k=0"])

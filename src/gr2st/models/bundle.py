@@ -270,8 +270,8 @@ def _upgrade_v1(meta: dict[str, Any], where: Path) -> dict[str, Any]:
     log.warning("%s: schema_version 1 bundle; reading it with compatibility conversions", where)
     meta = dict(meta)
     train = dict(meta.get("config", {}).get("train", {}))
-    if "optimizer_per_epoch" in train:
-        train["optimizer_per_epoch"] = train.pop("optimizer_per_epoch")
+    if "optimiser_per_epoch" in train:
+        train["optimizer_per_epoch"] = train.pop("optimiser_per_epoch")
     meta["config"] = {**meta.get("config", {}), "train": train}
     meta["profile"] = {"reference": "paper"}.get(meta.get("profile", ""), meta.get("profile"))
     meta["image_dim"] = meta.get("encoder", {}).get("dim")
