@@ -78,7 +78,7 @@ def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> Non
     tiny = ["epochs=1", "dim=16", "depth=1", "heads=2", "dim_head=8", "mlp_dim=16"]
     code, _, exc = _invoke(
         "--data", str(h5ad_dir), "--methods", "histogene,knn", "--encoder", "toy",
-        "--profile", "cpu", "--panel", str(tmp_path / "panel.txt"),
+        "--profile", "default", "--panel", str(tmp_path / "panel.txt"),
         *[a for t in tiny for a in ("--set", f"histogene:{t}")],
         "--cache", str(tmp_path / "cache"), "--no-progress", "--no-figures",
         "--out", str(tmp_path / "o"),
@@ -86,7 +86,7 @@ def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> Non
     assert code == 0, exc
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(res["methods"]) == {"histogene", "knn"}
-    assert res["methods"]["histogene"]["profile"] == "cpu"
+    assert res["methods"]["histogene"]["profile"] == "default"
     assert res["methods"]["histogene"]["sections"]["S0"]["n_spots"] == 36
     cached = sorted(p.parent.name for p in (tmp_path / "cache").rglob("patches-*.npz"))
     assert cached == ["S0", "S1", "S2"]

@@ -100,6 +100,7 @@ def test_ridge_single_training_section_uses_spot_blocks(prepared: list[AnnData])
     assert m.predict(_blind(prepared[0])).shape == prepared[0].shape
 
 
+@pytest.mark.learning
 def test_signal_ranking_on_strong_synthetic_data(prepared: list[AnnData]) -> None:
     truth = prepared[0].X
     genes = list(prepared[0].var_names)

@@ -13,6 +13,7 @@ from gr2st._constants import CELL_TYPE
 from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.models import GR2ST
+from learning_seed import LEARNING_SEED
 
 FEATURE_KEY = "X_test"
 # Small widths keep each training run to a fraction of a second on CPU.
@@ -58,7 +59,7 @@ def _prepare(sections: list[AnnData], *, dim: int = 16, noise: float = 0.3) -> l
 @pytest.fixture(scope="module")
 def make_sections() -> Sections:
     """``make_sections()`` → three prepared 10×10 sections (fresh copies each call)."""
-    sections = _prepare(synthetic(n_sections=3, n_genes=40, grid=(10, 10), seed=0))
+    sections = _prepare(synthetic(n_sections=3, n_genes=40, grid=(10, 10), seed=LEARNING_SEED))
     return lambda: [a.copy() for a in sections]
 
 
@@ -84,6 +85,7 @@ def _pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (p * t).sum(0) / np.sqrt((p**2).sum(0) * (t**2).sum(0))
 
 
+@pytest.mark.learning
 def test_training_reduces_the_loss_and_predicts_better_than_the_mean(
     make_sections: Sections,
 ) -> None:

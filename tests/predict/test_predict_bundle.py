@@ -19,8 +19,8 @@ from gr2st._utils.files import sha256_file
 from gr2st.encoders import get_encoder
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.image import ReinhardNormalizer
-from gr2st.predict import SCHEMA_VERSION, load_bundle
 from gr2st.models.bundle import meta_fingerprint
+from gr2st.predict import SCHEMA_VERSION, load_bundle
 from gr2st.predict.bundle import BANK_FILE, META_FILE, WEIGHTS_FILE, _stain_meta
 
 

@@ -71,6 +71,7 @@ def _weights(net: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for p in net.parameters()]
 
 
+@pytest.mark.learning
 def test_training_lowers_the_loss_and_is_deterministic() -> None:
     first, net_a = _fit(None)
     second, net_b = _fit(None)
