@@ -9,7 +9,7 @@ Train on five HER2ST sections and predict the sixth from its image alone::
 
     import gr2st
     train = [gr2st.read_her2st("data/her2st", s) for s in ("B4", "C2", "C3", "C4", "C5")]
-    bundle = gr2st.train_bundle(train, "models/her2st5")
+    bundle = gr2st.load_bundle(gr2st.train_bundle(train, "models/her2st5"))
     pred = bundle.predict(gr2st.read_her2st("data/her2st", "C6"))  # AnnData
     pred.write_h5ad("C6_predicted.h5ad")
 """
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from gr2st.benchmark import run_benchmark
     from gr2st.datasets import synthetic
     from gr2st.encoders import extract_patches, get_encoder, prepare_image_inputs
+    from gr2st.evaluation import pearson_per_gene
     from gr2st.genes import common_genes, get_panel, prepare_section, prepare_sections
     from gr2st.io import list_her2st, read_cscc, read_h5ad, read_her2st, read_visium
     from gr2st.methods import METHODS
@@ -68,6 +69,7 @@ _EXPORTS = {
         ("common_genes", "get_panel", "prepare_section", "prepare_sections"), "gr2st.genes"
     ),
     **dict.fromkeys(("extract_patches", "get_encoder", "prepare_image_inputs"), "gr2st.encoders"),
+    "pearson_per_gene": "gr2st.evaluation",
     "GR2ST": "gr2st.models",
     "METHODS": "gr2st.methods",
     **dict.fromkeys(
@@ -99,6 +101,7 @@ __all__ = [
     "get_panel",
     "list_her2st",
     "load_bundle",
+    "pearson_per_gene",
     "predict_spots",
     "prepare_image_inputs",
     "prepare_section",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -60,12 +60,18 @@ class Tiny(PixelMethod[TinyConfig]):
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory: Any) -> list[AnnData]:
-    folder = tmp_path_factory.mktemp("img")
+def sections() -> list[AnnData]:
+    """Sections whose 16-px patches are a flat colour of the latent state plus noise."""
     raw = synthetic(
-        n_sections=4, n_genes=12, grid=(8, 8), signal=2.5, image_dir=folder, seed=2 + LEARNING_SEED
-    )
-    extract_patches(raw, out_px=16, size_px=40, stain=None, progress=False)
+        n_sections=4, n_genes=12, grid=(8, 8), signal=2.5, state_scale=1.0, depth=200,
+        seed=2 + LEARNING_SEED,
+    )  # fmt: skip
+    rng = np.random.default_rng(LEARNING_SEED)
+    colours = np.array([[230, 120, 160], [120, 60, 170], [250, 220, 230]])
+    for adata in raw:
+        state = adata.obs["latent_state"].to_numpy()
+        noisy = colours[state][:, None, None, :] + rng.normal(0, 12, (adata.n_obs, 16, 16, 3))
+        adata.obsm[PATCHES] = np.clip(noisy, 0, 255).astype(np.uint8)
     return [prepare_section(a, genes=list(a.var_names)) for a in raw]
 
 

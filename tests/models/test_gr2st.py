@@ -59,7 +59,10 @@ def _prepare(sections: list[AnnData], *, dim: int = 16, noise: float = 0.3) -> l
 @pytest.fixture(scope="module")
 def make_sections() -> Sections:
     """``make_sections()`` → three prepared 10×10 sections (fresh copies each call)."""
-    sections = _prepare(synthetic(n_sections=3, n_genes=40, grid=(10, 10), seed=LEARNING_SEED))
+    raw = synthetic(
+        n_sections=3, n_genes=40, grid=(10, 10), state_scale=1.0, depth=200, seed=LEARNING_SEED
+    )
+    sections = _prepare(raw)
     return lambda: [a.copy() for a in sections]
 
 
