@@ -39,15 +39,16 @@ def test_examples_use_only_public_names(path: Path) -> None:
             if node.module == "gr2st":
                 for alias in node.names:
                     assert alias.name in gr2st.__all__, alias.name
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == "gr2st":
-                assert node.attr in gr2st.__all__, node.attr
+        is_name = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        if is_name and node.value.id == "gr2st":  # type: ignore[union-attr]
+            assert node.attr in gr2st.__all__, node.attr  # type: ignore[union-attr]
 
 
 @pytest.mark.slow
 def test_quickstart_trains_and_predicts_from_public_names(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("quickstart", EXAMPLES / "quickstart.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)
     pcc = quickstart.main(None, tmp_path / "bundle", epochs=20)
