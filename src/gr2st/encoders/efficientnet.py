@@ -8,7 +8,7 @@ Input normalisation: the Lite models were trained by TensorFlow's EfficientNet-L
 with ``MEAN_RGB = 127`` and ``STDDEV_RGB = 128`` (inputs in about [-1, 1]), not with the
 ImageNet mean/std of the full EfficientNets. Checked empirically as well: with
 ``(x - 127) / 128`` the stem convolution's outputs on natural photographs match the running
-statistics of the batch-norm that follows (median |log variance ratio| 0.36-0.57 for
+statistics of the batch-norm that follows (median absolute log variance ratio 0.36-0.57 for
 Lite0/1/2) while ImageNet mean/std inflates their variance about 3.7-fold (1.30-1.31); and
 Lite0 and Lite2 classify scikit-image's ``chelsea`` (cat) and ``coffee`` photographs with
 lower entropy under it.
