@@ -137,10 +137,11 @@ def main() -> None:
     spots = work / "B1_spots.csv"
     pd.DataFrame({"id": test.obs_names, "x": xy[:, 0], "y": xy[:, 1]}).to_csv(spots, index=False)
     image = next((root / "ST-imgs" / "B" / "B1").glob("*.jpg"))
+    # The HER2ST reader measured the training resolution from the 200 µm spot pitch.
     out = work / "B1_pred.h5ad"
     run(
         gr2st_cmd, "predict", "--model", str(bundle), "--image", str(image), "--spots",
-        str(spots), "--mpp", "2", *common, "--out", str(out),
+        str(spots), "--mpp", f"{200 / 48:.4f}", *common, "--out", str(out),
     )  # fmt: skip
 
     from gr2st.genes import log_normalize

@@ -275,6 +275,13 @@ def benchmark_command(
     encoder: str | None = typer.Option(
         None, "--encoder", metavar="NAME", help="Frozen image encoder (default efficientnet-lite0)."
     ),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        min=1,
+        metavar="PX",
+        help="Patch side in full-resolution pixels for the features (default 224).",
+    ),
     nuclei: str = typer.Option(
         "classical",
         "--nuclei",
@@ -348,6 +355,7 @@ def benchmark_command(
         prepare_image_inputs(
             adatas,
             encoder=enc,
+            size_px=size,
             nuclei=nuclei,
             cache_dir=cache or user_cache_dir() / "features",
             progress=progress,
