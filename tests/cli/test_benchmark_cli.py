@@ -120,7 +120,7 @@ def test_cli_errors(h5ad_dir: Path, tmp_path: Path) -> None:
 def test_data_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GR2ST_DATA", raising=False)
-    with pytest.raises(GR2STDataError, match="gr2st data fetch her2st --dest DIR"):
+    with pytest.raises(GR2STDataError, match="or use --data auto "):
         resolve_data_dir(None)
     (tmp_path / "store" / "her2st" / "ST-cnts").mkdir(parents=True)
     monkeypatch.setenv("GR2ST_DATA", str(tmp_path / "store"))

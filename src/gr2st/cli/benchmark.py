@@ -15,6 +15,8 @@ from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
+#: Where ``--data auto`` downloads HER2ST when no data is found (relative to the cwd).
+FETCH_DEST = Path("data/her2st")
 
 _HELP = """Cross-validate METHODS on a dataset: fit on the training sections of each fold,
 predict the held-out section(s) from the image, score per section, and write
@@ -23,6 +25,9 @@ results.json, per_gene.csv, summary.txt and figures to --out.
 Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder
 (ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), or a
 folder of .h5ad sections in gr2st's shape (one section per file; default: all).
+--data auto uses the first of $GR2ST_DATA, ../shared/data/her2st and data/her2st
+that holds the sections (default: the six imaged ones, B4 and C2-C6; --sections all:
+all 36), and otherwise downloads them into data/her2st (checked, resumable).
 Sections that already carry the encoder's features (obsm["X_<encoder>"]) and
 obs["cell_type"] are used as they are; otherwise features and nuclear types are
 computed and cached in --cache.
@@ -32,10 +37,14 @@ after an interruption resumes where it stopped (--no-resume recomputes).
 """
 
 
-def resolve_data_dir(data: Path | None) -> Path:
+def resolve_data_dir(
+    data: Path | None, *, sections: Sequence[str] | None = None, progress: bool = True
+) -> Path:
     """``--data``, else ``$GR2ST_DATA``, else ``../shared/data/her2st`` if it exists.
 
-    ``$GR2ST_DATA`` may also name a folder holding ``her2st/``.
+    ``$GR2ST_DATA`` may also name a folder holding ``her2st/``. ``--data auto`` finds
+    HER2ST or downloads it (see :func:`find_or_fetch_her2st`; ``sections`` are the
+    sections it must hold).
 
     Examples
     --------
@@ -44,24 +53,106 @@ def resolve_data_dir(data: Path | None) -> Path:
     >>> resolve_data_dir(d) == d
     True
     """
+    if data is not None and str(data) == "auto":
+        return find_or_fetch_her2st(sections, progress=progress)
     if data is not None:
         if not data.is_dir():
             raise GR2STDataError(f"--data {data}: no such folder")
         return data
-    env = os.environ.get("GR2ST_DATA")
-    if env:
-        root = Path(env).expanduser()
-        if not (root / "ST-cnts").is_dir() and (root / "her2st" / "ST-cnts").is_dir():
-            root = root / "her2st"
-        if not root.is_dir():
-            raise GR2STDataError(f"GR2ST_DATA={env}: no such folder")
-        return root
+    env = _env_data()
+    if env is not None:
+        return env
     if DEFAULT_DATA.is_dir():
         return DEFAULT_DATA
     raise GR2STDataError(
-        "no data: pass --data DIR or set GR2ST_DATA; download HER2ST with "
-        "`gr2st data fetch her2st --dest DIR`"
+        f"no data: pass --data DIR, set GR2ST_DATA, or use --data auto (finds HER2ST or "
+        f"downloads it into {FETCH_DEST})"
     )
+
+
+def _env_data() -> Path | None:
+    env = os.environ.get("GR2ST_DATA")
+    if not env:
+        return None
+    root = Path(env).expanduser()
+    if not (root / "ST-cnts").is_dir() and (root / "her2st" / "ST-cnts").is_dir():
+        root = root / "her2st"
+    if not root.is_dir():
+        raise GR2STDataError(f"GR2ST_DATA={env}: no such folder")
+    return root
+
+
+def _her2st_holds(root: Path, sections: Sequence[str]) -> bool:
+    """Counts, spot file and an image of every section (final names: checked downloads)."""
+    return all(
+        (root / "ST-cnts" / f"{s}.tsv.gz").is_file()
+        and (root / "ST-spotfiles" / f"{s}_selection.tsv").is_file()
+        and any((root / "ST-imgs" / s[0] / s).glob("*.jpg"))
+        for s in sections
+    )
+
+
+def find_or_fetch_her2st(
+    sections: Sequence[str] | None = None, *, progress: bool = True, mirror: str | None = None
+) -> Path:
+    """The first HER2ST folder holding ``sections``, else download them into ``data/her2st``.
+
+    Looks in ``$GR2ST_DATA``, ``../shared/data/her2st`` and :data:`FETCH_DEST`; a folder
+    counts when every section has its counts, spot file and image. Otherwise the missing
+    files are fetched into :data:`FETCH_DEST` with :func:`gr2st.io.download.fetch`
+    (checked, resumable; files already there are kept), printing what is downloaded.
+
+    Parameters
+    ----------
+    sections
+        HER2ST section names, ``["all"]`` for the 36, or None for the six imaged ones
+        (:data:`gr2st.io.download.HER2ST_IMAGED`).
+    progress
+        Show progress bars while downloading.
+    mirror
+        Base URL to download from instead of the original host.
+
+    Raises
+    ------
+    gr2st.io.download.DownloadError
+        The download failed (one line naming the URL and the manual alternative).
+
+    Examples
+    --------
+    >>> find_or_fetch_her2st(["B4", "C2"])  # doctest: +SKIP
+    PosixPath('../shared/data/her2st')
+    """
+    from gr2st.io import download
+
+    if sections is None:
+        wanted = list(download.HER2ST_IMAGED)
+    elif list(sections) == ["all"]:
+        wanted = list(download.HER2ST_SECTIONS)
+    else:
+        wanted = list(sections)
+    candidates = [c for c in (_env_data(), DEFAULT_DATA, FETCH_DEST) if c is not None]
+    for root in candidates:
+        if _her2st_holds(root, wanted):
+            return root
+    typer.echo(
+        f"HER2ST sections {_span(wanted)} not found in {', '.join(map(str, candidates))}; "
+        f"fetching them into {FETCH_DEST}"
+    )
+    try:
+        download.fetch(
+            "her2st", FETCH_DEST, sections=wanted, mirror=mirror, progress=progress, log=typer.echo
+        )
+    except download.DownloadError as err:
+        raise download.DownloadError(
+            f"{err}; without network access, copy the data/ folder of "
+            f"https://github.com/almaan/her2st at commit {download.HER2ST_COMMIT[:7]} into "
+            f"{FETCH_DEST} (or anywhere, then pass --data DIR)"
+        ) from None
+    return FETCH_DEST
+
+
+def _span(names: Sequence[str]) -> str:
+    return "all 36" if len(names) > 12 else ", ".join(names)
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -74,11 +165,15 @@ def _split_list(value: str | None) -> list[str] | None:
 def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
     """Read the sections of a HER2ST folder or a folder of ``.h5ad`` files.
 
-    Returns the dataset name recorded in ``results.json`` and the sections.
+    ``names`` None means the imaged HER2ST sections (every ``.h5ad`` file); ``["all"]``
+    means every section. Returns the dataset name recorded in ``results.json`` and the
+    sections.
     """
     from gr2st.io import list_her2st, read_h5ad, read_her2st
     from gr2st.sections import section_name
 
+    if names is not None and list(names) == ["all"]:
+        names = None if not (root / "ST-cnts").is_dir() else list_her2st(root)["section"].tolist()
     if (root / "ST-cnts").is_dir():
         table = list_her2st(root)
         if names is None:
@@ -153,7 +248,8 @@ def benchmark_command(
         "--data",
         file_okay=False,
         metavar="DIR",
-        help="HER2ST folder or folder of .h5ad sections.",
+        help="HER2ST folder or folder of .h5ad sections; 'auto': find HER2ST or download it "
+        "into data/her2st.",
     ),
     methods: str = typer.Option(
         "gr2st", "--methods", metavar="NAMES", help="Comma-separated method names, or 'all'."
@@ -172,10 +268,17 @@ def benchmark_command(
         None,
         "--sections",
         metavar="NAMES",
-        help="Comma-separated sections (default: all imaged ones).",
+        help="Comma-separated sections, or 'all' (default: all imaged ones).",
     ),
     encoder: str | None = typer.Option(
         None, "--encoder", metavar="NAME", help="Frozen image encoder (default efficientnet-lite0)."
+    ),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        min=1,
+        metavar="PX",
+        help="Patch side in full-resolution pixels for the features (default 224).",
     ),
     nuclei: str = typer.Option(
         "classical",
@@ -239,8 +342,9 @@ def benchmark_command(
     from gr2st.methods.base import METHODS
 
     method_names = resolve_methods(methods)
-    root = resolve_data_dir(data)
-    dataset, adatas = load_sections(root, _split_list(sections))
+    chosen = _split_list(sections)
+    root = resolve_data_dir(data, sections=chosen, progress=progress)
+    dataset, adatas = load_sections(root, chosen)
     encoder_name = encoder or DEFAULT_ENCODER
     key = feature_key(encoder_name)
     if not _has_inputs(adatas, key, nuclei):
@@ -249,6 +353,7 @@ def benchmark_command(
         prepare_image_inputs(
             adatas,
             encoder=enc,
+            size_px=size,
             nuclei=nuclei,
             cache_dir=cache or user_cache_dir() / "features",
             progress=progress,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from gr2st.errors import GR2STConfigError
 from gr2st.io import download
 
 data_app = typer.Typer(
@@ -45,6 +46,13 @@ def fetch_command(
     dest: Path = typer.Option(
         ..., "--dest", file_okay=False, help="Folder to fill; created if missing."
     ),
+    sections: str = typer.Option(
+        "all",
+        "--sections",
+        metavar="NAMES",
+        help="Sections to fetch: all, imaged (her2st: B4, C2-C6, the benchmark's six, "
+        "27 MiB), or comma-separated names.",
+    ),
     mirror: str | None = typer.Option(
         None,
         "--mirror",
@@ -55,16 +63,31 @@ def fetch_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download DATASET from its original public location, checking every file."""
-    manifest = download.get_manifest(dataset)
+    chosen = _sections(dataset, sections)
+    manifest = download.get_manifest(dataset, sections=chosen)
     root = dest.expanduser().resolve()
     typer.echo(f"Fetching {manifest.name} into {root}")
-    report = download.fetch(manifest, root, mirror=mirror, progress=progress)
+    report = download.fetch(manifest, root, mirror=mirror, progress=progress, log=typer.echo)
     megabytes = report.bytes_downloaded / 2**20
     typer.echo(
         f"Done: {len(report.downloaded)} downloaded ({megabytes:.1f} MiB), "
         f"{len(report.skipped)} already present, {len(report.extracted)} extracted."
     )
     typer.echo(f"Use it with: gr2st benchmark --data {shlex.quote(str(report.dest))}")
+
+
+def _sections(dataset: str, spec: str) -> list[str] | None:
+    """``--sections``: None for all, the imaged HER2ST sections, or the names given."""
+    if spec.strip() == "all":
+        return None
+    if spec.strip() == "imaged":
+        if dataset != "her2st":
+            raise GR2STConfigError("--sections imaged applies to her2st only")
+        return list(download.HER2ST_IMAGED)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise GR2STConfigError("--sections: expected all, imaged or comma-separated names")
+    return names
 
 
 @data_app.command("check")

@@ -46,10 +46,17 @@ def train_command(
         ..., "--out", file_okay=False, metavar="BUNDLE", help="Bundle folder."
     ),
     data: Path | None = typer.Option(
-        None, "--data", file_okay=False, metavar="DIR", help="HER2ST folder or .h5ad folder."
+        None,
+        "--data",
+        file_okay=False,
+        metavar="DIR",
+        help="HER2ST folder or .h5ad folder; 'auto': find HER2ST or download it.",
     ),
     sections: str | None = typer.Option(
-        None, "--sections", metavar="NAMES", help="Comma-separated sections (default: all)."
+        None,
+        "--sections",
+        metavar="NAMES",
+        help="Comma-separated sections, or 'all' (default: all imaged ones).",
     ),
     method: str = typer.Option("gr2st", "--method", help="Method (only gr2st is bundled)."),
     profile: str = typer.Option("default", "--profile", help="GR2ST profile: default or paper."),
@@ -89,8 +96,9 @@ def train_command(
     normalizer = (
         get_stain_normalizer(stain, reference=stain_reference) if stain_reference else stain
     )
-    root = resolve_data_dir(data)
-    _, adatas = load_sections(root, _split(sections, "--sections"))
+    chosen = _split(sections, "--sections")
+    root = resolve_data_dir(data, sections=chosen, progress=progress)
+    _, adatas = load_sections(root, chosen)
     start = time.perf_counter()
     folder = train_bundle(
         adatas,

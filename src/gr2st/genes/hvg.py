@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
+from gr2st._utils.optional import require
 from gr2st.errors import GR2STConfigError
 from gr2st.genes.panels import common_genes
 from gr2st.io._validate import as_counts
@@ -72,7 +73,7 @@ def hvg_panel(
     True
     """
     # scanpy takes ~2 s to import; only HVG selection and the Visium reader need it.
-    import scanpy as sc
+    sc = require("scanpy", feature="hvg_panel (highly variable genes)", extra="scanpy")
 
     if not sections:
         raise GR2STConfigError("hvg_panel needs at least one (training) section")

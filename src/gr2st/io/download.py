@@ -34,6 +34,10 @@ with the right size and hash are skipped. ``mirror`` replaces the base URL of th
 files (a mirror holds the same files under the same relative paths); this is also how
 the tests serve fixtures from a local HTTP server.
 
+``sections`` fetches part of a dataset: ``fetch("her2st", dest, sections=HER2ST_IMAGED)``
+downloads the counts, spot files and images of the six imaged sections (27 MiB, no
+request to ``api.github.com``) instead of all 36 sections.
+
 Examples
 --------
 >>> from gr2st.io.download import fetch, get_manifest
@@ -53,6 +57,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
@@ -73,6 +78,7 @@ from gr2st.errors import GR2STConfigError, GR2STError
 __all__ = [
     "CSCC_SECTIONS",
     "HER2ST_COMMIT",
+    "HER2ST_IMAGED",
     "HER2ST_SECTIONS",
     "ArchiveMember",
     "DownloadError",
@@ -385,31 +391,48 @@ _HER2ST_IMAGES: Final = {
 }
 
 
-def _her2st_manifest() -> Manifest:
-    files = [
-        RemoteFile(f"ST-cnts/{s}.tsv.gz", size, sha) for s, (size, sha) in _HER2ST_COUNTS.items()
-    ]
-    files += [
-        RemoteFile(f"ST-spotfiles/{s}_selection.tsv", size, sha)
-        for s, (size, sha) in _HER2ST_SPOTS.items()
-    ]
+#: The sections whose images are pinned here: the HER2ST-6 benchmark's sections.
+HER2ST_IMAGED: Final = tuple(_HER2ST_IMAGES)
+
+
+def _select(dataset: str, known: Sequence[str], sections: Sequence[str] | None) -> list[str]:
+    """``sections`` checked against ``known``, in the dataset's order (all when None)."""
+    if sections is None:
+        return list(known)
+    unknown = sorted(set(sections) - set(known))
+    if unknown:
+        raise GR2STConfigError(
+            f"{dataset} has no section(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    if not sections:
+        raise GR2STConfigError(f"{dataset}: no section chosen")
+    return [s for s in known if s in set(sections)]
+
+
+def _her2st_manifest(sections: Sequence[str] | None = None) -> Manifest:
+    chosen = _select("her2st", HER2ST_SECTIONS, sections)
+    files = [RemoteFile(f"ST-cnts/{s}.tsv.gz", *_HER2ST_COUNTS[s]) for s in chosen]
+    files += [RemoteFile(f"ST-spotfiles/{s}_selection.tsv", *_HER2ST_SPOTS[s]) for s in chosen]
     files += [
         RemoteFile(f"ST-imgs/{s[0]}/{s}/{name}", size, sha)
         for s, (name, size, sha) in _HER2ST_IMAGES.items()
+        if s in chosen
     ]
+    # J1 is labelled but not among the 36 count sections: it comes with the whole set only.
+    labels = [s for s in _HER2ST_LABELS if sections is None or s in chosen]
     files += [
-        RemoteFile(f"ST-pat/lbl/{s}_labeled_coordinates.tsv", size, sha)
-        for s, (size, sha) in _HER2ST_LABELS.items()
+        RemoteFile(f"ST-pat/lbl/{s}_labeled_coordinates.tsv", *_HER2ST_LABELS[s]) for s in labels
     ]
-    files.append(RemoteFile("ST-pat/lbl/README", *_HER2ST_LABELS_README))
-    return Manifest(
-        name="her2st",
-        base_url=_HER2ST_BASE,
-        files=tuple(files),
-        listing=GitTreeListing(
-            url=_HER2ST_TREE, prefix="data/", pattern=r"ST-imgs/[A-Z]/[A-Z][0-9]+/[^/]+\.jpg"
-        ),
-    )
+    if labels:
+        files.append(RemoteFile("ST-pat/lbl/README", *_HER2ST_LABELS_README))
+    unpinned = [s for s in chosen if s not in _HER2ST_IMAGES]
+    listing = None
+    if unpinned:
+        names = "[A-Z][0-9]+" if sections is None else "(?:" + "|".join(unpinned) + ")"
+        listing = GitTreeListing(
+            url=_HER2ST_TREE, prefix="data/", pattern=rf"ST-imgs/[A-Z]/{names}/[^/]+\.jpg"
+        )
+    return Manifest(name="her2st", base_url=_HER2ST_BASE, files=tuple(files), listing=listing)
 
 
 # ------------------------------------------------------------------------------- cSCC
@@ -420,9 +443,9 @@ CSCC_SECTIONS: Final = tuple(
 _CSCC_BASE: Final = "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE144nnn/GSE144240/suppl/"
 
 
-def _cscc_manifest() -> Manifest:
+def _cscc_manifest(sections: Sequence[str] | None = None) -> Manifest:
     members: list[ArchiveMember] = []
-    for s in CSCC_SECTIONS:
+    for s in _select("cscc", CSCC_SECTIONS, sections):
         e = re.escape(s)
         members += [
             ArchiveMember(f"{s} counts", rf"GSM[0-9]+_{e}_stdata\.tsv\.gz"),
@@ -436,7 +459,7 @@ def _cscc_manifest() -> Manifest:
     )
 
 
-_DATASETS: Final[Registry[Callable[[], Manifest]]] = Registry("dataset")
+_DATASETS: Final[Registry[Callable[[Sequence[str] | None], Manifest]]] = Registry("dataset")
 _DATASETS.register("her2st")(_her2st_manifest)
 _DATASETS.register("cscc")(_cscc_manifest)
 
@@ -452,21 +475,32 @@ def dataset_names() -> list[str]:
     return _DATASETS.names()
 
 
-def get_manifest(name: str) -> Manifest:
-    """Return the built-in manifest of dataset ``name``.
+def get_manifest(name: str, *, sections: Sequence[str] | None = None) -> Manifest:
+    """Return the built-in manifest of dataset ``name``, or of some of its sections.
+
+    Parameters
+    ----------
+    name
+        One of :func:`dataset_names`.
+    sections
+        Section names to keep (None: the whole dataset). For HER2ST a subset whose
+        images are all pinned here (e.g. :data:`HER2ST_IMAGED`) needs no tree listing.
 
     Raises
     ------
     GR2STConfigError
-        If ``name`` is not one of :func:`dataset_names`.
+        If ``name`` is not one of :func:`dataset_names`, or a section is unknown.
 
     Examples
     --------
     >>> m = get_manifest("cscc")
     >>> m.archives[0].path, len(m.archives[0].members)
     ('GSE144240_RAW.tar', 36)
+    >>> six = get_manifest("her2st", sections=HER2ST_IMAGED)
+    >>> len(six.files), six.listing is None
+    (18, True)
     """
-    return _DATASETS.get(name)()
+    return _DATASETS.get(name)(sections)
 
 
 # ----------------------------------------------------------------------------- transfer
@@ -625,13 +659,12 @@ def download_file(
             elif err.code < 500 or attempt >= retries:
                 raise DownloadError(f"{url} failed: HTTP {err.code} {err.reason}") from None
         except (OSError, http.client.HTTPException) as err:
-            if attempt >= retries:
+            reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+            # An unknown host name (offline, no DNS) does not come back within seconds.
+            if attempt >= retries or isinstance(reason, socket.gaierror):
                 kept = part.stat().st_size if part.exists() else 0
-                reason = getattr(err, "reason", None) or str(err) or type(err).__name__
-                raise DownloadError(
-                    f"network failure fetching {url}: {reason}; {kept} bytes kept in "
-                    f"{part}, run again to resume"
-                ) from None
+                resume = f"; {kept} bytes kept in {part}, run again to resume" if kept else ""
+                raise DownloadError(f"network failure fetching {url}: {reason}{resume}") from None
         attempt += 1
         time.sleep(retry_wait_s * attempt)
     problem = _mismatch(part, size=size, sha256=sha256, git_sha1=git_sha1)
@@ -815,6 +848,17 @@ def _listed_files(
     return files
 
 
+def _plan(name: str, todo: Sequence[RemoteFile], base: str, root: Path) -> str:
+    """One line: what :func:`fetch` is about to download, from where, into where."""
+    if not todo:
+        return f"{name}: every file is already in {root}"
+    size = f"{sum(f.size or 0 for f in todo) / 2**20:.1f} MiB"
+    if any(f.size is None for f in todo):
+        size = "size unknown" if all(f.size is None for f in todo) else f"at least {size}"
+    plural = "s" if len(todo) > 1 else ""
+    return f"{name}: downloading {len(todo)} file{plural} ({size}) from {base} into {root}"
+
+
 def _is_current(path: Path, f: RemoteFile) -> bool:
     return (
         path.is_file()
@@ -826,6 +870,8 @@ def fetch(
     dataset: str | Manifest,
     dest: str | os.PathLike[str],
     *,
+    sections: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
     mirror: str | None = None,
     listing_url: str | None = None,
     progress: bool = True,
@@ -843,6 +889,11 @@ def fetch(
     dest
         Destination folder; created if missing. Files already there with the right
         size and hash are kept; a wrong one is downloaded again.
+    sections
+        Fetch only these sections of a named dataset (see :func:`get_manifest`).
+    log
+        Called once, before any transfer, with a line saying how many files (and
+        bytes) will be downloaded from where into where.
     mirror
         Base URL to use instead of the manifest's (same relative paths).
     listing_url
@@ -873,7 +924,12 @@ def fetch(
     >>> report.extracted[0]  # doctest: +SKIP
     'GSM4284316_P2_ST_rep1_stdata.tsv.gz'
     """
-    manifest = get_manifest(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(dataset, str):
+        manifest = get_manifest(dataset, sections=sections)
+    elif sections is not None:
+        raise GR2STConfigError("fetch: sections applies to a dataset name, not a Manifest")
+    else:
+        manifest = dataset
     root = Path(dest).expanduser().resolve()
     base = (mirror or manifest.base_url).rstrip("/") + "/"
     files = list(manifest.files)
@@ -891,11 +947,17 @@ def fetch(
         "retry_wait_s": retry_wait_s,
         "timeout_s": timeout_s,
     }
-    for f in tqdm(files, desc=manifest.name, unit="file", disable=not progress or not files):
+    todo = [f for f in files if not _is_current(root / f.path, f)]
+    report.skipped += [f.path for f in files if f not in todo]
+    pending = [a for a in manifest.archives if not all(_has_output(root, m) for m in a.members)]
+    if log is not None:
+        log(
+            _plan(
+                manifest.name, [*todo, *(RemoteFile(a.path, a.size) for a in pending)], base, root
+            )
+        )
+    for f in tqdm(todo, desc=manifest.name, unit="file", disable=not progress or not todo):
         target = root / f.path
-        if _is_current(target, f):
-            report.skipped.append(f.path)
-            continue
         report.bytes_downloaded += download_file(
             base + urllib.parse.quote(f.path),
             target,
@@ -906,7 +968,7 @@ def fetch(
         )
         report.downloaded.append(f.path)
     for archive in manifest.archives:
-        if all(_has_output(root, m) for m in archive.members):
+        if archive not in pending:
             report.skipped.append(archive.path)
             continue
         local = root / PurePosixPath(archive.path).name
