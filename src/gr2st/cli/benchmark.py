@@ -23,8 +23,11 @@ predict the held-out section(s) from the image, score per section, and write
 results.json, per_gene.csv, summary.txt and figures to --out.
 
 Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder
-(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), or a
-folder of .h5ad sections in gr2st's shape (one section per file; default: all).
+(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), a HEST-1k
+folder (st/, wsis/, metadata/, as `gr2st data fetch hest` writes it; default: the
+samples with a whole-slide image; --split patient uses HEST's patient field), or a
+folder of .h5ad sections (gr2st's shape or scanpy/squidpy spatial AnnData with raw
+counts; one section per file; default: all).
 Sections that already carry the encoder's features (obsm["X_<encoder>"]) and
 obs["cell_type"] are used as they are; otherwise features and nuclear types are
 computed and cached in --cache.
@@ -74,13 +77,21 @@ def _split_list(value: str | None) -> list[str] | None:
 
 
 def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
-    """Read the sections of a HER2ST folder or a folder of ``.h5ad`` files.
+    """Read the sections of a HER2ST folder, a HEST folder or a folder of ``.h5ad`` files.
 
+    Default sections: HER2ST's and HEST's samples with an image, every ``.h5ad`` file.
     Returns the dataset name recorded in ``results.json`` and the sections.
     """
     from gr2st.benchmark.data import section_name
-    from gr2st.io import list_her2st, read_h5ad, read_her2st
+    from gr2st.io import is_hest_folder, list_her2st, list_hest, read_h5ad, read_her2st, read_hest
 
+    if is_hest_folder(root):
+        samples = list_hest(root)
+        if names is None:
+            names = samples.loc[samples["has_image"], "id"].tolist()
+            if not names:
+                raise GR2STDataError(f"{root}: no HEST sample has a whole-slide image under wsis/")
+        return root.name, [read_hest(root, n) for n in names]
     if (root / "ST-cnts").is_dir():
         table = list_her2st(root)
         if names is None:
@@ -91,7 +102,8 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
     files = sorted(root.glob("*.h5ad"))
     if not files:
         raise GR2STDataError(
-            f"{root}: neither a HER2ST folder (ST-cnts/) nor a folder of .h5ad sections"
+            f"{root}: neither a HER2ST folder (ST-cnts/), a HEST folder (st/, metadata/) "
+            "nor a folder of .h5ad sections"
         )
     sections = {}
     for path in files:
@@ -155,7 +167,7 @@ def benchmark_command(
         "--data",
         file_okay=False,
         metavar="DIR",
-        help="HER2ST folder or folder of .h5ad sections.",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections.",
     ),
     methods: str = typer.Option(
         "gr2st", "--methods", metavar="NAMES", help="Comma-separated method names, or 'all'."
