@@ -54,9 +54,7 @@ def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) 
     # A PNG says nothing of its resolution and a CSV has no spot geometry: no guess.
     with pytest.raises(GR2STConfigError, match=r"microns per pixel unknown .* pass --mpp"):
         predict_spots(bundle, image, read_spots_csv(csv), progress=False)
-    pred = predict_spots(
-        bundle, image, read_spots_csv(csv), mpp=2.0, batch_size=5, progress=False
-    )
+    pred = predict_spots(bundle, image, read_spots_csv(csv), mpp=2.0, batch_size=5, progress=False)
     # Same patches, stain and encoder as the training features: the same prediction.
     want = bundle.predict_features(test.obsm[feature_key("efficientnet-lite0")])
     np.testing.assert_allclose(pred.X, want.mean, rtol=1e-4, atol=1e-5)

@@ -276,18 +276,33 @@ def spot_spacing(spatial: np.ndarray) -> float | None:
 
 
 def approximate_grid(spatial: np.ndarray) -> np.ndarray:
-    """Integer-valued array coordinates from pixel positions: offsets in spot spacings.
+    """Array coordinates ``(column, row)`` guessed from pixel positions on a regular grid.
 
-    For inputs without array coordinates; exact on square grids, approximate on others.
+    For inputs without array coordinates. Rows are runs of spots at the same height;
+    rows ``√3/2`` spot spacings apart are a hexagonal grid, whose columns get Visium's
+    numbering (half-spacing steps, neighbours in a row 2 apart); otherwise columns are
+    spacing steps (ST). Exact for axis-aligned grids.
 
     Examples
     --------
     >>> approximate_grid(np.array([[10.0, 5.0], [30.0, 5.0], [10.0, 25.0]])).tolist()
     [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    >>> hexagon = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, np.sqrt(3)]]) * 50
+    >>> approximate_grid(hexagon).tolist()
+    [[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]]
     """
     spatial = np.asarray(spatial, dtype=float)
     spacing = spot_spacing(spatial) or 1.0
-    return np.rint((spatial - spatial.min(axis=0)) / spacing)
+    order = np.argsort(spatial[:, 1], kind="stable")
+    new_row = np.r_[False, np.diff(spatial[order, 1]) > spacing / 4]
+    rows = np.empty(len(spatial))
+    rows[order] = np.cumsum(new_row)
+    heights = np.array([np.median(spatial[rows == r, 1]) for r in np.unique(rows)])
+    step = float(np.median(np.diff(heights))) if len(heights) > 1 else spacing
+    hexagonal = abs(step / spacing - np.sqrt(3) / 2) < 0.1
+    unit = spacing / 2 if hexagonal else spacing
+    columns = np.rint((spatial[:, 0] - spatial[:, 0].min()) / unit)
+    return np.column_stack([columns, rows])
 
 
 def embedded_image(
