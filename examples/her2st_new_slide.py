@@ -1,8 +1,9 @@
 """The README's real example: predict a HER2ST section from its image alone, then check.
 
 1. ``spots``: write the section's spot centres (the ``ST-spotfiles`` selection, in
-   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads: nothing else
-   of the section goes to the model.
+   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads, and print the
+   image's resolution (measured from the spot grid; a JPEG does not record it) for
+   ``--mpp``: nothing else of the section goes to the model.
 2. Train and predict with the CLI (see the README).
 3. ``compare``: score the prediction against the section's measured expression
    (log-normalised over the bundle's panel, as in training), print the best-predicted
@@ -26,7 +27,7 @@ from anndata import read_h5ad
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
-from gr2st._constants import SPATIAL
+from gr2st._constants import MICRONS_PER_PIXEL, SPATIAL, UNS
 from gr2st._utils.files import atomic_path
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import prepare_section
@@ -39,7 +40,8 @@ def write_spots(data: Path, section: str, out: Path) -> None:
     table = pd.DataFrame({"id": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1]})
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    print(f"{out}: {len(table)} spot centres of {section}")
+    mpp = adata.uns[UNS][MICRONS_PER_PIXEL]
+    print(f"{out}: {len(table)} spot centres of {section}; image {mpp:.3f} µm/px (--mpp)")
 
 
 def compare(data: Path, section: str, pred_path: Path, out: Path, gene: str | None) -> None:

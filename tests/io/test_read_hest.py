@@ -58,7 +58,7 @@ def test_sample_in_gr2st_shape(root: Path, sections: list[AnnData]) -> None:
     assert meta[HAS_COUNTS] is True
     assert adata.obs[SECTION].unique().tolist() == ["S1"]
     # Patient ids are qualified by the study (HEST's "Patient A" occurs in several).
-    assert adata.obs[PATIENT].unique().tolist() == ["synthetic / P0"]
+    assert adata.obs[PATIENT].unique().tolist() == ["P0 (synthetic)"]
     assert adata.obs["dataset_title"].iloc[0] == "synthetic"
     with open_slide(meta[IMAGE_PATH]) as slide:  # the WSI reads, with its resolution
         assert slide.mpp == pytest.approx(2.0)
@@ -74,9 +74,9 @@ def test_metadata_wins_over_the_tiff_and_patients_group_per_study(root: Path) ->
     _edit_metadata(root, "S2", patient=float("nan"))
     patients = {s: read_hest(root, s).obs[PATIENT].iloc[0] for s in ("S0", "S1", "S2")}
     assert patients == {
-        "S0": "synthetic / unknown patient",
-        "S1": "synthetic / P0",
-        "S2": "synthetic / unknown patient",
+        "S0": "unknown patient (synthetic)",
+        "S1": "P0 (synthetic)",
+        "S2": "unknown patient (synthetic)",
     }
 
 
@@ -86,7 +86,7 @@ def test_list_hest(root: Path) -> None:
     (root / "patches" / "S0.h5").write_bytes(b"")
     table = list_hest(root)
     assert table["id"].tolist() == ["S0", "S1", "S2"]
-    assert table["patient"].tolist() == ["synthetic / P0", "synthetic / P0", "synthetic / P1"]
+    assert table["patient"].tolist() == ["P0 (synthetic)", "P0 (synthetic)", "P1 (synthetic)"]
     assert table["has_image"].tolist() == [True, True, False]
     assert table["has_patches"].tolist() == [True, False, False]
     assert is_hest_folder(root)

@@ -36,6 +36,7 @@ from gr2st.predict import (
     spots_from_section,
     write_prediction,
 )
+from gr2st.predict.slide import check_output_size
 
 matplotlib.use("Agg")
 
@@ -156,6 +157,13 @@ def test_errors(trained: Trained) -> None:
     no_image = query.__class__(centers=query.centers, obs=query.obs, source="spots")
     with pytest.raises(GR2STDataError, match="spots: no image; pass --image SLIDE"):
         resolve_image(no_image, None)
+
+
+def test_output_size_message_has_enough_precision() -> None:
+    with pytest.raises(GR2STConfigError, match=r"need 0\.023 GB .*\(limit 0\.01 GB, --max-output"):
+        check_output_size(1_000, 2_875, max_output_gb=0.01)
+    with pytest.raises(GR2STConfigError, match=r"need 12\.0 GB .*\(limit 4\.0 GB,"):
+        check_output_size(100_000, 15_000, max_output_gb=4.0)
 
 
 def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Path) -> None:

@@ -105,10 +105,17 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
             f"{root}: neither a HER2ST folder (ST-cnts/), a HEST folder (st/, metadata/) "
             "nor a folder of .h5ad sections"
         )
-    sections = {}
+    sections: dict[str, AnnData] = {}
+    origin: dict[str, Path] = {}
     for path in files:
         adata = read_h5ad(path)
-        sections[section_name(adata)] = adata
+        name = section_name(adata)
+        if name in sections:
+            raise GR2STDataError(
+                f"{path}: section {name!r} again (also in {origin[name].name}); give each "
+                "file its own obs['section'] (or uns['spatial'] library id)"
+            )
+        sections[name], origin[name] = adata, path
     if names is None:
         return root.name, list(sections.values())
     missing = [n for n in names if n not in sections]

@@ -101,11 +101,12 @@ def patches(
                 normalizer = bundle.stain_normalizer()
         elif stain is None:
             normalizer = get_stain_normalizer("reinhard", reference=reference)
+        side = side or DEFAULT_PATCH_PX
         contact_sheet(
             slide,
             query.centers,
             [str(i) for i in query.obs.index],
-            size_px=side or DEFAULT_PATCH_PX,
+            size_px=side,
             n=n,
             out_path=out,
             stain=normalizer,
@@ -113,7 +114,10 @@ def patches(
             seed=seed,
         )
     label = query.name or query.source
-    typer.echo(f"wrote {out} ({min(n, query.n_spots)} of {query.n_spots} spots of {label})")
+    typer.echo(
+        f"wrote {out} ({min(n, query.n_spots)} of {query.n_spots} spots of {label}, "
+        f"{side} px patches)"
+    )
 
 
 def register(app: typer.Typer) -> None:

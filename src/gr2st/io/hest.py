@@ -20,10 +20,11 @@ Patients
 --------
 ``--split patient`` needs one id per patient. HEST's ``patient`` field is only unique
 within a study ("Patient A" occurs in several), so the patient is
-``"<dataset_title> / <patient>"``; samples whose patient is not recorded are grouped
-per study as ``"<dataset_title> / unknown patient"`` (as HEST-Benchmark groups them),
+``"<patient> (<dataset_title>)"``; samples whose patient is not recorded are grouped
+per study as ``"unknown patient (<dataset_title>)"`` (as HEST-Benchmark groups them),
 which never puts one patient on both sides of a split. Without a dataset title the
-patient field alone, else the sample id, is used.
+patient field alone, else the sample id, is used. Slashes become ``-`` (patient names
+name the folds' folders).
 """
 
 from __future__ import annotations
@@ -195,17 +196,17 @@ def hest_patient(meta: dict[str, Any], sample: str) -> str:
     Examples
     --------
     >>> hest_patient({"patient": "Patient A", "dataset_title": "HER2ST"}, "SPA154")
-    'HER2ST / Patient A'
-    >>> hest_patient({"patient": float("nan"), "dataset_title": "HER2ST"}, "SPA1")
-    'HER2ST / unknown patient'
+    'Patient A (HER2ST)'
+    >>> hest_patient({"patient": float("nan"), "dataset_title": "HER2+/ER+"}, "SPA1")
+    'unknown patient (HER2+-ER+)'
     >>> hest_patient({}, "TENX95")
     'TENX95'
     """
     patient = _text(meta.get("patient"))
     title = _text(meta.get("dataset_title"))
-    if title is None:
-        return patient or sample
-    return f"{title} / {patient or 'unknown patient'}"
+    name = patient or sample if title is None else f"{patient or 'unknown patient'} ({title})"
+    # Fold names become folder names: no path separators.
+    return name.replace("/", "-").replace("\\", "-")
 
 
 def list_hest(root: str | Path) -> pd.DataFrame:
@@ -224,7 +225,7 @@ def list_hest(root: str | Path) -> pd.DataFrame:
     >>> root = write_hest_layout(synthetic(n_sections=2, n_genes=5, grid=(3, 3),
     ...                                    image_dir=tempfile.mkdtemp()), tempfile.mkdtemp())
     >>> list_hest(root)[["id", "patient", "has_image"]].values.tolist()
-    [['S0', 'synthetic / P0', True], ['S1', 'synthetic / P0', True]]
+    [['S0', 'P0 (synthetic)', True], ['S1', 'P0 (synthetic)', True]]
     """
     root = Path(root)
     if not (root / "st").is_dir():

@@ -9,7 +9,8 @@ and at most three patch batches are in memory.
 The output AnnData is in gr2st's shape plus the prediction: ``X`` the predicted
 log-normalised expression (float32), ``layers[UNCERTAINTY_LAYER]`` the weighted
 standard deviation of the retrieved expression, ``obs["provenance_<section>"]`` the
-weight share of each training section (rows sum to 1), ``obsm[SPATIAL]`` the centres,
+weight share of each training section (rows sum to 1), ``obs["in_tissue"]`` whether the
+spot lies on the tissue detected on the slide, ``obsm[SPATIAL]`` the centres,
 ``layers[MEASURED_LAYER]`` the measured expression when the input has counts, and
 ``uns["spatial"][library_id]`` the thumbnail and scale factors that
 ``scanpy.pl.spatial`` reads.

@@ -232,7 +232,7 @@ def hex_lattice(width: float, height: float, pitch: float) -> tuple[np.ndarray, 
     --------
     >>> c, a = hex_lattice(40, 40, 20)
     >>> c.round(2).tolist(), a.tolist()
-    [[10.0, 10.0], [30.0, 10.0], [20.0, 27.32]], [[0, 0], [2, 0], [1, 1]]
+    ([[10.0, 10.0], [30.0, 10.0], [20.0, 27.32]], [[0, 0], [2, 0], [1, 1]])
     """
     if not pitch > 0:
         raise GR2STConfigError(f"grid pitch must be positive, got {pitch}")
