@@ -324,3 +324,28 @@ def test_safe_defaults(
     np.testing.assert_array_equal(pred.obs["in_tissue"], xy[:, 0] < 200)
     help_text = " ".join(CliRunner().invoke(app, ["predict", "--help"]).output.split())
     assert "sets the patch size" in help_text
+
+
+def test_predict_a_spatialdata_store(
+    bundle: tuple[Path, Path, list], make_spatialdata_visium, tmp_path: Path
+) -> None:
+    folder, _, secs = bundle
+    image = Path(secs[2].uns["gr2st"]["image_path"])
+    mpp = 200 / 48  # the training resolution, as the store's hires image (scale 1/4)
+    made = make_spatialdata_visium(image, tmp_path, full_mpp=mpp / 4)
+    common = ["predict", "--model", str(folder), "--device", "cpu", "--no-progress"]
+    code, _, exc = _invoke(*common, "--spatialdata", str(made["store"]), "--out",
+                           str(tmp_path / "sd.h5ad"))  # fmt: skip
+    assert code == 0, exc
+    pred = anndata.read_h5ad(tmp_path / "sd.h5ad")
+    assert list(pred.obs_names) == made["barcodes"]
+    assert pred.uns["gr2st"]["source_format"] == "prediction:spatialdata"
+    assert pred.uns["gr2st"]["microns_per_pixel"] == pytest.approx(mpp)
+    assert pred.uns["gr2st"]["patch_size_px"] == 48
+    xy = made["xy"] / 4
+    csv = tmp_path / "sd.csv"
+    pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
+    code, _, exc = _invoke(*common, "--spots", str(csv), "--image", str(image), "--mpp", str(mpp),
+                           "--out", str(tmp_path / "csv.h5ad"))  # fmt: skip
+    assert code == 0, exc
+    np.testing.assert_allclose(anndata.read_h5ad(tmp_path / "csv.h5ad").X, pred.X, atol=1e-5)

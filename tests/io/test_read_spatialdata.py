@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import builtins
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from gr2st._constants import (
     HAS_COUNTS,
@@ -32,80 +29,19 @@ FULL_MPP = 0.5
 HIRES = 0.25
 
 
-def _visium_store(tmp_path: Path, *, polygons: bool = False, tables: int = 1) -> dict[str, Any]:
-    sd = pytest.importorskip("spatialdata", reason="optional extra gr2st[spatialdata]")
-    import anndata
-    import geopandas as gpd
-    from shapely.geometry import Point, box
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity, Scale
-
+@pytest.fixture
+def visium_store(tmp_path: Path, make_spatialdata_visium) -> Any:
+    """``visium_store(**options)``: a Visium store over a synthetic 320-px hires image."""
     (sec,) = synthetic(n_sections=1, grid=(6, 6), image_dir=tmp_path, seed=5)
-    hires = np.asarray(Image.open(sec.uns[UNS][IMAGE_PATH]))  # 320 × 320
-    rng = np.random.default_rng(0)
-    pitch = 100 / FULL_MPP
-    rows, cols, xs, ys = [], [], [], []
-    for r in range(6):
-        for k in range(5):
-            rows.append(r)
-            cols.append(2 * k + r % 2)
-            xs.append(pitch / 2 * (1 + r % 2) + k * pitch)
-            ys.append(pitch / 2 + r * pitch * np.sqrt(3) / 2)
-    barcodes = ["".join(rng.choice(list("ACGT"), 16)) + "-1" for _ in rows]
-    if polygons:
-        side = 55 / FULL_MPP
-        half = side / 2
-        geometry = [
-            box(x - half, y - half, x + half, y + half) for x, y in zip(xs, ys, strict=True)
-        ]
-        shapes = gpd.GeoDataFrame(geometry=geometry, index=barcodes)
-    else:
-        shapes = gpd.GeoDataFrame(
-            {"radius": np.full(len(xs), 65 / FULL_MPP / 2)},
-            geometry=[Point(x, y) for x, y in zip(xs, ys, strict=True)],
-            index=barcodes,
-        )
-    counts = rng.poisson(3, (len(rows), 6)).astype(np.float32)
-    obs = pd.DataFrame(
-        {
-            "in_tissue": 1,
-            "array_row": rows,
-            "array_col": cols,
-            "spot_id": barcodes,
-            "region": pd.Categorical(["V1"] * len(rows)),
-        },
-        index=barcodes,
-    )
-    table = anndata.AnnData(counts, obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(6)]))
-    table = TableModel.parse(table, region="V1", region_key="region", instance_key="spot_id")
-    image = Image2DModel.parse(
-        np.moveaxis(hires, -1, 0),
-        dims=("c", "y", "x"),
-        transformations={"global": Scale([1 / HIRES, 1 / HIRES], axes=("x", "y"))},
-    )
-    fullres = tmp_path / "fullres.png"
-    Image.fromarray(hires).resize((1280, 1280), Image.Resampling.NEAREST).save(fullres)
-    sdata = sd.SpatialData(
-        images={"V1_hires_image": image},
-        shapes={"V1": ShapesModel.parse(shapes, transformations={"global": Identity()})},
-        tables={f"table{i}" if i else "table": table for i in range(tables)},
-    )
-    store = tmp_path / "visium.zarr"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sdata.write(store)
-    return {
-        "store": store,
-        "fullres": fullres,
-        "hires": hires,
-        "xy": np.column_stack([xs, ys]),
-        "counts": counts,
-        "barcodes": barcodes,
-    }
+
+    def make(**options: Any) -> dict[str, Any]:
+        return make_spatialdata_visium(Path(sec.uns[UNS][IMAGE_PATH]), tmp_path, **options)
+
+    return make
 
 
-def test_visium_store_with_its_hires_image(tmp_path: Path) -> None:
-    made = _visium_store(tmp_path)
+def test_visium_store_with_its_hires_image(tmp_path: Path, visium_store: Any) -> None:
+    made = visium_store()
     cache = tmp_path / "cache"
     adata = read_spatialdata(made["store"], image_cache=cache)
     meta = adata.uns[UNS]
@@ -128,8 +64,8 @@ def test_visium_store_with_its_hires_image(tmp_path: Path) -> None:
     assert read_spatialdata(made["store"], image_cache=cache).uns[UNS][IMAGE_PATH] == str(exported)
 
 
-def test_full_resolution_slide_given(tmp_path: Path) -> None:
-    made = _visium_store(tmp_path)
+def test_full_resolution_slide_given(tmp_path: Path, visium_store: Any) -> None:
+    made = visium_store()
     adata = read_spatialdata(made["store"], image=made["fullres"])
     np.testing.assert_allclose(adata.obsm[SPATIAL], made["xy"])
     assert adata.uns[UNS][MICRONS_PER_PIXEL] == pytest.approx(FULL_MPP)
@@ -139,8 +75,8 @@ def test_full_resolution_slide_given(tmp_path: Path) -> None:
     ] == pytest.approx(0.4)
 
 
-def test_square_bins_are_read_as_their_centroids(tmp_path: Path) -> None:
-    made = _visium_store(tmp_path, polygons=True)
+def test_square_bins_are_read_as_their_centroids(tmp_path: Path, visium_store: Any) -> None:
+    made = visium_store(polygons=True)
     adata = read_spatialdata(made["store"], image=made["fullres"], platform="visium")
     np.testing.assert_allclose(adata.obsm[SPATIAL], made["xy"], atol=1e-6)
     assert adata.uns["spatial"]["V1"]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(
@@ -148,13 +84,13 @@ def test_square_bins_are_read_as_their_centroids(tmp_path: Path) -> None:
     )
 
 
-def test_one_line_errors(tmp_path: Path) -> None:
-    made = _visium_store(tmp_path, tables=2)
+def test_one_line_errors(tmp_path: Path, visium_store: Any) -> None:
+    made = visium_store(tables=2)
     with pytest.raises(GR2STDataError, match=r"visium\.zarr: 2 tables \('table', 'table1'\)"):
         read_spatialdata(made["store"], image=made["fullres"])
     with pytest.raises(GR2STDataError, match=r"no table 'nope' \(tables: 'table', 'table1'\)"):
         read_spatialdata(made["store"], table="nope", image=made["fullres"])
-    assert read_spatialdata(made["store"], table="table1", image=made["fullres"]).n_obs == 30
+    assert read_spatialdata(made["store"], table="table1", image=made["fullres"]).n_obs == 42
     with pytest.raises(GR2STDataError, match=r"missing\.zarr: SpatialData store not found"):
         read_spatialdata(tmp_path / "missing.zarr")
     with pytest.raises(GR2STDataError, match="not in coordinate system 'aligned'"):
