@@ -101,6 +101,7 @@ def bundle(trained_cli: tuple[Path, Path, list, str, list]) -> tuple[Path, Path,
     return trained_cli[:3]
 
 
+@pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
 def test_train_without_progress_bars_prints_its_stages(
     trained_cli: tuple[Path, Path, list, str, list],
 ) -> None:
