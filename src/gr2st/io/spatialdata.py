@@ -38,7 +38,7 @@ from gr2st._utils.files import atomic_path, user_cache_dir
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io._spatial import rescale_library
 from gr2st.io._validate import examples, one_line, validate_section
-from gr2st.io.anndata_spatial import convert_spatial
+from gr2st.io.anndata_spatial import COARSE_MPP, convert_spatial
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,13 @@ def read_spatialdata(
         meta[IMAGE_PATH] = str(exported)
         out.uns["spatial"] = {region: rescale_library(out.uns["spatial"][region], scale)}
         validate_section(out, source=store)
+        if meta[MICRONS_PER_PIXEL] is not None and meta[MICRONS_PER_PIXEL] > COARSE_MPP:
+            log.warning(
+                "%s: the store's finest image is %.2f µm/px; predictions from so coarse an "
+                "image are poor: give the full-resolution slide (image= / --image)",
+                store,
+                meta[MICRONS_PER_PIXEL],
+            )
     return out
 
 
