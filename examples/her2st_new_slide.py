@@ -1,8 +1,9 @@
 """The README's real example: predict a HER2ST section from its image alone, then check.
 
 1. ``spots``: write the section's spot centres (the ``ST-spotfiles`` selection, in
-   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads: nothing else
-   of the section goes to the model.
+   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads, and print the
+   image's resolution (measured from the spot grid; a JPEG does not record it) for
+   ``--mpp``: nothing else of the section goes to the model.
 2. Train and predict with the CLI (see the README).
 3. ``compare``: score the prediction against the section's measured expression
    (log-normalised over the bundle's panel, as in training), print the best-predicted
@@ -27,7 +28,7 @@ from anndata import read_h5ad
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
-from gr2st import SPATIAL, pearson_per_gene, prepare_section, read_her2st
+from gr2st import MICRONS_PER_PIXEL, SPATIAL, UNS, pearson_per_gene, prepare_section, read_her2st
 
 
 def _replace(tmp: Path, out: Path) -> Path:
@@ -43,7 +44,8 @@ def write_spots(data: Path, section: str, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     table.to_csv(tmp, index=False)
     _replace(tmp, out)
-    print(f"{out}: {len(table)} spot centres of {section}")
+    mpp = adata.uns[UNS][MICRONS_PER_PIXEL]
+    print(f"{out}: {len(table)} spot centres of {section}; image {mpp:.3f} µm/px (--mpp)")
 
 
 def compare(data: Path, section: str, pred_path: Path, out: Path, gene: str | None) -> None:

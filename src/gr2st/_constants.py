@@ -38,6 +38,8 @@ SPOT_DIAMETER_PX: Final = "spot_diameter_px"
 MICRONS_PER_PIXEL: Final = "microns_per_pixel"
 SOURCE_FORMAT: Final = "source_format"
 ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
+# False when X does not hold raw counts (a section read for prediction only); absent = True.
+HAS_COUNTS: Final = "has_counts"
 
 # PanNuke nuclear types in the reference's order; the index is the type id.
 NUCLEAR_TYPES: Final = ("nolabe", "necros", "neopla", "inflam", "connec", "no-neo")

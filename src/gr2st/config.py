@@ -19,7 +19,6 @@ Errors are one line naming the owner (a method name), the key and what was expec
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,9 +108,14 @@ class Config:
         """Cross-field rules; raise :class:`GR2STConfigError` (without the owner prefix)."""
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls, include_extras=True)
+    """The resolved type hints of a config class (computed once per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls, include_extras=True)
+    return _HINTS[cls]
 
 
 def _split_annotated(hint: Any) -> tuple[Any, list[Bound]]:

@@ -222,3 +222,35 @@ def test_kill_9_mid_run_then_rerun_resumes(h5ad_dir: Path, tmp_path: Path) -> No
     )["methods"]["knn"]  # fmt: skip
     assert resumed["sections"] == reference["sections"]
     assert resumed["mean_pcc"] == reference["mean_pcc"]
+
+
+def test_hest_folder_runs_end_to_end_with_the_patient_split(tmp_path: Path) -> None:
+    from gr2st.datasets import write_hest_layout
+
+    secs = synthetic(
+        n_sections=4, sections_per_patient=2, n_genes=12, grid=(5, 5), signal=2.0,
+        image_dir=tmp_path / "img", seed=7,
+    )  # fmt: skip
+    root = write_hest_layout(secs, tmp_path / "hest")
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join(f"GENE{i:03d}" for i in range(8)) + "\n")
+    code, output, exc = _invoke(
+        "--data", str(root), "--methods", "knn,mean", "--split", "patient", "--nuclei", "none",
+        "--panel", str(panel), "--cache", str(tmp_path / "cache"), "--no-progress",
+        "--no-figures", "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, exc
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["dataset"] == "hest"
+    assert res["split"] == "patient"
+    assert res["sections"] == ["S0", "S1", "S2", "S3"]
+    assert res["n_genes"] == 8
+    folds = res["methods"]["knn"]["folds"]
+    assert sorted(folds) == ["P0 (synthetic)", "P1 (synthetic)"]
+    for method in ("knn", "mean"):
+        assert sorted(res["methods"][method]["sections"]) == ["S0", "S1", "S2", "S3"]
+    # Every held-out section is scored (a constant mean prediction has no PCC, only errors).
+    assert all(np.isfinite(s["mean_pcc"]) for s in res["methods"]["knn"]["sections"].values())
+    assert all(s["n_spots"] == 25 for s in res["methods"]["mean"]["sections"].values())
+    assert all(np.isfinite(s["mse"]) for s in res["methods"]["mean"]["sections"].values())
+    assert "Results in" in output

@@ -101,7 +101,7 @@ def test_an_unknown_dataset_is_refused(
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unknown dataset 'visium'; known: cscc, her2st\n"
+    assert capsys.readouterr().err == "error: unknown dataset 'visium'; known: cscc, her2st, hest\n"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -23,8 +23,11 @@ predict the held-out section(s) from the image, score per section, and write
 results.json, per_gene.csv, summary.txt and figures to --out.
 
 Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder
-(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), or a
-folder of .h5ad sections in gr2st's shape (one section per file; default: all).
+(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), a HEST-1k
+folder (st/, wsis/, metadata/, as `gr2st data fetch hest` writes it; default: the
+samples with a whole-slide image; --split patient uses HEST's patient field), or a
+folder of .h5ad sections (gr2st's shape or scanpy/squidpy spatial AnnData with raw
+counts; one section per file; default: all).
 --data auto uses the first of $GR2ST_DATA, ../shared/data/her2st and data/her2st
 that holds the sections (default: the six imaged ones, B4 and C2-C6; --sections all:
 all 36), and otherwise downloads them into data/her2st (checked, resumable).
@@ -163,15 +166,23 @@ def _split_list(value: str | None) -> list[str] | None:
 
 
 def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
-    """Read the sections of a HER2ST folder or a folder of ``.h5ad`` files.
+    """Read the sections of a HER2ST folder, a HEST folder or a folder of ``.h5ad`` files.
 
-    ``names`` None means the imaged HER2ST sections (every ``.h5ad`` file); ``["all"]``
-    means every section. Returns the dataset name recorded in ``results.json`` and the
+    ``names`` None means the samples with an image (HER2ST's imaged sections, HEST's
+    samples with a whole-slide image, every ``.h5ad`` file); ``["all"]`` means every
+    HER2ST section. Returns the dataset name recorded in ``results.json`` and the
     sections.
     """
-    from gr2st.io import list_her2st, read_h5ad, read_her2st
+    from gr2st.io import is_hest_folder, list_her2st, list_hest, read_h5ad, read_her2st, read_hest
     from gr2st.sections import section_name
 
+    if is_hest_folder(root):
+        samples = list_hest(root)
+        if names is None:
+            names = samples.loc[samples["has_image"], "id"].tolist()
+            if not names:
+                raise GR2STDataError(f"{root}: no HEST sample has a whole-slide image under wsis/")
+        return root.name, [read_hest(root, n) for n in names]
     if names is not None and list(names) == ["all"]:
         names = None if not (root / "ST-cnts").is_dir() else list_her2st(root)["section"].tolist()
     if (root / "ST-cnts").is_dir():
@@ -184,12 +195,20 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
     files = sorted(root.glob("*.h5ad"))
     if not files:
         raise GR2STDataError(
-            f"{root}: neither a HER2ST folder (ST-cnts/) nor a folder of .h5ad sections"
+            f"{root}: neither a HER2ST folder (ST-cnts/), a HEST folder (st/, metadata/) "
+            "nor a folder of .h5ad sections"
         )
-    sections = {}
+    sections: dict[str, AnnData] = {}
+    origin: dict[str, Path] = {}
     for path in files:
         adata = read_h5ad(path)
-        sections[section_name(adata)] = adata
+        name = section_name(adata)
+        if name in sections:
+            raise GR2STDataError(
+                f"{path}: section {name!r} again (also in {origin[name].name}); give each "
+                "file its own obs['section'] (or uns['spatial'] library id)"
+            )
+        sections[name], origin[name] = adata, path
     if names is None:
         return root.name, list(sections.values())
     missing = [n for n in names if n not in sections]
@@ -248,8 +267,8 @@ def benchmark_command(
         "--data",
         file_okay=False,
         metavar="DIR",
-        help="HER2ST folder or folder of .h5ad sections; 'auto': find HER2ST or download it "
-        "into data/her2st.",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections; 'auto': find HER2ST "
+        "or download it into data/her2st.",
     ),
     methods: str = typer.Option(
         "gr2st", "--methods", metavar="NAMES", help="Comma-separated method names, or 'all'."

@@ -24,7 +24,6 @@ version into the user cache (``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st`
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +33,7 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from gr2st._utils.files import atomic_path, sha256_file
+from gr2st._utils.files import atomic_path, sha256_file, user_cache_dir
 from gr2st._utils.optional import available, require
 from gr2st._utils.seed import resolve_device
 from gr2st.encoders.base import ENCODERS, Encoder, to_float_nchw
@@ -55,17 +54,6 @@ _FEATURE_DIM = 1280
 _ONNX_OPSET = 17
 # onnx exports the graph, onnxruntime runs it.
 _ONNX_MODULES = ("onnxruntime", "onnx")
-
-
-def user_cache_dir() -> Path:
-    """gr2st's per-user cache folder (exported ONNX graphs).
-
-    ``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st``, else ``~/.cache/gr2st``.
-    """
-    if env := os.environ.get("GR2ST_CACHE_DIR"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "gr2st"
 
 
 def weights_file(model: str) -> Path:

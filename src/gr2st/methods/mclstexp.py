@@ -45,7 +45,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -267,8 +267,7 @@ class _ContrastiveTask(TrainingTask):
             if self.cfg.augment:
                 # The global torch generator, seeded before the network was built.
                 images = augment_patches(images)
-        loss: Tensor = net.loss(self.expression[batch], self.positions[batch], images)
-        return loss
+        return cast(MclSTExpNet, net).loss(self.expression[batch], self.positions[batch], images)
 
 
 @register_method

@@ -63,7 +63,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -303,7 +303,7 @@ class _RegressionTask(TrainingTask):
         return (Batch(section) for section in self.sections)
 
     def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
-        terms = net.losses(*batch)
+        terms = cast(Reg2STNet, net).losses(*batch)
         return {k: self.weights[k] * v for k, v in terms.items()}
 
 

@@ -291,8 +291,8 @@ class Bundle:
         --------
         >>> pred = bundle.predict(gr2st.read_her2st("data/her2st", "C6"))  # doctest: +SKIP
         """
-        from gr2st.predict.slide import predict_spots, resolve_image
-        from gr2st.predict.spots import spots_from_section
+        from gr2st.predict.slide import predict_spots
+        from gr2st.predict.spots import resolve_image, spots_from_section
 
         spots = spots_from_section(adata, source="anndata")
         return predict_spots(

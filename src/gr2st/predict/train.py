@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anndata import AnnData
@@ -41,6 +41,7 @@ def train_bundle(
     batch_size: int = 32,
     progress: bool = True,
     command: Sequence[str] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Compute image inputs, train a model on ``sections`` and write a bundle to ``out``.
 
@@ -63,6 +64,9 @@ def train_bundle(
         Show progress bars.
     command
         Command line recorded in the bundle.
+    report
+        Called with one line per stage step ("features: 3/6 sections", "training: epoch
+        20/100", …), e.g. ``print`` when progress bars are off.
 
     Returns
     -------
@@ -83,6 +87,8 @@ def train_bundle(
         raise GR2STConfigError("train: expected at least one section")
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, device=device)
     normalizer = resolve_stain(stain)
+    say = report or (lambda line: None)
+    done = iter(range(1, len(sections) + 1))
     prepare_image_inputs(
         sections,
         encoder=enc,
@@ -92,11 +98,18 @@ def train_bundle(
         cache_dir=cache_dir,
         batch_size=batch_size,
         progress=progress,
+        on_section=lambda r: say(f"features: {next(done)}/{len(sections)} sections ({r.section})"),
     )
     genes = get_panel(panel) if isinstance(panel, str | Path) else list(panel)
+    say(f"normalising: {len(sections)} sections")
     train = prepare_sections(sections, genes=genes, progress=progress)
+    # Same library genes, same dropped spots: they were reported just above.
     everything = prepare_sections(
-        sections, genes=common_genes(sections), library_genes=genes, progress=progress
+        sections,
+        genes=common_genes(sections),
+        library_genes=genes,
+        progress=progress,
+        log_dropped=False,
     )
     model = GR2ST(
         train,
@@ -106,7 +119,15 @@ def train_bundle(
         seed=seed,
         device=device,
     )
-    model.train(progress=progress)
+    epochs = model.config.train.epochs
+
+    def epoch_line(epoch: int, loss: float) -> None:
+        # About ten lines per run: enough to see it move, few enough to read.
+        if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+            say(f"training: epoch {epoch}/{epochs} (loss {loss:.4f})")
+
+    model.train(progress=progress, on_epoch_end=epoch_line)
+    say("writing the bundle")
     settings = BundleSettings(encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei)
     return save_bundle(
         model, out, sections=train, all_genes=everything, settings=settings, command=command
