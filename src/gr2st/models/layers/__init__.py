@@ -16,6 +16,7 @@ from gr2st.models.layers.training import (
 )
 from gr2st.models.layers.transformer import (
     Attention,
+    CrossAttention,
     DecoderBlock,
     FeedForward,
     TransformerBlock,
@@ -28,6 +29,7 @@ from gr2st.models.layers.zinb import ZINBHead, size_factors, zinb_nll
 __all__ = [
     "Attention",
     "Augmentation",
+    "CrossAttention",
     "DecoderBlock",
     "EpochCheckpoint",
     "FeedForward",
