@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GATConv, SAGEConv
@@ -19,11 +20,14 @@ from gr2st.methods.histogene import HisToGeneConfig, HisToGeneNet
 from gr2st.methods.thitogene import DynamicConv2d, SelfAttentionRouting, neighbour_graph, squash
 from gr2st.models.layers import CrossAttention, DecoderBlock, TransformerBlock
 
-torch.set_default_dtype(torch.float64)
 
-
-def teardown_module() -> None:
-    torch.set_default_dtype(torch.float32)
+@pytest.fixture(autouse=True)
+def _float64():
+    """Exact references: run each test in float64, then restore the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_transformer_block_on_three_tokens_by_hand():
