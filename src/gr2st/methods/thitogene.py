@@ -1,12 +1,10 @@
 """``thitogene``: THItoGene (Jia et al., 2024), dynamic convolution + capsules + ViT + GAT.
 
-What the published model does (yrjia1015/THItoGene: ``README.md`` for the training
-and prediction recipe, ``vis_model.py``, ``efficient_capsnet.py`` and ``dataset.py``;
-the last three read in copies of the repository, the original's ``ODConv.py``,
-``GATLayer.py`` and ``transformer.py`` were not available, so those parts follow the
-ODConv reference implementation, the pyGAT layer THItoGene's ``MultiHeadGAT``
-signature names, and HisToGene's vit-pytorch blocks), and what this implementation
-follows:
+What the published model does (yrjia1015/THItoGene: ``README.md`` and ``train.py`` for
+the training and prediction recipe, ``vis_model.py``, ``ODConv.py``,
+``efficient_capsnet.py``, ``GATLayer.py``, ``transformer.py`` and ``dataset.py``), and
+what this implementation follows (with identical weights, inputs and graph it
+reproduces the published ``THItoGene`` to 1.6e-6: ``docs/parity.md``):
 
 - Every spot's 112-px patch goes through an omni-dimensional dynamic convolution
   (ODConv; 3 → 16 channels, kernel 4, stride 4, 4 candidate kernels): a squeeze branch
