@@ -45,7 +45,7 @@ Deliberate deviations and quirks:
 - Graph: the published ``calcADJ(k=4, pruneTag="Grid")``: each spot's 4 nearest other
   spots at most 2 array steps away (:func:`gr2st.graph.pruned_knn_graph`), messages
   flowing from those to the spot. Inside the tissue these are its 4 grid neighbours; at
-  the border they include diagonal or two-step spots (28–34 % of the spots of a
+  the border they include diagonal or two-step spots (28–35 % of the spots of a
   HER2ST-6 section differ from the plain 4-neighbourhood). Distance ties are broken by
   the lower spot index (the published ``argsort`` leaves them to numpy). A spot without
   a neighbour gets a zero message here; the published mean divides by zero (NaN).
