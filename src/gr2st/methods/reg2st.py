@@ -56,12 +56,13 @@ Profiles
     decoder blocks instead of 6: a HER2ST-6 fold (5 training sections, 1,000 spots,
     1280-d, 785 genes) trains in about 2 minutes.
 
-Measured (one HER2ST-6 fold, test C2, 40 epochs of the ``cpu`` profile, Lite0 features):
-mean PCC -0.071 as published, 0.087 with ``use_positions=false`` and 0.079 with that and
-``mask_rate=0``. The learned absolute x/y embeddings on the image side let the network
-memorise where expression sits on the training sections, which does not carry over to a
-new section's coordinates; with 31 training sections (the paper) this is diluted, with
-5 it dominates. Both profiles keep the published design; the ablation is one override.
+Measured (one HER2ST-6 fold, test C2, Lite0 features, ``cpu`` profile at 50 epochs,
+seed 0; ``docs/parity.md``): mean PCC -0.090 (the published code under the same
+settings: -0.070) and 0.171 with ``use_positions=false``. The learned absolute x/y
+embeddings on the image side let the network memorise where expression sits on the
+training sections, which does not carry over to a new section's coordinates; with 31
+training sections (the paper) this is diluted, with 5 it dominates. Both profiles keep
+the published design; the ablation is one override.
 """
 
 from __future__ import annotations
