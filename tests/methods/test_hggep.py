@@ -276,13 +276,13 @@ def test_bad_options_are_rejected():
         _method("gem_theta=2", profile="paper")
     with pytest.raises(GR2STConfigError, match="lstm_layers must be > 0"):
         _method("lstm_layers=0")
-    with pytest.raises(GR2STConfigError, match="augment hflip"):
+    with pytest.raises(GR2STConfigError, match="aug_hflip must be in"):
         _method("aug_hflip=2")
 
 
 def test_describe_names_the_backbone_and_the_checkpoint():
     info = HGGEP(feature_key="X", overrides=["epochs=7"]).describe()
-    assert (info["profile"], info["epochs"]) == ("cpu", 7)
+    assert (info["profile"], info["epochs"]) == ("default", 7)
     assert "efficientnet-lite0" in info["backbone"]
     assert "ShuffleNetV2" in info["backbone"]
     assert info["checkpoint"].startswith("last epoch")

@@ -283,7 +283,7 @@ def test_bad_options_and_inputs_are_rejected(sections):
         _method("patch_size=5")
     with pytest.raises(GR2STConfigError, match="kernel_size must be odd"):
         _method("kernel_size=4")
-    with pytest.raises(GR2STConfigError, match="views, w_zinb and w_distill must be >= 0"):
+    with pytest.raises(GR2STConfigError, match="hist2st: views must be >= 0, got -1"):
         _method("views=-1")
     with pytest.raises(GR2STConfigError, match="pixel_scale must be > 0"):
         _method("pixel_scale=0")

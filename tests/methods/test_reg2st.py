@@ -62,12 +62,14 @@ def test_registered_with_both_profiles():
     assert METHODS.get("reg2st") is Reg2ST
     assert list(Reg2ST.profiles) == ["paper", "default"]
     paper = PROFILES["paper"]
+    # mask_rate 0: the published forward discards its masked decoder pass
     assert (paper.epochs, paper.decoder_depth, paper.graph_top_k, paper.mask_rate) == (
         400,
         6,
         6,
-        0.75,
+        0.0,
     )
+    assert paper.head_merge_quirk
     assert (paper.w_contrastive, paper.w_zinb, paper.hidden_dim) == (0.5, 0.25, 256)
 
 
@@ -99,6 +101,7 @@ def test_mask_randomises_training_passes_only():
         decoder_mlp_dim=8,
         dropout=0.0,
         graph_dropout=0.0,
+        mask_rate=0.75,
     )
     torch.manual_seed(0)
     net = Reg2STNet(5, 12, config=cfg)

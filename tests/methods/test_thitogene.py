@@ -124,7 +124,7 @@ def test_describe_records_the_profile():
     info = THItoGene(feature_key="X_unused", profile="paper", overrides=["epochs=7"]).describe()
     assert info["profile"] == "paper"
     assert info["epochs"] == 7
-    assert info["stem_channels"] == (32, 64, 64, 128)
+    assert info["stem_channels"] == [32, 64, 64, 128]  # JSON-ready
 
 
 # ---------------------------------------------------------------------- capsules
@@ -258,7 +258,7 @@ def test_all_parameters_learn():
         ("stem_channels=4,8,8", "stem_channels must be 4 positive widths"),
         ("primary_dim=3", r"multiple of primary_dim \(3\)"),
         ("dynamic_reduction=0", "dynamic_reduction must be in"),
-        ("capsules=0", "capsules must be a positive integer"),
+        ("capsules=0", "thitogene: capsules must be > 0, got 0"),
         ("gat_slope=-1", "gat_slope must be >= 0"),
         ("lr=0", "lr must be > 0"),
     ],

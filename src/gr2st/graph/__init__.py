@@ -4,6 +4,12 @@
 from __future__ import annotations
 
 from gr2st.graph.grid import grid_adjacency, grid_graph
-from gr2st.graph.knn import functional_topk_graph, spatial_knn_graph
+from gr2st.graph.knn import functional_topk_graph, pruned_knn_graph, spatial_knn_graph
 
-__all__ = ["functional_topk_graph", "grid_adjacency", "grid_graph", "spatial_knn_graph"]
+__all__ = [
+    "functional_topk_graph",
+    "grid_adjacency",
+    "grid_graph",
+    "pruned_knn_graph",
+    "spatial_knn_graph",
+]

@@ -66,11 +66,12 @@ Deliberate deviations and quirks:
 - Optimizer: one Adam for the whole run. The published script rebuilds it (and resets
   its moments) with every ``Trainer.fit``, i.e. every 5 epochs after the first 20.
 - Hyperedges: the published loop builds them per spot in Python; :func:`hyperedges`
-  computes the same picks at once. Its adjacency is ``calcADJ(k = 8, prune "Grid")``:
-  the 8 nearest spots within 2 array steps, the 8-neighbourhood inside the tissue but
-  also two-step spots at its border; ours is the 8-neighbourhood
-  (:func:`gr2st.graph.grid_graph`). An isolated spot has a ``0 / 0`` adjacency row
-  there (NaN scores); here its adjacency term is 0.
+  computes the same picks at once. Its adjacency is the published
+  ``calcADJ(k = 8, prune "Grid")`` (:func:`gr2st.graph.pruned_knn_graph`): each spot's 8
+  nearest spots within 2 array steps, the 8-neighbourhood inside the tissue but also
+  two-step spots at its border. Distance ties are broken by the lower spot index (the
+  published ``argsort`` leaves them to numpy). An isolated spot has a ``0 / 0``
+  adjacency row there (NaN scores); here its adjacency term is 0.
 - Hyperedge weights: the published code passes the pick scores (one per node-hyperedge
   pair) as ``hyperedge_weight`` (one per hyperedge), so hyperedge ``j`` gets the score
   of the ``j``-th pair in the list, which belongs to another spot. ``HypergraphConv``
@@ -137,12 +138,13 @@ from gr2st.config import (
     Fraction,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     Probability,
 )
 from gr2st.encoders.efficientnet import pretrained_network
 from gr2st.errors import GR2STConfigError
-from gr2st.graph import grid_graph
+from gr2st.graph import pruned_knn_graph
 from gr2st.methods.base import register_method
 from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
 from gr2st.models.layers import (
@@ -205,12 +207,12 @@ class HGGEPConfig(PixelConfig):
     See :class:`~gr2st.methods.pixels.PixelConfig` for the inherited fields.
     """
 
-    epochs: int = 520
-    lr: float = 1e-5
-    dropout: float = 0.2
-    aug_rotation: float = 90.0
-    aug_hflip: float = 0.2
-    aug_grayscale: float = 0.1
+    epochs: PositiveInt = 520
+    lr: PositiveFloat = 1e-5
+    dropout: Fraction = 0.2
+    aug_rotation: NonNegativeFloat = 90.0
+    aug_hflip: Probability = 0.2
+    aug_grayscale: Probability = 0.1
     dim: Annotated[int, Bound(low=2)] = 1024
     tap_channels: PositiveInt = 64
     vit_depth: PositiveInt = 4
@@ -437,7 +439,8 @@ def hyperedges(features: Tensor, edge_index: Tensor, *, picks: int = HYPEREDGES_
     features
         ``(n, d)`` spot features (no gradient flows through the choice).
     edge_index
-        ``(2, E)`` neighbour graph (:func:`gr2st.graph.grid_graph`).
+        ``(2, E)`` neighbour graph, ``[i, j]`` for spot ``i``'s neighbour ``j``
+        (:func:`gr2st.graph.pruned_knn_graph`; a symmetric grid graph also works).
     picks
         Hyperedges per spot (at most ``n``).
 
@@ -449,6 +452,7 @@ def hyperedges(features: Tensor, edge_index: Tensor, *, picks: int = HYPEREDGES_
 
     Examples
     --------
+    >>> from gr2st.graph import grid_graph
     >>> pos = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 3], [0, 4]])
     >>> feats = torch.tensor([[0.0], [1.0], [4.0], [0.0], [9.0]])
     >>> hyperedges(feats, grid_graph(pos), picks=2)[:, :2]  # its only neighbour, then the farthest
@@ -512,6 +516,7 @@ class HGGEPNet(nn.Module):
 
     Examples
     --------
+    >>> from gr2st.graph import grid_graph
     >>> cfg = HGGEPConfig(dim=16, tap_channels=2, vit_depth=1, heads=2, dim_head=8,
     ...                   lstm_layers=1, gem=False)
     >>> lite = EfficientNet.from_name("efficientnet-lite0")
@@ -684,7 +689,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
     ) -> dict[str, Tensor]:
         net = cast(HGGEPNet, net)
         cfg = self.config
-        edges = grid_graph(section.positions, neighbourhood=8)
+        edges = pruned_knn_graph(section.positions, k=8, max_distance=2.0)
         original, views = self._views(net, section, generator)
         h = net.embed(original, section.positions, edges)
         prediction = net.gene_head(h)
@@ -704,7 +709,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
 
     def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
         net = cast(HGGEPNet, net)
-        edges = grid_graph(section.positions, neighbourhood=8)
+        edges = pruned_knn_graph(section.positions, k=8, max_distance=2.0)
         taps = self._encode_frozen(net, section.patches)
         return net.gene_head(net.embed(taps, section.positions, edges))
 

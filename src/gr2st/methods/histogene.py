@@ -19,11 +19,10 @@ this implementation follows:
 
 Deliberate choices and quirks:
 
-- ``transformer.py`` (the ``ViT`` class) is not in the public copy we could read. It is
-  rebuilt from its call in ``vis_model.py`` (``ViT(dim, depth, heads=16, mlp_dim=2*dim,
-  dropout, emb_dropout=dropout)``) and the tutorial's parameter counts, which match
-  :class:`~gr2st.models.layers.TransformerEncoder` blocks of 16 × 64 heads with no final
-  norm (the gene head starts with one); the same block design as Hist2ST's copy.
+- The ``ViT`` of ``transformer.py`` is vit-pytorch's: pre-norm blocks of 16 × 64 heads
+  with one bias-free ``to_qkv`` layer (ours: ``to_q`` and ``to_kv``, the same rows) and no
+  final norm (the gene head starts with one). With identical weights and inputs our
+  network reproduces the published ``HisToGene`` to 1.6e-6 (``docs/parity.md``).
 - Patches are the benchmark's shared ones (:func:`gr2st.encoders.extract_patches`: the
   frozen encoders' 224-px crop, Reinhard stain-normalised, resized to 112 px) rather than
   a 112-px crop without normalisation, so every method sees the same tissue. The
@@ -74,10 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr2st.config import (
-    PositiveFloat,
-    PositiveInt,
-)
+from gr2st.config import PositiveFloat, PositiveInt
 from gr2st.methods.base import register_method
 from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
 from gr2st.models.layers import TransformerEncoder

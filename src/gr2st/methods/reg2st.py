@@ -1,8 +1,10 @@
 """``reg2st``: Reg2ST (Wang et al., 2025), regression on frozen features guided by expression.
 
-What the published model does (Holly-Wang/Reg2ST, ``code/model.py``, ``code/herst.py``,
-``code/utils.py``; HER2ST settings from ``train.py``: hidden 256, decoder 6 × 8 heads,
-mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows:
+What the published model does (Holly-Wang/Reg2ST, ``code/model.py``, ``code/attention.py``,
+``code/wikg.py``, ``code/herst.py``; HER2ST settings from the tutorial's ``parser_option``:
+hidden 256, decoder 6 × 8 heads, WiKG top-6, weights 0.5 / 0.25), and what this
+implementation follows (checked against that code with identical weights and inputs:
+see ``docs/parity.md``):
 
 - Image branch: frozen Phikon-v2 CLS features ``→ Linear(D, D) → GELU → Dropout →
   Linear(D, H)`` = ``i``; ``i_ct = i + Emb_x(x) + Emb_y(y)`` (``Embedding(64, H)`` each).
@@ -12,11 +14,15 @@ mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows
   ``log(1/0.07)``; ``i`` unnormalised) scored by elementwise binary cross-entropy against
   the identity (:func:`~gr2st.models.layers.clip_binary_cross_entropy`), and a
   projection ``p = MLP(i)`` regressed onto ``g`` (MSE).
-- Masked transformer decoder over the spots of a section: tokens ``i_ct``, context
-  ``p``; during training each spot's attention hides a random 75 % of the other spots.
-- WiKG dynamic graph (top-6 neighbours, knowledge-aware attention, bi-interaction) on
-  the decoder output, with tails from ``i_ct``
-  (:class:`~gr2st.models.layers.KnowledgeGraphAttention`).
+- Decoder over the spots of a section (:class:`~gr2st.models.layers.TransformerDecoder`):
+  6 blocks of pre-norm cross-attention from the tokens ``i_ct`` to the context ``p``
+  (8 heads of ``H / 8``, biased projections, dropout on the attention weights) and an
+  MLP 1024, residual dropout, then a LayerNorm. No self-attention: the published block
+  defines one but its call is commented out.
+- WiKG dynamic graph (top-6 neighbours, knowledge-aware attention, bi-interaction,
+  dropout 0.3; :class:`~gr2st.models.layers.KnowledgeGraphAttention`): node states from
+  the decoder output, heads from ``i_ct``, tails from ``p``; per-spot output
+  ``Linear(LayerNorm(·))`` (the slide-level readout is defined but unused).
 - Heads on the graph output: regression ``Linear(H, D) → GELU → Dropout → Linear(D, G)``
   (the prediction) and ZINB mean / dispersion / dropout on raw panel counts, the mean
   scaled by the spot's size factor (panel total / the section's median).
@@ -26,16 +32,17 @@ mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows
   then cosine to 1e-6 (an epoch is as many steps as there are training sections; the
   published code hard-codes 31, HER2ST's count). The last epoch's weights are kept.
 
-Deliberate choices where the published code is silent or self-contradictory:
+Quirks of the published code, reproduced (each has an override that turns it off):
 
-- ``attention.py`` and ``wikg.py`` are not in the public repository. The decoder is
-  our pre-norm block (masked self-attention, cross-attention to ``p``, MLP 1024; the
-  mask applies to both attentions, head width ``H / heads``); the graph follows the
-  WiKG paper and code (dropout 0.3, WiKG's default) with per-spot output
-  ``Linear(LayerNorm(·))`` instead of a slide-level readout.
-- **quirk:** the published forward computes the masked decoder pass and then overwrites
-  it with an unmasked one, so the mask has no effect there. We apply the mask as the
-  paper describes; ``mask_rate=0`` reproduces the code's behaviour.
+- **quirk:** the decoder's attention views its ``(heads, n, H / heads)`` output as
+  ``(n, H)`` without moving the head axis back, so each spot's row holds other spots'
+  head outputs (``head_merge_quirk``; ``false`` merges each spot's own heads).
+- **quirk:** the knowledge-attention logit multiplies the sums of the tail and gate
+  vectors instead of taking their dot product (WiKG's ``einsum``; kept in the layer).
+- **quirk:** the forward computes a decoder pass with a random mask hiding 75 % of the
+  other spots, then overwrites it with an unmasked pass, so training never masks.
+  ``mask_rate`` is therefore 0 here; ``mask_rate=0.75`` gives the masked training the
+  paper describes.
 - The published checkpoint callback of one script version keeps the epoch with the best
   *test* PCC; we never look at the test section.
 
@@ -49,12 +56,13 @@ Profiles
     decoder blocks instead of 6: a HER2ST-6 fold (5 training sections, 1,000 spots,
     1280-d, 785 genes) trains in about 2 minutes.
 
-Measured (one HER2ST-6 fold, test C2, 40 epochs of the ``cpu`` profile, Lite0 features):
-mean PCC -0.071 as published, 0.087 with ``use_positions=false`` and 0.079 with that and
-``mask_rate=0``. The learned absolute x/y embeddings on the image side let the network
-memorise where expression sits on the training sections, which does not carry over to a
-new section's coordinates; with 31 training sections (the paper) this is diluted, with
-5 it dominates. Both profiles keep the published design; the ablation is one override.
+Measured (one HER2ST-6 fold, test C2, Lite0 features, ``cpu`` profile at 50 epochs,
+seed 0; ``docs/parity.md``): mean PCC -0.090 (the published code under the same
+settings: -0.070) and 0.171 with ``use_positions=false``. The learned absolute x/y
+embeddings on the image side let the network memorise where expression sits on the
+training sections, which does not carry over to a new section's coordinates; with 31
+training sections (the paper) this is diluted, with 5 it dominates. Both profiles keep
+the published design; the ablation is one override.
 """
 
 from __future__ import annotations
@@ -125,6 +133,10 @@ class Reg2STConfig(Config):
     use_positions
         Add the learned x/y embeddings to the image tokens (as published). ``False`` is
         an ablation: see "Measured" in the module docstring.
+    head_merge_quirk
+        Merge the decoder's attention heads as the published code does (**quirk**, see
+        :class:`~gr2st.models.layers.CrossAttention`); ``False`` merges each spot's own
+        heads.
     init_temperature
         Initial temperature of the contrastive logits (learned as ``log(1/τ)``).
     w_contrastive, w_mse, w_projection, w_zinb
@@ -142,12 +154,13 @@ class Reg2STConfig(Config):
     decoder_depth: PositiveInt = 6
     decoder_heads: PositiveInt = 8
     decoder_mlp_dim: PositiveInt = 1024
-    mask_rate: Fraction = 0.75
+    mask_rate: Fraction = 0.0
     graph_top_k: PositiveInt = 6
     graph_dropout: Fraction = 0.3
     dropout: Fraction = 0.2
     n_positions: PositiveInt = 64
     use_positions: bool = True
+    head_merge_quirk: bool = True
     init_temperature: PositiveFloat = 0.07
     w_contrastive: NonNegativeFloat = 0.5
     w_mse: NonNegativeFloat = 1.0
@@ -224,9 +237,9 @@ class Reg2STNet(nn.Module):
             h,
             depth=config.decoder_depth,
             heads=config.decoder_heads,
-            dim_head=h // config.decoder_heads,
             mlp_dim=config.decoder_mlp_dim,
             dropout=p,
+            head_merge_quirk=config.head_merge_quirk,
         )
         self.graph = KnowledgeGraphAttention(
             h, hidden_dim=h, out_dim=h, top_k=config.graph_top_k, dropout=config.graph_dropout
@@ -250,7 +263,9 @@ class Reg2STNet(nn.Module):
                 len(tokens), mask_rate=self.mask_rate, device=tokens.device
             )
         decoded = self.decoder(tokens, projected, mask=mask)
-        return image, projected, self.graph(decoded, tokens)
+        # As published: node states from the decoder, heads from the image tokens,
+        # tails from the projection.
+        return image, projected, self.graph(decoded, head_x=tokens, tail_x=projected)
 
     def predict(self, features: Tensor, positions: Tensor) -> Tensor:
         """Predicted log-normalised expression of the spots of one section."""

@@ -1,12 +1,10 @@
 """``thitogene``: THItoGene (Jia et al., 2024), dynamic convolution + capsules + ViT + GAT.
 
-What the published model does (yrjia1015/THItoGene: ``README.md`` for the training
-and prediction recipe, ``vis_model.py``, ``efficient_capsnet.py`` and ``dataset.py``;
-the last three read in copies of the repository, the original's ``ODConv.py``,
-``GATLayer.py`` and ``transformer.py`` were not available, so those parts follow the
-ODConv reference implementation, the pyGAT layer THItoGene's ``MultiHeadGAT``
-signature names, and HisToGene's vit-pytorch blocks), and what this implementation
-follows:
+What the published model does (yrjia1015/THItoGene: ``README.md`` and ``train.py`` for
+the training and prediction recipe, ``vis_model.py``, ``ODConv.py``,
+``efficient_capsnet.py``, ``GATLayer.py``, ``transformer.py`` and ``dataset.py``), and
+what this implementation follows (with identical weights, inputs and graph it
+reproduces the published ``THItoGene`` to 1.6e-6: ``docs/parity.md``):
 
 - Every spot's 112-px patch goes through an omni-dimensional dynamic convolution
   (ODConv; 3 → 16 channels, kernel 4, stride 4, 4 candidate kernels): a squeeze branch
@@ -90,7 +88,9 @@ from torch_geometric.nn import GATConv
 
 from gr2st.config import (
     Bound,
+    Fraction,
     NonNegativeFloat,
+    PositiveFloat,
     PositiveInt,
 )
 from gr2st.errors import GR2STConfigError
@@ -132,9 +132,9 @@ class THItoGeneConfig(PixelConfig):
         Graph neighbours per spot (nearest in array coordinates).
     """
 
-    epochs: int = 200
-    lr: float = 1e-5
-    dropout: float = 0.2
+    epochs: PositiveInt = 200
+    lr: PositiveFloat = 1e-5
+    dropout: Fraction = 0.2
     dynamic_channels: PositiveInt = 16
     dynamic_kernels: PositiveInt = 4
     dynamic_reduction: Annotated[float, Bound(low=0, high=1, low_open=True)] = 0.0625

@@ -9,6 +9,7 @@ from gr2st.models.layers.knowledge_graph import KnowledgeGraphAttention
 from gr2st.models.layers.projection import ProjectionHead
 from gr2st.models.layers.transformer import (
     Attention,
+    CrossAttention,
     DecoderBlock,
     FeedForward,
     TransformerBlock,
@@ -21,6 +22,7 @@ from gr2st.models.layers.zinb import ZINBHead, size_factors, zinb_nll
 __all__ = [
     "Attention",
     "Augmentation",
+    "CrossAttention",
     "DecoderBlock",
     "FeedForward",
     "KnowledgeGraphAttention",
