@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete the temporary files and folders that interrupted writes left under ``folder``.
+
+    Matches what :func:`atomic_path` and the bundle writer create (``.<name>.<random>.tmp``
+    and ``.<name>.<random>.old``). Call it only while holding the folder's lock (see
+    :mod:`gr2st._utils.lock`): a running writer's temporary file looks the same.
+
+    Returns
+    -------
+    int
+        How many were removed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / ".x.json.abc123.tmp").write_text("partial")
+    >>> remove_stale_temps(d), sorted(p.name for p in d.iterdir())
+    (1, [])
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    stale = [p for pattern in (".*.tmp", ".*.old") for p in root.rglob(pattern)]
+    removed = 0
+    for path in sorted(stale, key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a folder removed just before
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def user_cache_dir() -> Path:

@@ -16,25 +16,27 @@ values over the retrieved training spots.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from anndata import AnnData
 from tqdm.auto import tqdm
 
 from gr2st._constants import CELL_TYPE, PATCHES, PATIENT
-from gr2st._utils.files import sha256_bytes
+from gr2st._utils.files import remove_stale_temps, sha256_bytes
+from gr2st._utils.lock import lock_folder
 from gr2st._utils.seed import seed_everything
 from gr2st.benchmark.report import build_results, write_outputs
-from gr2st.benchmark.store import FoldRecord, FoldStore, to_jsonable
+from gr2st.benchmark.store import FoldRecord, FoldStore, rescore, to_jsonable
 from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import section_metrics
@@ -145,6 +147,26 @@ def _remove_workdir(root: Path, method: str, fold: str) -> None:
             folder.rmdir()
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _hold_output_lock(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``func`` holding the lock of its ``out_dir``, after removing the temporary
+    files that interrupted runs left there: two runs never share a fold's work folder
+    (re-entrant, so the command line may hold the lock already)."""
+
+    @functools.wraps(func)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        out = Path(str(kwargs["out_dir"]))
+        with lock_folder(out, what=f"benchmark folder {out}"):
+            remove_stale_temps(out)
+            return func(*args, **kwargs)
+
+    return locked
+
+
+@_hold_output_lock
 def run_benchmark(
     sections: Sequence[AnnData],
     *,
@@ -290,6 +312,9 @@ def run_benchmark(
                     fold=[fold.name, list(fold.train), list(fold.test)],
                 )
                 record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
+                if record is not None:
+                    # Scores come from the stored predictions, never from stored numbers.
+                    record = rescore(record, truths, gene_names)
                 if record is None:
                     record = _run_fold(
                         classes[name],

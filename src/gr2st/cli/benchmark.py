@@ -11,6 +11,8 @@ from anndata import AnnData
 from rich.console import Console
 
 from gr2st._constants import CELL_TYPE, DEFAULT_PANEL, feature_key
+from gr2st._utils.preflight import check_memory
+from gr2st.cli._guard import locked_output, wait_option
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
@@ -36,7 +38,9 @@ obs["cell_type"] are used as they are; otherwise features and nuclear types are
 computed and cached in --cache.
 
 Finished folds are saved under --out/folds, so running the same command again
-after an interruption resumes where it stopped (--no-resume recomputes).
+after an interruption resumes where it stopped (--no-resume recomputes). An --out
+holding a benchmark of another request is refused unless --overwrite; a second run
+on the same --out stops at once naming the first (or waits --wait SECONDS).
 """
 
 
@@ -141,10 +145,21 @@ def find_or_fetch_her2st(
         f"HER2ST sections {_span(wanted)} not found in {', '.join(map(str, candidates))}; "
         f"fetching them into {FETCH_DEST}"
     )
+    from gr2st._utils.lock import lock_folder
+    from gr2st._utils.preflight import check_writable
+
+    check_writable(FETCH_DEST, what="--data auto: download folder")
     try:
-        download.fetch(
-            "her2st", FETCH_DEST, sections=wanted, mirror=mirror, progress=progress, log=typer.echo
-        )
+        # Another run fetching into the same folder: wait for it, then find its files.
+        with lock_folder(FETCH_DEST, what=f"download folder {FETCH_DEST}", wait=None):
+            download.fetch(
+                "her2st",
+                FETCH_DEST,
+                sections=wanted,
+                mirror=mirror,
+                progress=progress,
+                log=typer.echo,
+            )
     except download.DownloadError as err:
         raise download.DownloadError(
             f"{err}; without network access, copy the data/ folder of "
@@ -158,11 +173,38 @@ def _span(names: Sequence[str]) -> str:
     return "all 36" if len(names) > 12 else ", ".join(names)
 
 
-def _split_list(value: str | None) -> list[str] | None:
+def _split_list(value: str | None, *, option: str | None = None) -> list[str] | None:
+    """Comma-separated names; with ``option``, a name given twice is an error."""
     if value is None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if option is not None and repeated:
+        raise GR2STConfigError(f"{option}: {', '.join(repeated)} given more than once")
     return items or None
+
+
+def _output_bytes(
+    sections: Sequence[AnnData], methods: Sequence[str], genes: str, panel: str | None
+) -> int:
+    """Rough size of a benchmark's outputs: fold predictions (float32) and per-gene
+    table for every method, figures, and one method's training checkpoints."""
+    n_spots = sum(a.n_obs for a in sections)
+    if genes == "all":
+        n_genes = max((a.n_vars for a in sections), default=0)
+    elif genes == "panel":
+        from gr2st.genes import get_panel
+
+        n_genes = len(get_panel(panel or DEFAULT_PANEL))
+    else:
+        n_genes = len(genes.split(","))
+    per_method = n_spots * n_genes * (4 + 8) + len(sections) * n_genes * 40
+    return len(methods) * per_method + 20_000_000 + 200_000_000
+
+
+def _cache_bytes(sections: Sequence[AnnData], dim: int) -> int:
+    """Rough size of the feature cache entries of ``sections`` (features and nuclei)."""
+    return sum(a.n_obs for a in sections) * (dim * 4 + 2_000)
 
 
 def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
@@ -340,7 +382,9 @@ def benchmark_command(
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Reuse finished folds found in --out."
     ),
-    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    device: str = typer.Option(
+        "auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."
+    ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
     figure_section: str | None = typer.Option(
         None,
@@ -349,8 +393,19 @@ def benchmark_command(
         help="Section of the spatial-map figure (default: best).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Run into an --out that holds a benchmark of another request, replacing its "
+        "report (finished folds that still match are reused).",
+    ),
+    wait: float = wait_option(),
 ) -> None:
+    from gr2st._constants import DEFAULT_PATCH_PX
+    from gr2st._utils.preflight import check_patch_memory, check_writable
+    from gr2st._utils.seed import check_device
     from gr2st.benchmark import render_table, run_benchmark
+    from gr2st.benchmark.store import claim_output
     from gr2st.encoders import (
         DEFAULT_ENCODER,
         extract_patches,
@@ -360,57 +415,82 @@ def benchmark_command(
     from gr2st.encoders.efficientnet import user_cache_dir
     from gr2st.methods.base import METHODS
 
+    check_device(device)
     method_names = resolve_methods(methods)
-    chosen = _split_list(sections)
+    chosen = _split_list(sections, option="--sections")
+    check_writable(out)
+    check_patch_memory(size or DEFAULT_PATCH_PX, 32)
     root = resolve_data_dir(data, sections=chosen, progress=progress)
     dataset, adatas = load_sections(root, chosen)
     encoder_name = encoder or DEFAULT_ENCODER
     key = feature_key(encoder_name)
-    if not _has_inputs(adatas, key, nuclei):
-        enc = get_encoder(encoder_name)
-        key = feature_key(enc.name)
-        prepare_image_inputs(
-            adatas,
-            encoder=enc,
-            size_px=size,
-            nuclei=nuclei,
-            cache_dir=cache or user_cache_dir() / "features",
-            progress=progress,
-        )
+    cache_dir = cache or user_cache_dir() / "features"
     pixel_sides = {
         int(cls.patch_px or 0)
         for cls in (METHODS.get(name) for name in method_names)
         if cls.input == "pixels"
     }
-    if pixel_sides:
-        # Methods learning from pixels share one uint8 patch stack (the largest side asked
-        # for; a method wanting a smaller side resizes it once when it reads it).
-        extract_patches(
+    check_writable(out, need_bytes=_output_bytes(adatas, method_names, genes, panel))
+    request = {
+        "data": str(root.resolve()),
+        "sections": chosen,
+        "methods": method_names,
+        "profile": profile,
+        "split": split,
+        "encoder": encoder_name,
+        "size": size,
+        "nuclei": nuclei,
+        "genes": genes,
+        "panel": panel,
+        "seed": seed,
+        "overrides": list(overrides),
+    }
+    with locked_output(out, wait=wait, folder=True):
+        claim_output(out, request, overwrite=overwrite)
+        if not _has_inputs(adatas, key, nuclei):
+            enc = get_encoder(encoder_name)
+            key = feature_key(enc.name)
+            check_writable(cache_dir, what="--cache", need_bytes=_cache_bytes(adatas, enc.dim))
+            prepare_image_inputs(
+                adatas,
+                encoder=enc,
+                size_px=size,
+                nuclei=nuclei,
+                cache_dir=cache_dir,
+                progress=progress,
+            )
+        if pixel_sides:
+            # Methods learning from pixels share one uint8 patch stack (the largest side
+            # asked for; a method wanting a smaller side resizes it once when it reads it).
+            side = max(pixel_sides)
+            n_spots = sum(a.n_obs for a in adatas)
+            check_memory(
+                n_spots * side * side * 3 * 2,
+                what=f"the {side} px patches of {n_spots:,} spots",
+                hint="use fewer sections or leave the pixel methods out",
+            )
+            check_writable(cache_dir, what="--cache", need_bytes=n_spots * side * side * 3)
+            extract_patches(adatas, out_px=side, cache_dir=cache_dir, progress=progress)
+        panel_genes, target_genes, label = resolve_genes(genes, panel, adatas)
+        results = run_benchmark(
             adatas,
-            out_px=max(pixel_sides),
-            cache_dir=cache or user_cache_dir() / "features",
+            methods=method_names,
+            genes=panel_genes,
+            target_genes=target_genes,
+            feature_key=key,
+            out_dir=out,
+            profile=profile,
+            overrides=overrides,
+            split=split,
+            seed=seed,
+            resume=resume,
             progress=progress,
+            device=device,
+            dataset=dataset,
+            genes_label=label,
+            figures=figures,
+            figure_section=figure_section,
         )
-    panel_genes, target_genes, label = resolve_genes(genes, panel, adatas)
-    results = run_benchmark(
-        adatas,
-        methods=method_names,
-        genes=panel_genes,
-        target_genes=target_genes,
-        feature_key=key,
-        out_dir=out,
-        profile=profile,
-        overrides=overrides,
-        split=split,
-        seed=seed,
-        resume=resume,
-        progress=progress,
-        device=device,
-        dataset=dataset,
-        genes_label=label,
-        figures=figures,
-        figure_section=figure_section,
-    )
     console = Console()
     if not console.is_terminal:
         # Logs and pipes get the full table instead of rich's 80-column default.

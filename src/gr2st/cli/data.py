@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from gr2st.cli._guard import locked_output, missing_bytes, wait_option
 from gr2st.errors import GR2STConfigError
 from gr2st.io import download
 
@@ -76,8 +77,11 @@ def fetch_command(
         "main", "--revision", help="hest only: dataset branch, tag or commit."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    wait: float = wait_option(),
 ) -> None:
     """Download DATASET from its original public location, checking every file."""
+    from gr2st._utils.preflight import check_writable
+
     known = sorted([*download.dataset_names(), "hest"])
     if dataset not in known:
         raise GR2STConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
@@ -96,10 +100,16 @@ def fetch_command(
         if ids is not None or patches or revision != "main":
             raise GR2STConfigError(f"--ids, --patches and --revision are for hest, not {dataset}")
         manifest = download.get_manifest(dataset, sections=chosen)
+    files = [(root / f.path, f.size or 0) for f in manifest.files]
+    # An archive is downloaded, then its members extracted next to it: twice its size.
+    files += [(root / a.path, 2 * (a.size or 0)) for a in manifest.archives]
+    check_writable(root, what="--dest", need_bytes=missing_bytes(files))
     typer.echo(f"Fetching {manifest.name} into {root}")
-    report = download.fetch(
-        manifest, root, mirror=mirror, progress=progress, headers=headers, log=typer.echo
-    )
+    # Two fetches into one folder would append to the same partial files.
+    with locked_output(root, wait=wait, folder=True):
+        report = download.fetch(
+            manifest, root, mirror=mirror, progress=progress, headers=headers, log=typer.echo
+        )
     megabytes = report.bytes_downloaded / 2**20
     typer.echo(
         f"Done: {len(report.downloaded)} downloaded ({megabytes:.1f} MiB), "

@@ -28,6 +28,9 @@ def _sections(value: str | None) -> list[str] | None:
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise GR2STConfigError("--sections: expected names like B4,C2")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise GR2STConfigError(f"--sections: {', '.join(repeated)} given more than once")
     return names
 
 
@@ -56,19 +59,27 @@ def features_command(
         None, "--cache", file_okay=False, help="Feature cache (default ~/.cache/gr2st/features)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
+    from gr2st._utils.preflight import check_patch_memory, check_writable
+    from gr2st._utils.seed import check_device
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import DEFAULT_ENCODER, SectionReport, get_encoder, prepare_image_inputs
     from gr2st.encoders.efficientnet import user_cache_dir
 
+    check_device(device)
+    cache_dir = cache or user_cache_dir() / "features"
+    check_writable(cache_dir, what="--cache")
+    check_patch_memory(size, batch_size)
     root = resolve_data_dir(data)
     _, adatas = load_sections(root, _sections(sections))
     name = encoder or DEFAULT_ENCODER
     options = {} if name.startswith("hf:") else {"backend": backend}
     enc = get_encoder(name, device=device, **options)
-    cache_dir = cache or user_cache_dir() / "features"
+    # Features (float32) and nuclei summaries of every spot.
+    n_spots = sum(a.n_obs for a in adatas)
+    check_writable(cache_dir, what="--cache", need_bytes=n_spots * (enc.dim * 4 + 2_000))
     typer.echo(f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}")
 
     def report(r: SectionReport) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from gr2st._constants import DEFAULT_PATCH_PX
+from gr2st._utils.preflight import check_patch_memory
+from gr2st.cli._guard import overwrite_option, prepare_output
 from gr2st.errors import GR2STConfigError
 
 _HELP = """Write a PNG grid of N random spot patches with their ids, to check by eye that
@@ -56,12 +58,17 @@ def patches(
         None, "--reference", help="Stain reference image (default: the method's own)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random choice of spots."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     from gr2st.cli.benchmark import load_sections
     from gr2st.image import contact_sheet, get_stain_normalizer, open_slide
     from gr2st.predict import load_bundle, load_query, resolve_image, spots_from_section
     from gr2st.predict.spots import QuerySpots
 
+    if out.suffix.lower() != ".png":
+        raise GR2STConfigError(f"--out {out}: expected a .png file name")
+    # A contact sheet is a few MB at most.
+    prepare_output(out, overwrite=overwrite, need_bytes=20_000_000)
     normalizer = get_stain_normalizer(stain, reference=reference) if stain else None
     query: QuerySpots
     if data is not None or section is not None:
@@ -102,6 +109,7 @@ def patches(
         elif stain is None:
             normalizer = get_stain_normalizer("reinhard", reference=reference)
         side = side or DEFAULT_PATCH_PX
+        check_patch_memory(side, min(n, query.n_spots))
         contact_sheet(
             slide,
             query.centers,

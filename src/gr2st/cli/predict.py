@@ -7,6 +7,13 @@ from pathlib import Path
 
 import typer
 
+from gr2st.cli._guard import (
+    locked_output,
+    overwrite_option,
+    prepare_output,
+    refuse_existing,
+    wait_option,
+)
 from gr2st.errors import GR2STConfigError
 
 _TRAIN_HELP = """Train GR2ST on sections and write a self-contained bundle folder (--out):
@@ -48,6 +55,9 @@ def _split(value: str | None, option: str) -> list[str] | None:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
         raise GR2STConfigError(f"{option}: expected comma-separated names")
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if repeated:
+        raise GR2STConfigError(f"{option}: {', '.join(repeated)} given more than once")
     return items
 
 
@@ -90,46 +100,65 @@ def train_command(
         None, "--cache", file_okay=False, help="Feature cache (default ~/.cache/gr2st/features)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    overwrite: bool = overwrite_option(),
+    wait: float = wait_option(),
 ) -> None:
+    from gr2st._utils.preflight import check_patch_memory, check_writable
+    from gr2st._utils.seed import check_device
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import DEFAULT_ENCODER
     from gr2st.encoders.efficientnet import user_cache_dir
+    from gr2st.genes import get_panel
     from gr2st.image import get_stain_normalizer
     from gr2st.predict import train_bundle
 
+    check_device(device)
     if stain_reference is not None and stain != "reinhard":
         raise GR2STConfigError(
             "--stain-reference: bundles store a fitted reference for reinhard only"
         )
+    prepare_output(out, overwrite=overwrite, folder=True)
+    check_patch_memory(size, batch_size)
+    genes = get_panel(panel)
     normalizer = (
         get_stain_normalizer(stain, reference=stain_reference) if stain_reference else stain
     )
     chosen = _split(sections, "--sections")
     root = resolve_data_dir(data, sections=chosen, progress=progress)
     _, adatas = load_sections(root, chosen)
+    cache_dir = cache or user_cache_dir() / "features"
+    n_spots = sum(a.n_obs for a in adatas)
+    n_all = max((a.n_vars for a in adatas), default=0)
+    # Bank: embeddings and panel expression (float32), all-genes CSR (about a quarter
+    # non-zero, 8 bytes each), plus the weights.
+    bundle_bytes = n_spots * (256 + len(genes)) * 4 + n_spots * n_all * 2 + 50_000_000
+    prepare_output(out, overwrite=overwrite, need_bytes=bundle_bytes, folder=True)
+    check_writable(cache_dir, what="--cache", need_bytes=n_spots * 8_000)
     if not progress:
         typer.echo(f"read {len(adatas)} sections from {root}")
     start = time.perf_counter()
-    folder = train_bundle(
-        adatas,
-        out,
-        panel=panel,
-        method=method,
-        profile=profile,
-        overrides=overrides,
-        encoder=encoder or DEFAULT_ENCODER,
-        nuclei=nuclei,
-        stain=normalizer,
-        size_px=size,
-        seed=seed,
-        device=device,
-        cache_dir=cache or user_cache_dir() / "features",
-        batch_size=batch_size,
-        progress=progress,
-        report=None if progress else typer.echo,
-    )
+    with locked_output(out, wait=wait):
+        refuse_existing(out, overwrite=overwrite)  # written meanwhile by the run we waited for
+        folder = train_bundle(
+            adatas,
+            out,
+            panel=genes,
+            method=method,
+            profile=profile,
+            overrides=overrides,
+            encoder=encoder or DEFAULT_ENCODER,
+            nuclei=nuclei,
+            stain=normalizer,
+            size_px=size,
+            seed=seed,
+            device=device,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            progress=progress,
+            report=None if progress else typer.echo,
+        )
     typer.echo(
         f"Trained on {len(adatas)} sections in {time.perf_counter() - start:.1f} s; "
         f"bundle: {folder}"
@@ -182,13 +211,20 @@ def predict_command(
         min=0.0,
         help="Refuse before reading the slide when the dense outputs would exceed this.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    overwrite: bool = overwrite_option(),
+    wait: float = wait_option(),
 ) -> None:
+    from gr2st._utils.preflight import check_memory
+    from gr2st._utils.seed import check_device
     from gr2st.predict import load_bundle, load_query, plot_genes, predict_spots, write_prediction
+    from gr2st.predict.spots import THUMBNAIL_PX
 
+    check_device(device)
     if out.suffix != ".h5ad":
         raise GR2STConfigError(f"--out {out}: expected a .h5ad file name")
+    prepare_output(out, overwrite=overwrite)
     plot_genes_list = _split(plot, "--plot") or []
     bundle = load_bundle(model, device=device)
     chosen_genes = bundle.resolve_genes(genes)
@@ -211,18 +247,30 @@ def predict_command(
         library_id=library,
         platform=platform,
     )
-    pred = predict_spots(
-        bundle,
-        slide,
-        query,
-        genes=chosen_genes,
-        mpp=mpp,
-        batch_size=batch_size,
-        thumbnail=thumbnail,
-        progress=progress,
-        max_output_gb=max_output_gb,
+    # X and the uncertainty (float32), the measured layer, the thumbnail.
+    n_layers = 3 if query.measured is not None else 2
+    out_bytes = query.n_spots * len(chosen_genes) * 4 * n_layers + 3 * THUMBNAIL_PX**2
+    prepare_output(out, overwrite=overwrite, need_bytes=out_bytes)
+    # The outputs exist twice at most while the AnnData is assembled and written.
+    check_memory(
+        2 * out_bytes,
+        what=f"predicting {len(chosen_genes):,} genes at {query.n_spots:,} spots",
+        hint="predict the panel or a gene list (--genes), or fewer spots",
     )
-    write_prediction(pred, out)
+    with locked_output(out, wait=wait):
+        refuse_existing(out, overwrite=overwrite)  # written meanwhile by the run we waited for
+        pred = predict_spots(
+            bundle,
+            slide,
+            query,
+            genes=chosen_genes,
+            mpp=mpp,
+            batch_size=batch_size,
+            thumbnail=thumbnail,
+            progress=progress,
+            max_output_gb=max_output_gb,
+        )
+        write_prediction(pred, out)
     elapsed = time.perf_counter() - start
     typer.echo(
         f"Predicted {pred.n_vars} genes at {pred.n_obs} spots in {elapsed:.1f} s "

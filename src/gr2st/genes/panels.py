@@ -11,7 +11,7 @@ from pathlib import Path
 from anndata import AnnData
 
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.io._validate import examples
+from gr2st.io._validate import examples, read_text_file
 
 _DATA = files("gr2st.genes") / "data"
 
@@ -44,7 +44,7 @@ def get_panel(name: str | os.PathLike[str]) -> list[str]:
     GR2STConfigError
         Unknown name that is not an existing file.
     GR2STDataError
-        Empty panel file or duplicated genes.
+        A binary or unreadable panel file, an empty one, or duplicated genes.
 
     Examples
     --------
@@ -64,7 +64,7 @@ def get_panel(name: str | os.PathLike[str]) -> list[str]:
                 f"{', '.join(list_panels())} or a text file with one gene per line"
             )
         source = str(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, what="gene panel", expected="one gene per line")
     genes = [g for line in text.splitlines() if (g := line.split("#", 1)[0].strip())]
     if not genes:
         raise GR2STDataError(f"{source}: gene panel is empty; expected one gene per line")

@@ -72,6 +72,38 @@ def require_file(path: str | Path, *, what: str) -> Path:
     return path
 
 
+def read_text_file(path: str | Path, *, what: str, expected: str) -> str:
+    """The content of a UTF-8 text file, or a one-line error for a binary or unreadable one.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "genes.txt"
+    >>> _ = p.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n\\x00\\x00")
+    >>> read_text_file(p, what="gene panel", expected="one gene per line")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STDataError: ...: gene panel is not a text file (byte 0 is not UTF-8); ...
+    """
+    path = require_file(path, what=what)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GR2STDataError(f"{path}: cannot read {what} ({one_line(exc)})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GR2STDataError(
+            f"{path}: {what} is not a text file (byte {exc.start} is not UTF-8); "
+            f"expected {expected}"
+        ) from None
+    if "\x00" in text:
+        raise GR2STDataError(
+            f"{path}: {what} is not a text file (it holds NUL bytes); expected {expected}"
+        )
+    return text
+
+
 def read_table(
     path: str | Path,
     *,

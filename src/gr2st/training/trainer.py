@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from gr2st.errors import GR2STError
+from gr2st.errors import GR2STError, GR2STInterrupted
 from gr2st.training.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,10 @@ class Trainer:
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(done, loss)
                 if stop:
-                    raise KeyboardInterrupt(f"{self.desc}: interrupted after epoch {done}")
+                    raise GR2STInterrupted(
+                        f"{self.desc}: interrupted after epoch {done}",
+                        signum=interrupts.requested if interrupts is not None else None,
+                    )
         bar.close()
         if average is not None:
             net.load_state_dict(average.module.state_dict())
