@@ -361,6 +361,7 @@ class GR2ST:
             progress=progress,
             desc="GR2ST",
             on_epoch_end=on_epoch_end,
+            log_path=None if checkpoint_dir is None else Path(checkpoint_dir) / "progress.jsonl",
         )
         with _private_rng(dev):
             torch.manual_seed(self.seed)
