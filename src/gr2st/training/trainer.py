@@ -34,13 +34,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from gr2st._constants import DEFAULT_CHECKPOINT_SECONDS
 from gr2st.errors import GR2STError
 from gr2st.training.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
-
-#: Default wall-clock interval between checkpoints (the last epoch is always saved).
-DEFAULT_CHECKPOINT_SECONDS = 300.0
 
 
 class GR2STTrainingError(GR2STError):
