@@ -37,15 +37,15 @@ if compgen -G ".gpu/wheels/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$SITE:$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-gr2st() { "$PY" -m gr2st "$@"; }
+
 
 say "environment"
-timeout 60 gr2st --version || { echo "gr2st does not import; stopping"; exit 1; }
+timeout 60 "$PY" -m gr2st --version || { echo "gr2st does not import; stopping"; exit 1; }
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 say "features and patches of HER2ST-6 (cached for every method)"
 CACHE="$OUT/cache"
-timeout "$FEATURE_CAP" gr2st features --data "$DATA" --cache "$CACHE" --device "$DEVICE" --no-progress \
+timeout "$FEATURE_CAP" "$PY" -m gr2st features --data "$DATA" --cache "$CACHE" --device "$DEVICE" --no-progress \
     > "$OUT/features.log" 2>&1
 echo "features: exit $? ($(tail -n 1 "$OUT/features.log"))"
 
