@@ -23,9 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def read_holder(path: str | os.PathLike[str]) -> Holder | None:
 
 
 def _payload() -> bytes:
-    since = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    since = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
     command = " ".join(["gr2st", *sys.argv[1:]])[:300]
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": since, "command": command}
     return (json.dumps(info) + "\n").encode()
@@ -286,15 +286,11 @@ def _claim(lock: Path, fd: int | None, previous: Holder | None) -> int:
 
 def _release(entry: _Held) -> None:
     # Remove the file first (while still locked), so a waiter never reads a stale name.
-    try:
+    with suppress(OSError):
         if _same_file(entry.fd, entry.path):
             entry.path.unlink()
-    except OSError:
-        pass
-    try:
+    with suppress(OSError):
         _unlock(entry.fd)
-    except OSError:
-        pass
     os.close(entry.fd)
 
 
@@ -306,17 +302,29 @@ def lock_folder(
     wait: float | None = 0.0,
     on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[Path]:
-    """Hold ``folder/.gr2st.lock`` (the folder is created when missing).
+    """Hold ``folder/.gr2st.lock``.
+
+    The folder is created when missing, and removed again on release when it is still
+    empty then (a run that failed before writing anything leaves no folder behind).
 
     Examples
     --------
-    >>> import tempfile
-    >>> with lock_folder(tempfile.mkdtemp()) as lock:
+    >>> import tempfile, pathlib
+    >>> new = pathlib.Path(tempfile.mkdtemp()) / "out"
+    >>> with lock_folder(new) as lock:
     ...     lock.name
     '.gr2st.lock'
+    >>> new.exists()
+    False
     """
     root = Path(folder)
-    with hold_lock(
-        root / LOCK_NAME, what=what or f"folder {root}", wait=wait, on_wait=on_wait
-    ) as path:
-        yield path
+    created = not root.exists()
+    try:
+        with hold_lock(
+            root / LOCK_NAME, what=what or f"folder {root}", wait=wait, on_wait=on_wait
+        ) as path:
+            yield path
+    finally:
+        if created:
+            with suppress(OSError):  # not empty, or already gone: leave it
+                root.rmdir()

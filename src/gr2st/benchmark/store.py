@@ -24,7 +24,9 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from gr2st._utils.files import atomic_path, sha256_file
-from gr2st._utils.lock import LOCK_NAME
+from gr2st._utils.lock import LOCK_NAME, lock_folder
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import section_metrics
 
@@ -219,7 +221,9 @@ def rescore(
             record.meta.get("fold"),
             record.meta.get("method"),
         )
-    return FoldRecord(meta={**record.meta, "sections": sections}, predictions=record.predictions, pcc=pcc)
+    return FoldRecord(
+        meta={**record.meta, "sections": sections}, predictions=record.predictions, pcc=pcc
+    )
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -251,7 +255,7 @@ def claim_output(out_dir: str | Path, request: Mapping[str, Any], *, overwrite: 
     >>> claim_output(out, {"methods": ["ridge"]}, overwrite=False)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    gr2st.errors.GR2STConfigError: --out ...: holds a benchmark of another request (methods ["knn"] → ["ridge"]); ...
+    gr2st.errors.GR2STConfigError: --out ...: holds a benchmark of another request (methods ...
     """
     out = Path(out_dir)
     wanted = to_jsonable(dict(request))
@@ -291,3 +295,38 @@ def claim_output(out_dir: str | Path, request: Mapping[str, Any], *, overwrite: 
     for figure in out.glob("spatial_*.png") if out.is_dir() else ():
         figure.unlink()
     write_json(record, wanted)
+
+
+@contextmanager
+def claimed_output(
+    out_dir: str | Path,
+    request: Mapping[str, Any],
+    *,
+    overwrite: bool,
+    wait: float | None = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[Path]:
+    """Hold the lock of ``out_dir`` and claim it for ``request`` (:func:`claim_output`)
+    for the duration of the ``with`` block.
+
+    A run that fails before writing anything else leaves neither its request record
+    nor the folder behind.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "bench"
+    >>> with claimed_output(out, {"methods": ["knn"]}, overwrite=False):
+    ...     (out / REQUEST_FILE).exists()
+    True
+    """
+    out = Path(out_dir)
+    with lock_folder(out, what=f"--out {out}", wait=wait, on_wait=on_wait):
+        fresh = not (out / REQUEST_FILE).exists()
+        claim_output(out, request, overwrite=overwrite)
+        try:
+            yield out
+        except BaseException:
+            if fresh and set(os.listdir(out)) <= {REQUEST_FILE, LOCK_NAME}:
+                (out / REQUEST_FILE).unlink(missing_ok=True)
+            raise

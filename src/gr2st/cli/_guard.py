@@ -57,15 +57,16 @@ def locked_output(path: Path, *, wait: float, folder: bool = False) -> Iterator[
     files (``folder=True``), else ``.<name>.lock`` next to a file or bundle (which is
     replaced as a whole)."""
     if folder:
-        with lock_folder(path, what=f"--out {path}", wait=wait, on_wait=_say):
+        with lock_folder(path, what=f"--out {path}", wait=wait, on_wait=say):
             yield
     else:
         lock = path.parent / f".{path.name}.lock"
-        with hold_lock(lock, what=f"--out {path}", wait=wait, on_wait=_say):
+        with hold_lock(lock, what=f"--out {path}", wait=wait, on_wait=say):
             yield
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
+    """Print a line on stderr (what a waiting run says)."""
     typer.echo(line, err=True)
 
 

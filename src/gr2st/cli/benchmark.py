@@ -10,9 +10,9 @@ import typer
 from anndata import AnnData
 from rich.console import Console
 
-from gr2st._constants import CELL_TYPE, DEFAULT_PANEL, feature_key
+from gr2st._constants import CELL_TYPE, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_PANEL, feature_key
 from gr2st._utils.preflight import check_memory
-from gr2st.cli._guard import locked_output, wait_option
+from gr2st.cli._guard import say, wait_option
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
@@ -304,6 +304,7 @@ def _has_inputs(sections: Sequence[AnnData], key: str, nuclei: str) -> bool:
 
 
 def benchmark_command(
+    ctx: typer.Context,
     data: Path | None = typer.Option(
         None,
         "--data",
@@ -382,9 +383,7 @@ def benchmark_command(
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Reuse finished folds found in --out."
     ),
-    device: str = typer.Option(
-        "auto", "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps."
-    ),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
     figure_section: str | None = typer.Option(
         None,
@@ -393,6 +392,14 @@ def benchmark_command(
         help="Section of the spatial-map figure (default: best).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    checkpoint_every: float = typer.Option(
+        DEFAULT_CHECKPOINT_SECONDS,
+        "--checkpoint-every",
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds between training checkpoints of a fold (0: every epoch); the end of "
+        "a fit and an interrupted one (Ctrl-C) are always saved.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -405,7 +412,7 @@ def benchmark_command(
     from gr2st._utils.preflight import check_patch_memory, check_writable
     from gr2st._utils.seed import check_device
     from gr2st.benchmark import render_table, run_benchmark
-    from gr2st.benchmark.store import claim_output
+    from gr2st.benchmark.store import claimed_output
     from gr2st.encoders import (
         DEFAULT_ENCODER,
         extract_patches,
@@ -424,12 +431,6 @@ def benchmark_command(
     dataset, adatas = load_sections(root, chosen)
     encoder_name = encoder or DEFAULT_ENCODER
     key = feature_key(encoder_name)
-    cache_dir = cache or user_cache_dir() / "features"
-    pixel_sides = {
-        int(cls.patch_px or 0)
-        for cls in (METHODS.get(name) for name in method_names)
-        if cls.input == "pixels"
-    }
     check_writable(out, need_bytes=_output_bytes(adatas, method_names, genes, panel))
     request = {
         "data": str(root.resolve()),
@@ -445,52 +446,58 @@ def benchmark_command(
         "seed": seed,
         "overrides": list(overrides),
     }
-    with locked_output(out, wait=wait, folder=True):
-        claim_output(out, request, overwrite=overwrite)
-        if not _has_inputs(adatas, key, nuclei):
-            enc = get_encoder(encoder_name)
-            key = feature_key(enc.name)
-            check_writable(cache_dir, what="--cache", need_bytes=_cache_bytes(adatas, enc.dim))
-            prepare_image_inputs(
-                adatas,
-                encoder=enc,
-                size_px=size,
-                nuclei=nuclei,
-                cache_dir=cache_dir,
-                progress=progress,
-            )
-        if pixel_sides:
-            # Methods learning from pixels share one uint8 patch stack (the largest side
-            # asked for; a method wanting a smaller side resizes it once when it reads it).
-            side = max(pixel_sides)
-            n_spots = sum(a.n_obs for a in adatas)
-            check_memory(
-                n_spots * side * side * 3 * 2,
-                what=f"the {side} px patches of {n_spots:,} spots",
-                hint="use fewer sections or leave the pixel methods out",
-            )
-            check_writable(cache_dir, what="--cache", need_bytes=n_spots * side * side * 3)
-            extract_patches(adatas, out_px=side, cache_dir=cache_dir, progress=progress)
-        panel_genes, target_genes, label = resolve_genes(genes, panel, adatas)
-        results = run_benchmark(
+    # Held until the command ends (the click context closes it, also on errors).
+    ctx.with_resource(claimed_output(out, request, overwrite=overwrite, wait=wait, on_wait=say))
+    cache_dir = cache or user_cache_dir() / "features"
+    if not _has_inputs(adatas, key, nuclei):
+        enc = get_encoder(encoder_name)
+        key = feature_key(enc.name)
+        check_writable(cache_dir, what="--cache", need_bytes=_cache_bytes(adatas, enc.dim))
+        prepare_image_inputs(
             adatas,
-            methods=method_names,
-            genes=panel_genes,
-            target_genes=target_genes,
-            feature_key=key,
-            out_dir=out,
-            profile=profile,
-            overrides=overrides,
-            split=split,
-            seed=seed,
-            resume=resume,
+            encoder=enc,
+            size_px=size,
+            nuclei=nuclei,
+            cache_dir=cache_dir,
             progress=progress,
-            device=device,
-            dataset=dataset,
-            genes_label=label,
-            figures=figures,
-            figure_section=figure_section,
         )
+    pixel_sides = {
+        int(cls.patch_px or 0)
+        for cls in (METHODS.get(name) for name in method_names)
+        if cls.input == "pixels"
+    }
+    if pixel_sides:
+        # Methods learning from pixels share one uint8 patch stack (the largest side asked
+        # for; a method wanting a smaller side resizes it once when it reads it).
+        side, n_spots = max(pixel_sides), sum(a.n_obs for a in adatas)
+        check_memory(
+            n_spots * side * side * 3 * 2,
+            what=f"the {side} px patches of {n_spots:,} spots",
+            hint="use fewer sections or leave the pixel methods out",
+        )
+        check_writable(cache_dir, what="--cache", need_bytes=n_spots * side * side * 3)
+        extract_patches(adatas, out_px=side, cache_dir=cache_dir, progress=progress)
+    panel_genes, target_genes, label = resolve_genes(genes, panel, adatas)
+    results = run_benchmark(
+        adatas,
+        methods=method_names,
+        genes=panel_genes,
+        target_genes=target_genes,
+        feature_key=key,
+        out_dir=out,
+        profile=profile,
+        overrides=overrides,
+        split=split,
+        seed=seed,
+        resume=resume,
+        progress=progress,
+        device=device,
+        dataset=dataset,
+        genes_label=label,
+        figures=figures,
+        figure_section=figure_section,
+        checkpoint_every=checkpoint_every,
+    )
     console = Console()
     if not console.is_terminal:
         # Logs and pipes get the full table instead of rich's 80-column default.
