@@ -103,8 +103,23 @@ def test_damaged_onnx_export_is_rebuilt(lite0_features, patches, caplog):
     path.write_bytes(path.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING, logger="gr2st.encoders.efficientnet"):
         onnx = get_encoder("efficientnet-lite0", backend="onnx")
-    assert "unreadable" in caplog.text
+    assert "does not match its checksum" in caplog.text
     np.testing.assert_allclose(onnx.encode(patches[:1]), lite0_features[:1], atol=1e-4)
+
+
+def test_onnx_export_with_flipped_bytes_is_not_used(lite0_features, patches, caplog):
+    # A graph that still loads but computes other features (bytes flipped inside its
+    # weights, same size) is caught by its checksum, not by onnxruntime.
+    path = get_encoder("efficientnet-lite0", backend="onnx").onnx_path()
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 4000] = bytes(b ^ 0x5A for b in raw[middle : middle + 4000])
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="gr2st.encoders.efficientnet"):
+        onnx = get_encoder("efficientnet-lite0", backend="onnx")
+    assert "does not match its checksum" in caplog.text
+    assert path.read_bytes() != bytes(raw)
+    np.testing.assert_allclose(onnx.encode(patches), lite0_features, atol=1e-4, rtol=0)
 
 
 def test_auto_backend_prefers_onnx_on_cpu():

@@ -23,6 +23,7 @@ version into the user cache (``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st`
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -34,6 +35,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from gr2st._utils.files import atomic_path, sha256_file, user_cache_dir
+from gr2st._utils.lock import hold_lock
 from gr2st._utils.optional import available, require
 from gr2st._utils.seed import resolve_device
 from gr2st.encoders.base import ENCODERS, Encoder, to_float_nchw
@@ -191,7 +193,30 @@ class EfficientNetLite(Encoder):
         tag = f"{self._hash[:16]}-torch{torch.__version__.split('+')[0]}-opset{_ONNX_OPSET}"
         return user_cache_dir() / "onnx" / f"{self.name}-{tag}.onnx"
 
-    def _export_onnx(self, path: Path) -> None:
+    def _onnx_intact(self, path: Path) -> bool:
+        """Whether the cached graph is the complete, unaltered export of these weights:
+        its record (written after it) names these weights and the graph's sha256."""
+        try:
+            record = json.loads(_onnx_record(path).read_text())
+            return bool(
+                record["weights_sha256"] == self._hash
+                and record["onnx_sha256"] == sha256_file(path)
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def _export_onnx(self, path: Path, *, force: bool = False) -> None:
+        # Two runs exporting at once would pair one's graph with the other's record.
+        lock = path.with_name(f".{path.name}.lock")
+        with hold_lock(lock, what=f"ONNX export {path}", wait=None):
+            if not force and self._onnx_intact(path):
+                return  # exported meanwhile by the run we waited for
+            self._write_onnx(path)
+            record = {"weights_sha256": self._hash, "onnx_sha256": sha256_file(path)}
+            with atomic_path(_onnx_record(path)) as tmp:
+                tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
+
+    def _write_onnx(self, path: Path) -> None:
         dummy = torch.zeros(1, 3, self.input_size, self.input_size)
         with atomic_path(path) as tmp, warnings.catch_warnings():
             # The TorchScript exporter warns about its own deprecation and shape inference.
@@ -216,14 +241,21 @@ class EfficientNetLite(Encoder):
         # Spinning workers would steal the core the patch-reading thread needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = self.onnx_path()
-        if not path.is_file():
-            log.info("exporting %s to ONNX at %s", self.name, path)
+        if not self._onnx_intact(path):
+            if path.exists():
+                log.warning(
+                    "cached ONNX graph %s does not match its checksum (damaged, edited or "
+                    "exported by an older gr2st); exporting it again",
+                    path,
+                )
+            else:
+                log.info("exporting %s to ONNX at %s", self.name, path)
             self._export_onnx(path)
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # a damaged cache file: export again once
             log.warning("cached ONNX graph %s is unreadable (%s); exporting it again", path, err)
-            self._export_onnx(path)
+            self._export_onnx(path, force=True)
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _encode(self, batch: np.ndarray) -> np.ndarray:
@@ -233,6 +265,11 @@ class EfficientNetLite(Encoder):
             return np.asarray(self._session.run(None, {"pixels": pixels})[0])
         with torch.inference_mode():
             return self._module(x.to(self.device)).cpu().numpy()
+
+
+def _onnx_record(path: Path) -> Path:
+    """The checksum record of an exported graph (``<graph>.sha256.json``)."""
+    return path.with_name(path.name + ".sha256.json")
 
 
 def _factory(model: str) -> Any:
