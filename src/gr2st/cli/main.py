@@ -50,6 +50,8 @@ INTERRUPTED = "interrupted; rerun the same command to resume"
 _ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
 )
+#: Texts of those errors, for libraries that wrap them in their own exception types.
+_ENVIRONMENT_MESSAGES = ("No space left on device", "Disk quota exceeded", "Read-only file system")
 
 app = typer.Typer(
     name="gr2st",
@@ -230,6 +232,11 @@ def run(args: Sequence[str], *, debug: bool = False) -> int:
             return 1
         return _unexpected(args, err, debug)
     except Exception as err:
+        text = " ".join(str(err).split())
+        if not debug and any(m in text for m in _ENVIRONMENT_MESSAGES):
+            # Libraries that wrap the OSError (safetensors, h5py) keep its text.
+            _say(f"error: {text}")
+            return 1
         return _unexpected(args, err, debug)
 
 

@@ -7,6 +7,7 @@ was expected, so that a user can fix the input without reading a traceback.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ from gr2st.errors import GR2STDataError
 
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".btf"})
 _N_EXAMPLES = 5
+#: Above this fraction of a section's spots dropped, a reader warns (else it logs INFO).
+DROPPED_WARN_FRACTION = 0.2
+#: Array (grid) coordinates beyond this are not grid positions.
+_MAX_GRID = 1e7
+
+log = logging.getLogger(__name__)
 
 
 def examples(items: Iterable[Any], n: int = _N_EXAMPLES) -> str:
@@ -171,18 +178,35 @@ def numeric_columns(
             )
 
 
-def spot_ids(x: Any, y: Any) -> pd.Index:
+def spot_ids(x: Any, y: Any, *, source: str | Path = "spot table") -> pd.Index:
     """Spot ids ``"<x>x<y>"`` from (possibly fractional) array coordinates, rounded.
 
     Rounding is half-to-even (:func:`numpy.rint`), like the published HER2ST/cSCC loaders.
+
+    Raises
+    ------
+    GR2STDataError
+        A coordinate that is not finite or too large to be an array position.
 
     Examples
     --------
     >>> list(spot_ids([9.02, 8.0], [12.994, 13.0]))
     ['9x13', '8x13']
+    >>> spot_ids([1.0, 1e20], [2.0, 3.0], source="s.tsv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STDataError: s.tsv: 1 array coordinate(s) are not grid positions (e.g. ...
     """
-    xi = np.rint(np.asarray(x, dtype=float)).astype(np.int64)
-    yi = np.rint(np.asarray(y, dtype=float)).astype(np.int64)
+    xf, yf = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    bad = ~(np.isfinite(xf) & np.isfinite(yf) & (np.abs(xf) < _MAX_GRID) & (np.abs(yf) < _MAX_GRID))
+    if bad.any():
+        shown = [f"({a:g}, {b:g})" for a, b in zip(xf[bad][:3], yf[bad][:3], strict=True)]
+        raise GR2STDataError(
+            f"{source}: {int(bad.sum())} array coordinate(s) are not grid positions (e.g. "
+            f"{', '.join(shown)}); expected finite values below {_MAX_GRID:g}"
+        )
+    xi = np.rint(xf).astype(np.int64)
+    yi = np.rint(yf).astype(np.int64)
     return pd.Index([f"{a}x{b}" for a, b in zip(xi, yi, strict=True)])
 
 
@@ -425,20 +449,60 @@ def validate_section(adata: AnnData, *, source: str | Path) -> None:
             )
     numeric_columns(adata.obs, [ARRAY_X, ARRAY_Y], path=source, what="obs")
     spatial = np.asarray(adata.obsm[SPATIAL], dtype=float)
-    if spatial.shape != (adata.n_obs, 2) or not np.isfinite(spatial).all():
+    if spatial.shape != (adata.n_obs, 2):
         raise GR2STDataError(
-            f"{source}: obsm[{SPATIAL!r}] must be finite (x, y) pixel positions of shape "
+            f"{source}: obsm[{SPATIAL!r}] must be (x, y) pixel positions of shape "
             f"({adata.n_obs}, 2); got shape {spatial.shape}"
+        )
+    finite = np.isfinite(spatial).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise GR2STDataError(
+            f"{source}: obsm[{SPATIAL!r}] has {int((~finite).sum())} spot(s) without finite "
+            f"pixel positions (e.g. spot {adata.obs_names[first]!r} at "
+            f"({spatial[first, 0]:g}, {spatial[first, 1]:g})); expected finite x, y"
         )
     diameter = meta[SPOT_DIAMETER_PX]
     mpp = meta[MICRONS_PER_PIXEL]
     if not _positive(diameter) or not (mpp is None or _positive(mpp)):
         raise GR2STDataError(
             f"{source}: uns[{UNS!r}] needs a positive {SPOT_DIAMETER_PX} and a positive "
-            f"or None {MICRONS_PER_PIXEL}; got {diameter!r} and {mpp!r}"
+            f"or None {MICRONS_PER_PIXEL}; got {_show(diameter)} and {_show(mpp)}"
         )
     if meta[IMAGE_PATH] is not None:
         check_inside_image(str(meta[IMAGE_PATH]), spatial, adata.obs_names)
+
+
+def _show(value: object) -> str:
+    """A value for a message: numbers as ``nan``/``1.5``, not ``np.float64(nan)``."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return repr(value)
+
+
+def report_dropped(section: str, dropped: int, total: int, *, why: str, hint: str = "") -> None:
+    """Log how many of a section's spots a reader dropped: a warning when more than
+    :data:`DROPPED_WARN_FRACTION` of them (a sign of a wrong file or swapped columns),
+    else INFO.
+
+    Examples
+    --------
+    >>> report_dropped("B4", 0, 10, why="off the image")
+    """
+    if dropped <= 0:
+        return
+    share = dropped / max(total, 1)
+    level = logging.WARNING if share > DROPPED_WARN_FRACTION else logging.INFO
+    log.log(
+        level,
+        "%s: %d of %d spots (%.0f %%) dropped: %s%s",
+        section,
+        dropped,
+        total,
+        100 * share,
+        why,
+        f"; {hint}" if hint else "",
+    )
 
 
 def _positive(value: object) -> bool:

@@ -142,6 +142,6 @@ def _read_labels(path: Path) -> pd.Series:
     table = read_table(path, what="label table", columns=_LABEL_COLUMNS)
     xy = table[["x", "y"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     located = table[np.isfinite(xy).all(axis=1)]
-    ids = spot_ids(located["x"], located["y"])
+    ids = spot_ids(located["x"], located["y"], source=path)
     unique_ids(ids, path=path, what="label table")
     return pd.Series(located["label"].astype(str).to_numpy(), index=ids, name=PATHOLOGY)

@@ -57,6 +57,7 @@ from gr2st.io._validate import (
     pixels_per_grid_unit,
     read_count_table,
     read_table,
+    report_dropped,
     spot_ids,
     unique_ids,
     validate_section,
@@ -150,7 +151,7 @@ def read_st_legacy(
                 "%s: %d spot-table rows not selected; dropped", section, int((~selected).sum())
             )
             table = table[selected]
-    table.index = spot_ids(table["x"], table["y"])
+    table.index = spot_ids(table["x"], table["y"], source=spots)
     unique_ids(table.index, path=spots, what="spot table")
 
     keep = ids.isin(table.index)
@@ -160,12 +161,18 @@ def read_st_legacy(
             f"(count ids e.g. {examples(ids, n=2)}; spot-table ids e.g. "
             f"{examples(table.index, n=2)})"
         )
-    if not keep.all() or len(table) > keep.sum():
-        log.info(
-            "%s: %d count rows lack a spot-table row, %d spot-table rows lack counts; dropped",
+    if len(table) > keep.sum():
+        log.info("%s: %d spot-table rows lack counts", section, len(table) - int(keep.sum()))
+    if not keep.all():
+        swapped = int(ids.isin(spot_ids(table["y"], table["x"], source=spots)).sum())
+        report_dropped(
             section,
             int((~keep).sum()),
-            len(table) - int(keep.sum()),
+            len(ids),
+            why=f"their count rows have no row in {spots.name}",
+            hint=f"its x and y columns look swapped ({swapped} ids match that way)"
+            if swapped > keep.sum()
+            else "",
         )
     ids = ids[keep]
     joined = table.loc[ids]
@@ -209,7 +216,7 @@ def _read_st_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
             f"(e.g. {examples(bad, n=3)}); expected one row (or column) per spot"
         )
     parts = rows.str.extract(_ST_ID).to_numpy(dtype=float)
-    ids = spot_ids(parts[:, 0], parts[:, 1])
+    ids = spot_ids(parts[:, 0], parts[:, 1], source=path)
     unique_ids(ids, path=path, what="count table (after rounding the spot ids)")
     return matrix, ids, columns
 

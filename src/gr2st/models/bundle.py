@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -252,6 +253,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise GR2STConfigError(
             f"{meta_path}: fingerprint does not match the file's content (edited by hand?)"
         )
+    _check_writer_version(meta.get("gr2st_version"), meta_path)
     if version == 1:
         meta = _upgrade_v1(meta, meta_path)
     missing = [k for k in _REQUIRED if k not in meta]
@@ -263,6 +265,40 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             f"{', '.join(BUNDLE_METHODS)}"
         )
     return meta
+
+
+def _release(version: object) -> tuple[int, int] | None:
+    """``(major, minor)`` of a version string, or None when it is not a release number."""
+    match = re.match(r"^(\d+)\.(\d+)", str(version))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _check_writer_version(written_by: object, where: Path) -> None:
+    """Refuse a bundle from a newer major gr2st; warn for one from an older release.
+
+    Examples
+    --------
+    >>> _check_writer_version("99.0.0", Path("meta.json"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STConfigError: meta.json: written by gr2st 99.0.0, a newer major version ...
+    """
+    theirs, ours = _release(written_by), _release(__version__)
+    if theirs is None or ours is None:
+        return  # a development build on either side: nothing to compare
+    if theirs[0] > ours[0]:
+        raise GR2STConfigError(
+            f"{where}: written by gr2st {written_by}, a newer major version than this gr2st "
+            f"{__version__}; upgrade gr2st (pip install -U gr2st) to read it"
+        )
+    if theirs < ours:
+        log.warning(
+            "%s: written by gr2st %s, older than this gr2st %s; it is read as is, but "
+            "retraining with this version is recommended",
+            where,
+            written_by,
+            __version__,
+        )
 
 
 def _upgrade_v1(meta: dict[str, Any], where: Path) -> dict[str, Any]:
