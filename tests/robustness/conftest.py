@@ -74,11 +74,13 @@ def toy_sections(image_dir: Path | None, *, n: int = 3) -> list:
 
 @pytest.fixture
 def h5ad_dir(tmp_path: Path) -> Path:
-    """Three synthetic sections with stand-in features, one ``.h5ad`` each."""
+    """Three synthetic sections with stand-in features, one ``.h5ad`` each, and
+    ``panel.txt`` (6 of their 12 genes) next to the folder."""
     folder = tmp_path / "data"
     folder.mkdir()
     for adata in toy_sections(folder):
         adata.write_h5ad(folder / f"{adata.obs['section'].iloc[0]}.h5ad")
+    (tmp_path / "panel.txt").write_text("\n".join(f"GENE{i:03d}" for i in range(6)) + "\n")
     return folder
 
 
@@ -89,7 +91,8 @@ def bench_args() -> Callable[[Path, Path], list[str]]:
     def build(data: Path, out: Path) -> list[str]:
         return [
             "benchmark", "--data", str(data), "--methods", "knn", "--encoder", "toy",
-            "--genes", "all", "--no-progress", "--no-figures", "--out", str(out),
+            "--panel", str(data.parent / "panel.txt"), "--no-progress", "--no-figures",
+            "--out", str(out),
         ]  # fmt: skip
 
     return build

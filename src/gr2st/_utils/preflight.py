@@ -164,13 +164,13 @@ def check_memory(need_bytes: float, *, what: str, hint: str = "") -> None:
     >>> check_memory(1e18, what="a huge request")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    gr2st.errors.GR2STConfigError: a huge request needs about 1000000.0 TB of memory; ...
+    gr2st.errors.GR2STConfigError: a huge request would take about 1000000.0 TB of memory; ...
     """
     available = available_memory()
     if available is None or need_bytes <= MEMORY_SHARE * available:
         return
     raise GR2STConfigError(
-        f"{what} needs about {format_bytes(need_bytes)} of memory; "
+        f"{what} would take about {format_bytes(need_bytes)} of memory; "
         f"{format_bytes(available)} is available" + (f"; {hint}" if hint else "")
     )
 
@@ -196,7 +196,7 @@ def check_patch_memory(size_px: int, batch_size: int, *, out_px: int | None = No
     >>> check_patch_memory(100_000, 32)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    gr2st.errors.GR2STConfigError: patches of 100000 px in batches of 32 need about ...
+    gr2st.errors.GR2STConfigError: patches of 100000 px in batches of 32 would take about ...
     """
     check_memory(
         patch_memory(size_px, batch_size, out_px=out_px),
