@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gr2st._constants import SECTION, SPATIAL
 from gr2st.datasets import synthetic, write_her2st_layout
 from gr2st.errors import GR2STDataError
 from gr2st.io import read_h5ad
+from gr2st.io._spatial import PLATFORMS, grid_units, resolve_mpp
 
 
 @pytest.fixture
@@ -100,3 +102,39 @@ def test_repeated_section_option_is_an_error(cli, h5ad_dir: Path, bench_args) ->
     outcome = cli(*bench_args(h5ad_dir, h5ad_dir.parent / "b"), "--sections", "S0,S1,S0")
     assert outcome.code == 2
     assert outcome.one_error() == "error: --sections: S0 given more than once"
+
+
+def _hex_grid(n: int = 6) -> np.ndarray:
+    rows, cols = np.divmod(np.arange(n * n), n)
+    return np.column_stack([2 * cols + rows % 2, rows]).astype(float)
+
+
+@pytest.mark.parametrize(
+    ("px_per_um", "given", "expected"),
+    [
+        (1.0, None, "spot positions look like microns, not pixels"),
+        (2.0, None, None),
+        (2.0, 0.5, None),
+        (2.0, 0.25, "the spot pitch is 200.0 px × 0.25 µm/px (given) = 50 µm, but visium"),
+    ],
+)
+def test_spot_pitch_plausibility(
+    caplog: pytest.LogCaptureFixture, px_per_um: float, given: float | None, expected: str | None
+) -> None:
+    visium = PLATFORMS["visium"]
+    grid = _hex_grid()
+    spatial = grid_units(grid, visium) * visium.pitch_um * px_per_um
+    with caplog.at_level(logging.WARNING, logger="gr2st.io._spatial"):
+        mpp, _ = resolve_mpp(
+            given=given,
+            platform=visium,
+            grid=grid,
+            spatial=spatial,
+            spot_diameter_fullres=None,
+            source="s.h5ad",
+        )
+    assert mpp == pytest.approx(given or 1 / px_per_um)
+    if expected is None:
+        assert caplog.text == ""
+    else:
+        assert expected in caplog.text

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from gr2st.cli._guard import locked_output, missing_bytes, wait_option
-from gr2st.errors import GR2STConfigError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io import download
 
 data_app = typer.Typer(
@@ -151,15 +151,24 @@ def check_command(
     from gr2st.cli.benchmark import resolve_data_dir
     from gr2st.genes import check_genes, get_panel
     from gr2st.io import list_her2st, read_her2st
+    from gr2st.io._validate import report_dropped
 
     root = resolve_data_dir(data)
     genes = get_panel(panel)
     table = list_her2st(root)
+    if table.empty:
+        raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
     imaged = []
     for name in table["section"]:
         adata = read_her2st(root, name)
         check_genes(adata, genes, source=f"{root}/ST-cnts/{name}.tsv.gz")
         library = np.asarray(adata[:, genes].X.sum(axis=1)).ravel()
+        report_dropped(
+            name,
+            int((library == 0).sum()),
+            adata.n_obs,
+            why=f"zero {panel} counts (training and scoring leave them out)",
+        )
         image = adata.uns[UNS][IMAGE_PATH]
         if image is not None:
             imaged.append(name)

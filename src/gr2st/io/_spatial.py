@@ -254,16 +254,68 @@ def resolve_mpp(
     >>> round(mpp, 6), how
     (0.5, 'spot pitch')
     """
+    pitch_px = None
+    if platform is not None and grid is not None and len(np.unique(grid, axis=0)) >= 2:
+        try:
+            pitch_px = pixels_per_grid_unit(grid_units(grid, platform), spatial, source=source)
+        except GR2STDataError:
+            if given is None:
+                raise  # the resolution rests on the pitch; a given one does not
     if given is not None:
         if not (np.isfinite(given) and given > 0):
             raise GR2STConfigError(f"microns per pixel must be positive, got {given}")
-        return float(given), "given"
-    if platform is not None and grid is not None and len(np.unique(grid, axis=0)) >= 2:
-        px = pixels_per_grid_unit(grid_units(grid, platform), spatial, source=source)
-        return platform.pitch_um / px, "spot pitch"
-    if platform is not None and spot_diameter_fullres is not None:
-        return platform.scalefactor_spot_um / spot_diameter_fullres, "spot_diameter_fullres"
-    return None, "unknown"
+        result: tuple[float | None, str] = (float(given), "given")
+    elif platform is not None and pitch_px is not None:
+        result = (platform.pitch_um / pitch_px, "spot pitch")
+    elif platform is not None and spot_diameter_fullres is not None:
+        result = (platform.scalefactor_spot_um / spot_diameter_fullres, "spot_diameter_fullres")
+    else:
+        result = (None, "unknown")
+    if platform is not None and pitch_px is not None:
+        check_pitch(pitch_px, result[0], result[1], platform, source=source)
+    return result
+
+
+#: Relative disagreement between the measured and the platform's spot pitch that warns.
+PITCH_TOLERANCE = 0.25
+
+
+def check_pitch(
+    pitch_px: float, mpp: float | None, how: str, platform: Platform, *, source: str | Path
+) -> None:
+    """Warn when the spots' pitch does not fit the platform: positions in µm rather than
+    pixels (a pitch of exactly the platform's micron pitch), or a given resolution under
+    which the pitch is not the platform's.
+
+    Examples
+    --------
+    >>> check_pitch(100.0, 1.0, "spot pitch", PLATFORMS["visium"], source="x")  # warns
+    >>> check_pitch(200.0, 0.5, "spot pitch", PLATFORMS["visium"], source="x")  # silent
+    """
+    if abs(pitch_px / platform.pitch_um - 1) < 0.01:
+        log.warning(
+            "%s: spot positions look like microns, not pixels: neighbouring spots are %.1f "
+            "units apart, exactly %s's %g µm pitch; obsm['spatial'] must hold full-resolution "
+            "image pixels",
+            source,
+            pitch_px,
+            platform.name,
+            platform.pitch_um,
+        )
+    elif mpp is not None and how != "spot pitch":
+        pitch_um = pitch_px * mpp
+        if abs(pitch_um / platform.pitch_um - 1) > PITCH_TOLERANCE:
+            log.warning(
+                "%s: the spot pitch is %.1f px × %.4g µm/px (%s) = %.0f µm, but %s spots are "
+                "%g µm apart; check the resolution (--mpp) or the platform",
+                source,
+                pitch_px,
+                mpp,
+                how,
+                pitch_um,
+                platform.name,
+                platform.pitch_um,
+            )
 
 
 def spot_spacing(spatial: np.ndarray) -> float | None:
