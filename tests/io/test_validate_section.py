@@ -91,7 +91,7 @@ def _edit(section: AnnData, how: str) -> AnnData:
         ("duplicate genes", r"duplicate gene name\(s\) 'G'"),
         ("normalised X", r"non-integer count\(s\)"),
         ("two sections", r"obs\['section'\] has 2 values \('S0', 'S1'\)"),
-        ("non-finite spatial", r"obsm\['spatial'\] must be finite \(x, y\) pixel positions"),
+        ("non-finite spatial", r"obsm\['spatial'\] has 1 spot\(s\) without finite pixel positions"),
         ("non-numeric array_x", r"obs column 'array_x' has 1 missing or non-numeric"),
         ("zero spot diameter", r"needs a positive spot_diameter_px"),
         ("string resolution", r"positive or None microns_per_pixel; got 38\.4\d* and '0\.5'"),
