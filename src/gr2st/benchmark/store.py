@@ -23,8 +23,8 @@ import hashlib
 import json
 import logging
 import math
-import zipfile
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
