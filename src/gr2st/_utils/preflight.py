@@ -181,7 +181,7 @@ def patch_memory(size_px: int, batch_size: int, *, out_px: int | None = None) ->
     Examples
     --------
     >>> format_bytes(patch_memory(224, 32))
-    '131.7 MB'
+    '130.1 MB'
     """
     side = max(size_px, out_px or size_px)
     return int(batch_size) * side * side * PATCH_BYTES_PER_PIXEL
