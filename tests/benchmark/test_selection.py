@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from anndata import AnnData
 
+from gr2st._constants import feature_key
 from gr2st.benchmark import run_benchmark
 from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coordinates
 from gr2st.errors import GR2STConfigError
@@ -17,8 +18,6 @@ from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import prepare_section
 from gr2st.graph import SmoothConfig, smooth_predictions
 from gr2st.methods import METHODS
-
-from gr2st._constants import feature_key
 
 FEATURES = feature_key("toy")  # filled by the `sections` fixture (conftest.py)
 
@@ -43,7 +42,8 @@ def _predictions(out: Path, method: str, section: str) -> np.ndarray:
 
 def test_parse_grid_routes_keys_and_rejects_malformed_items() -> None:
     grid = parse_grid(["smooth.weight=0,0.5", "knn:top_k=10,20,30"], ["knn", "ridge"])
-    assert len(grid["knn"]) == 6 and len(grid["ridge"]) == 2
+    assert len(grid["knn"]) == 6
+    assert len(grid["ridge"]) == 2
     assert grid["knn"][0] == Choice(overrides=("top_k=10",), smooth=SmoothConfig(weight=0.0))
     assert grid["ridge"][1].smooth == SmoothConfig(weight=0.5)
     with pytest.raises(GR2STConfigError, match="method 'gr2st' is not among"):

@@ -15,10 +15,9 @@ e.g. ``efficientnet-lite0-tta8+efficientnet-lite2-tta8-ctx2x``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
-
-import re
 
 import numpy as np
 
