@@ -69,6 +69,10 @@ class ModelConfig(Config):
         independent under Adam, so any value above the largest coordinate trains the
         same model (only the initialisation's random stream differs). The reference's
         65,536 also reproduces the published code's initial weights for a given seed.
+    position_scale
+        Factor on the position embeddings added to a spot's input. The tables start as
+        N(0, 1) noise per gene and, each row being seen by few spots at a small learning
+        rate, stay close to it: below 1 this prior weighs less against the expression.
     position_rounding
         How float array coordinates become embedding rows: ``floor`` (the reference's
         ``.long()`` truncation) or ``round``. Identical on integer coordinates (HER2ST).
@@ -94,6 +98,7 @@ class ModelConfig(Config):
     use_cell_type: bool = True
     use_position: bool = True
     n_positions: PositiveInt = 65536
+    position_scale: NonNegativeFloat = 1.0
     position_rounding: Rounding = "floor"
     gat_impl: GATImplName = "dense"
     n_cell_types: PositiveInt = N_NUCLEAR_TYPES
@@ -127,6 +132,16 @@ class TrainConfig(Config):
         (1 = the last epoch's weights, as the reference).
     precision
         ``fp32``, ``tf32`` or ``bf16`` (see :class:`gr2st.training.Trainer`).
+    early_stopping
+        Choose the number of epochs on a validation section held out of the *training*
+        sections (picked by the seed): train on the others, score the retrieval on it
+        every ``validate_every`` epochs, then train on all training sections for the
+        best number of epochs (``epochs`` is the most tried).
+    validate_every
+        Epochs between validation scores when ``early_stopping``.
+    ensemble
+        Models trained with different seeds whose predictions the ``gr2st`` benchmark
+        method averages (a saved bundle holds one model).
     """
 
     epochs: PositiveInt = 100
@@ -137,6 +152,9 @@ class TrainConfig(Config):
     feature_noise: NonNegativeFloat = 0.0
     average_last: PositiveInt = 1
     precision: Precision = "fp32"
+    early_stopping: bool = False
+    validate_every: PositiveInt = 10
+    ensemble: PositiveInt = 1
 
     def check(self) -> None:
         if self.average_last > self.epochs:

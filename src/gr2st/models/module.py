@@ -98,7 +98,9 @@ class GR2STModule(nn.Module):
         s = expression
         if self.config.use_position:
             idx = self.position_index(pos)
-            s = s + self.x_embed(idx[:, 0]) + self.y_embed(idx[:, 1])
+            position = self.x_embed(idx[:, 0]) + self.y_embed(idx[:, 1])
+            scale = self.config.position_scale
+            s = s + (position if scale == 1 else scale * position)
         if self.config.use_cell_type:
             s = s + self.cell_type_embed(types)
         return s
