@@ -66,10 +66,11 @@ def fold_seed(seed: int, method: str, fold: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _profile_for(cls: type[Method[Any]], requested: str | None) -> str | None:
+def _profile_for(cls: type[Method[Any]], requested: str | None, dataset: str) -> str | None:
     """The profile asked of ``cls``: learned methods take ``--profile`` (and fail when
-    they lack it); the others have one set of settings."""
-    return requested if cls.learned else None
+    they lack it; ``paper`` may have a per-dataset variant); the others have one set of
+    settings."""
+    return cls.profile_for(requested, dataset) if cls.learned else None
 
 
 def _blind(adata: AnnData) -> AnnData:
@@ -263,7 +264,7 @@ def run_benchmark(
         for choice in candidates[name]:
             method = cls(
                 feature_key=feature_key,
-                profile=_profile_for(cls, profile),
+                profile=_profile_for(cls, profile, dataset),
                 overrides=[*routed[name], *choice.overrides],
                 seed=seed,
                 progress=False,

@@ -20,7 +20,7 @@ from anndata import AnnData
 from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.models import GR2ST, GR2STConfig, Prediction
-from gr2st.models.config import PROFILE_ALIASES, PROFILES
+from gr2st.models.config import DATASET_PROFILES, PROFILE_ALIASES, PROFILES
 
 
 @register_method
@@ -45,6 +45,7 @@ class GR2STMethod(Method[GR2STConfig]):
     supports_values = True
     profiles = PROFILES
     profile_aliases = PROFILE_ALIASES
+    dataset_profiles = DATASET_PROFILES
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -643,6 +643,7 @@ class GR2ST:
             key_groups=bank.groups,
             n_groups=len(self._train_sections),
             device=self.device,
+            distance=self.config.predict.distance,
         )
         assert res.provenance is not None
         return Prediction(
