@@ -22,6 +22,7 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import section_metrics
 from gr2st.evaluation.splits import Fold, make_folds
+from gr2st.executors import Executor, LocalExecutor, Task, get_executor
 from gr2st.genes import prepare_section
 from gr2st.methods import METHODS, Method
 from gr2st.methods.base import panel_only_message
@@ -165,6 +167,7 @@ def run_benchmark(
     figures: bool = True,
     figure_section: str | None = None,
     checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
+    executor: Executor | str = "local",
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -211,6 +214,15 @@ def run_benchmark(
         Section of the spatial-map figure (default: the featured method's best).
     checkpoint_every
         Seconds between training checkpoints of a fold (``0``: every epoch).
+    executor
+        Where the (method, fold) pairs run: ``"local"`` (one after the other in this
+        process), ``"ray"`` (a Ray instance started here with every core, one task per
+        pair), or an :class:`~gr2st.executors.Executor` (e.g.
+        ``get_executor("ray", address="auto", gpus_per_task=1)``; the caller closes
+        it). The sections are shared with the tasks once; results are saved here, as
+        each task finishes, so resuming and the outputs do not depend on the executor,
+        and neither do the numbers when tasks use the same threads
+        (``cpus_per_task``).
 
     Returns
     -------
@@ -274,50 +286,77 @@ def run_benchmark(
     patches = _patches_signature(prepared)
     out = Path(out_dir)
     store = FoldStore(out)
-    records: dict[str, dict[str, FoldRecord]] = {name: {} for name in method_names}
-    bar = tqdm(total=len(method_names) * len(folds), disable=not progress, desc="benchmark")
-    try:
-        for name in method_names:
-            for fold in folds:
-                bar.set_postfix_str(f"{name} {fold.name}")
-                fingerprint = _fingerprint(
-                    common,
-                    **({"patches": patches} if classes[name].input == "pixels" else {}),
-                    method=name,
-                    profile=profiles[name],
-                    overrides=routed[name],
-                    settings=settings[name],
-                    fold=[fold.name, list(fold.train), list(fold.test)],
-                )
-                record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
-                if record is None:
-                    record = _run_fold(
-                        classes[name],
-                        name=name,
-                        fold=fold,
-                        prepared=prepared,
-                        targets=targets,
-                        truths=truths,
-                        genes=gene_names,
-                        feature_key=feature_key,
-                        profile=profiles[name],
-                        overrides=routed[name],
-                        seed=fold_seed(seed, name, fold.name),
-                        device=device,
-                        workdir=out / "work" / name / fold.name,
-                        fresh=not resume,
-                        fingerprint=fingerprint,
-                        progress=progress,
-                        checkpoint_every=checkpoint_every,
-                    )
-                    store.save(name, fold.name, record)
-                    _remove_workdir(out / "work", name, fold.name)
-                else:
-                    logger.info("%s %s: loaded the finished fold", name, fold.name)
-                records[name][fold.name] = record
+    done: dict[tuple[str, str], FoldRecord] = {}
+    todo: dict[str, tuple[str, Fold, str]] = {}
+    for name in method_names:
+        for fold in folds:
+            fingerprint = _fingerprint(
+                common,
+                **({"patches": patches} if classes[name].input == "pixels" else {}),
+                method=name,
+                profile=profiles[name],
+                overrides=routed[name],
+                settings=settings[name],
+                fold=[fold.name, list(fold.train), list(fold.test)],
+            )
+            record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
+            if record is None:
+                todo[f"{name} {fold.name}"] = (name, fold, fingerprint)
+            else:
+                logger.info("%s %s: loaded the finished fold", name, fold.name)
+                done[name, fold.name] = record
+    with ExitStack() as stack:
+        # No executor is started (no Ray instance) when every fold is already saved.
+        runner = _executor(executor, stack) if todo else LocalExecutor()
+        shared = {
+            "prepared": runner.share(prepared),
+            "targets": runner.share(targets),
+            "truths": runner.share(truths),
+        }
+        # Workers may run in another folder (or on another machine): absolute paths.
+        work = out.absolute() / "work"
+        tasks = [
+            Task(
+                key,
+                run_fold,
+                {
+                    **shared,
+                    "cls": classes[name],
+                    "name": name,
+                    "fold": fold,
+                    "genes": gene_names,
+                    "feature_key": feature_key,
+                    "profile": profiles[name],
+                    "overrides": routed[name],
+                    "seed": fold_seed(seed, name, fold.name),
+                    "device": runner.device(device),
+                    "workdir": work / name / fold.name,
+                    "fresh": not resume,
+                    "fingerprint": fingerprint,
+                    # Bars of tasks running elsewhere would garble the job's bar.
+                    "progress": progress and runner.in_process,
+                    "checkpoint_every": checkpoint_every,
+                },
+            )
+            for key, (name, fold, fingerprint) in todo.items()
+        ]
+        bar = tqdm(
+            total=len(method_names) * len(folds),
+            initial=len(done),
+            disable=not progress,
+            desc="benchmark" if runner.in_process else f"benchmark on {runner.describe()}",
+        )
+        try:
+            for outcome in runner.map(tasks, on_start=lambda t: bar.set_postfix_str(t.key)):
+                name, fold, _ = todo[outcome.task.key]
+                store.save(name, fold.name, outcome.value)
+                _remove_workdir(work, name, fold.name)
+                done[name, fold.name] = outcome.value
                 bar.update()
-    finally:
-        bar.close()
+        finally:
+            bar.close()
+    # Tasks finish in any order; the report lists methods and folds in the asked order.
+    records = {name: {f.name: done[name, f.name] for f in folds} for name in method_names}
 
     results = build_results(
         records,
@@ -345,7 +384,16 @@ def run_benchmark(
     return results
 
 
-def _run_fold(
+def _executor(executor: Executor | str, stack: ExitStack) -> Executor:
+    """``executor`` itself, or the one it names (closed when ``stack`` closes)."""
+    if isinstance(executor, Executor):
+        return executor
+    if not isinstance(executor, str):
+        raise GR2STConfigError(f"executor must be a name or an Executor, got {executor!r}")
+    return stack.enter_context(get_executor(executor))
+
+
+def run_fold(
     cls: type[Method[Any]],
     *,
     name: str,
@@ -365,6 +413,11 @@ def _run_fold(
     progress: bool,
     checkpoint_every: float,
 ) -> FoldRecord:
+    """Fit ``cls`` on the training sections of ``fold``, predict and score its test ones.
+
+    The unit of work of every executor: it reads the shared sections and writes only
+    checkpoints to ``workdir``; the caller saves the returned record.
+    """
     # Checkpoints of an interrupted fit are reused only for the very same request.
     marker = workdir / _WORKDIR_MARKER
     if fresh or not marker.is_file() or marker.read_text() != fingerprint:
