@@ -56,6 +56,8 @@ DEFAULT_STAIN: Final = "reinhard"
 DEFAULT_NUCLEI: Final = "classical"
 #: The model's gene panel.
 DEFAULT_PANEL: Final = "her2st-785"
+#: Wall-clock seconds between training checkpoints (the end of a fit is always saved).
+DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
 
 
 def feature_key(encoder: str) -> str:

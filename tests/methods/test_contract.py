@@ -177,12 +177,14 @@ def _method_class(name: str) -> type[Method[Any]]:
     return type(f"Small{cls.__name__}", (cls,), {"patch_px": px})
 
 
-def make(name: str, *overrides: str, seed: int = 0, **kwargs: Any) -> Method[Any]:
+def make(
+    name: str, *overrides: str, seed: int = 0, device: str = "cpu", **kwargs: Any
+) -> Method[Any]:
     return _method_class(name)(
         feature_key=KEY,
         overrides=[*SPECS[name].small, *overrides],
         seed=seed,
-        device="cpu",
+        device=device,
         progress=False,
         **kwargs,
     )
@@ -270,6 +272,27 @@ def test_a_fit_stopped_midway_resumes_to_identical_predictions(
     assert resumed.training_stats is not None
     assert resumed.training_stats.resumed_from == 2
     np.testing.assert_array_equal(resumed.predict(test), straight.predict(test))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", LEARNED)
+def test_the_cuda_path_trains_on_the_device_and_predicts(
+    name: str, precision: str, sections: list[AnnData]
+) -> None:
+    train, test = sections[:2], sections[3]
+    method = make(name, *SPECS[name].quick, f"precision={precision}", device="cuda")
+    method.fit(train)
+    assert method.training_stats is not None
+    assert method.training_stats.peak_gpu_bytes > 0  # the fit ran on the GPU
+    pred = method.predict(test)
+    assert pred.shape == (test.n_obs, test.n_vars)
+    assert np.isfinite(pred).all()
+    if precision == "fp32":
+        cpu = make(name, *SPECS[name].quick)
+        cpu.fit(train)
+        # Same seed, another device: close, though not bitwise (other kernels).
+        assert np.corrcoef(pred.ravel(), cpu.predict(test).ravel())[0, 1] > 0.9
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, mean: np.ndarray) -> tuple[float, float]:

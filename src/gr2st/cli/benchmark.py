@@ -10,7 +10,7 @@ import typer
 from anndata import AnnData
 from rich.console import Console
 
-from gr2st._constants import CELL_TYPE, DEFAULT_PANEL, feature_key
+from gr2st._constants import CELL_TYPE, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_PANEL, feature_key
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
@@ -349,6 +349,14 @@ def benchmark_command(
         help="Section of the spatial-map figure (default: best).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    checkpoint_every: float = typer.Option(
+        DEFAULT_CHECKPOINT_SECONDS,
+        "--checkpoint-every",
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds between training checkpoints of a fold (0: every epoch); the end of "
+        "a fit and an interrupted one (Ctrl-C) are always saved.",
+    ),
 ) -> None:
     from gr2st.benchmark import render_table, run_benchmark
     from gr2st.encoders import (
@@ -410,6 +418,7 @@ def benchmark_command(
         genes_label=label,
         figures=figures,
         figure_section=figure_section,
+        checkpoint_every=checkpoint_every,
     )
     console = Console()
     if not console.is_terminal:

@@ -15,6 +15,15 @@ from torch import Tensor
 from gr2st.errors import GR2STDataError
 
 
+def _check_positions(pos: Tensor, k: int) -> None:
+    if pos.dim() != 2 or pos.shape[0] == 0:
+        raise GR2STDataError(
+            f"pos: expected a non-empty (N, D) tensor, got shape {tuple(pos.shape)}"
+        )
+    if k < 1:
+        raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
+
+
 def _rows_to_edge_index(neighbours: Tensor) -> Tensor:
     """``(N, k)`` neighbour table → ``(2, N*k)`` edges ``[i, neighbours[i, m]]``, row-major."""
     n, k = neighbours.shape
@@ -48,12 +57,7 @@ def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     tensor([[0, 0, 1, 1, 2, 2],
             [0, 1, 1, 0, 2, 1]])
     """
-    if pos.dim() != 2 or pos.shape[0] == 0:
-        raise GR2STDataError(
-            f"pos: expected a non-empty (N, D) tensor, got shape {tuple(pos.shape)}"
-        )
-    if k < 1:
-        raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
+    _check_positions(pos, k)
     pos = pos.to(torch.float64)
     # Squared differences rather than cdist's matrix-product shortcut: exact on integer
     # grids, so equal distances stay equal and the tie-break is by index only.
@@ -96,12 +100,7 @@ def pruned_knn_graph(pos: Tensor, *, k: int, max_distance: float | None = None) 
     tensor([[0, 0, 1, 1, 2, 2],
             [1, 2, 0, 2, 1, 0]])
     """
-    if pos.dim() != 2 or pos.shape[0] == 0:
-        raise GR2STDataError(
-            f"pos: expected a non-empty (N, D) tensor, got shape {tuple(pos.shape)}"
-        )
-    if k < 1:
-        raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
+    _check_positions(pos, k)
     n = pos.shape[0]
     p = pos.to(torch.float64)
     dist2 = (p[:, None, :] - p[None, :, :]).square().sum(-1)

@@ -39,6 +39,8 @@ from gr2st.training import (
 )
 
 C = TypeVar("C", bound=Config)
+#: Per-epoch training records in a fit's work folder (see :class:`gr2st.training.Trainer`).
+PROGRESS_LOG = "progress.jsonl"
 M = TypeVar("M", bound="type[Method[Any]]")
 
 
@@ -155,6 +157,7 @@ class Method(ABC, Generic[C]):
             precision=precision,
             progress=self.progress,
             desc=self.name,
+            log_path=None if workdir is None else Path(workdir) / PROGRESS_LOG,
         )
         history = trainer.fit(net, task)
         self.training_stats = trainer.stats

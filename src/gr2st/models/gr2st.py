@@ -361,6 +361,7 @@ class GR2ST:
             progress=progress,
             desc="GR2ST",
             on_epoch_end=on_epoch_end,
+            log_path=None if checkpoint_dir is None else Path(checkpoint_dir) / "progress.jsonl",
         )
         with _private_rng(dev):
             torch.manual_seed(self.seed)
@@ -593,22 +594,32 @@ class GR2ST:
             query, values=self.bank_values(chosen), genes=chosen, obs_names=names, top_k=top_k
         )
 
-    def _values(self, values: Sequence[AnnData]) -> tuple[Tensor, list[str]]:
-        """Stack alternative retrieval values, one AnnData per training section."""
-        if len(values) != len(self._train_sections):
+    def _aligned(self, sections: Sequence[AnnData], *, what: str) -> list[str]:
+        """Check one AnnData per training section, with its spots and common genes.
+
+        Returns the gene names.
+        """
+        if len(sections) != len(self._train_sections):
             raise GR2STDataError(
-                f"values: expected one AnnData per training section ({len(self._train_sections)}), "
-                f"got {len(values)}"
+                f"{what}: expected one AnnData per training section "
+                f"({len(self._train_sections)}), got {len(sections)}"
             )
-        genes = [str(v) for v in values[0].var_names]
-        blocks = []
-        for (name, obs_names), adata in zip(self._train_sections, values, strict=True):
-            where = f"values for section {name!r}"
+        genes = [str(v) for v in sections[0].var_names]
+        for (name, obs_names), adata in zip(self._train_sections, sections, strict=True):
+            where = f"{what} for section {name!r}"
             if [str(o) for o in adata.obs_names] != obs_names:
                 raise GR2STDataError(f"{where}: obs_names must equal the training section's spots")
             if [str(v) for v in adata.var_names] != genes:
-                raise GR2STDataError(f"{where}: var_names differ from the first values section")
-            blocks.append(torch.from_numpy(dense(adata.X, where=where)))
+                raise GR2STDataError(f"{where}: var_names differ from the first section's")
+        return genes
+
+    def _values(self, values: Sequence[AnnData]) -> tuple[Tensor, list[str]]:
+        """Stack alternative retrieval values, one AnnData per training section."""
+        genes = self._aligned(values, what="values")
+        blocks = [
+            torch.from_numpy(dense(a.X, where=f"values for section {name!r}"))
+            for (name, _), a in zip(self._train_sections, values, strict=True)
+        ]
         return torch.cat(blocks), genes
 
     # ------------------------------------------------------------------ persistence
@@ -683,23 +694,8 @@ class GR2ST:
         return write_bundle(path, meta=meta, weights=weights, bank=tensors)
 
     def _all_genes_matrix(self, sections: Sequence[AnnData]) -> tuple[list[str], sp.csr_matrix]:
-        if len(sections) != len(self._train_sections):
-            raise GR2STDataError(
-                f"all_genes: expected {len(self._train_sections)} sections (one per training "
-                f"section), got {len(sections)}"
-            )
-        names = [str(g) for g in sections[0].var_names]
-        blocks = []
-        for (name, obs_names), full in zip(self._train_sections, sections, strict=True):
-            if [str(o) for o in full.obs_names] != obs_names:
-                raise GR2STDataError(
-                    f"section {name!r}: all-genes spots differ from the panel ones"
-                )
-            if [str(g) for g in full.var_names] != names:
-                raise GR2STDataError(
-                    f"section {name!r}: all-genes var_names differ between sections"
-                )
-            blocks.append(sp.csr_matrix(full.X, dtype=np.float32))
+        names = self._aligned(sections, what="all_genes")
+        blocks = [sp.csr_matrix(a.X, dtype=np.float32) for a in sections]
         matrix = sp.vstack(blocks, format="csr")
         matrix.eliminate_zeros()
         return names, matrix

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anndata import AnnData
 
 from gr2st._constants import (
+    DEFAULT_CHECKPOINT_SECONDS,
     DEFAULT_ENCODER,
     DEFAULT_NUCLEI,
     DEFAULT_PANEL,
@@ -42,6 +44,7 @@ def train_bundle(
     progress: bool = True,
     command: Sequence[str] | None = None,
     report: Callable[[str], None] | None = None,
+    checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
 ) -> Path:
     """Compute image inputs, train a model on ``sections`` and write a bundle to ``out``.
 
@@ -62,6 +65,10 @@ def train_bundle(
         As in :func:`~gr2st.encoders.prepare_image_inputs`.
     progress
         Show progress bars.
+    checkpoint_every
+        Seconds between training checkpoints, kept in ``.<out name>.train`` beside
+        ``out`` until the bundle is written: an interrupted run (Ctrl-C, a crash) started
+        again with the same inputs resumes where it stopped.
     command
         Command line recorded in the bundle.
     report
@@ -126,9 +133,17 @@ def train_bundle(
         if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
             say(f"training: epoch {epoch}/{epochs} (loss {loss:.4f})")
 
-    model.train(progress=progress, on_epoch_end=epoch_line)
+    work = Path(out).parent / f".{Path(out).name}.train"
+    model.train(
+        progress=progress,
+        on_epoch_end=epoch_line,
+        checkpoint_dir=work,
+        checkpoint_every=checkpoint_every,
+    )
     say("writing the bundle")
     settings = BundleSettings(encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei)
-    return save_bundle(
+    folder = save_bundle(
         model, out, sections=train, all_genes=everything, settings=settings, command=command
     )
+    shutil.rmtree(work, ignore_errors=True)
+    return folder

@@ -14,6 +14,7 @@ before building the network; a resumed run restores it from the checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -33,13 +34,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from gr2st._constants import DEFAULT_CHECKPOINT_SECONDS
 from gr2st.errors import GR2STError
 from gr2st.training.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
-
-#: Default wall-clock interval between checkpoints (the last epoch is always saved).
-DEFAULT_CHECKPOINT_SECONDS = 300.0
 
 
 class GR2STTrainingError(GR2STError):
@@ -103,6 +102,8 @@ class TrainingStats:
     checkpoints: int = 0
     resumed_from: int = 0
     train_seconds: float = 0.0
+    #: Peak CUDA memory allocated during the fit (0 on other devices).
+    peak_gpu_bytes: int = 0
 
     @property
     def seconds_per_step(self) -> float:
@@ -125,6 +126,7 @@ class TrainingStats:
             "resumed_from": self.resumed_from,
             "train_seconds": self.train_seconds,
             "seconds_per_step": self.seconds_per_step,
+            "peak_gpu_bytes": self.peak_gpu_bytes,
         }
 
 
@@ -208,6 +210,10 @@ class Trainer:
         Name on the progress bar and in messages.
     on_epoch_end
         Called as ``on_epoch_end(epochs_done, epoch_loss)`` after each epoch.
+    log_path
+        A JSON-lines file that gets one record per epoch (epoch, loss, steps, seconds
+        of training and of checkpoints): a running fit can be watched, e.g. by
+        ``benchmarks/gpu_check.sh``.
 
     Examples
     --------
@@ -242,6 +248,7 @@ class Trainer:
         progress: bool = True,
         desc: str = "training",
         on_epoch_end: Callable[[int, float], None] | None = None,
+        log_path: str | Path | None = None,
     ) -> None:
         self.epochs = epochs
         self.seed = seed
@@ -254,6 +261,7 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.on_epoch_end = on_epoch_end
+        self.log_path = None if log_path is None else Path(log_path)
         self.stats = TrainingStats()
 
     def fit(self, net: nn.Module, task: TrainingTask) -> list[float]:
@@ -267,6 +275,8 @@ class Trainer:
         restored = self.checkpoint.load(net=net, optimizer=optimizer, rng=rng, average=average)
         history = restored.history
         self.stats = TrainingStats(resumed_from=restored.epoch)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         first_average = self.epochs - self.average_last
         report_every = max(1, self.epochs // 10)
         last_save = time.monotonic()
@@ -310,6 +320,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if not self.progress and (done % report_every == 0 or done == self.epochs):
                     log.info("%s: epoch %d/%d, loss %.4f", self.desc, done, self.epochs, loss)
+                if self.log_path is not None:
+                    self._log_epoch(done, loss)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(done, loss)
                 if stop:
@@ -317,6 +329,8 @@ class Trainer:
         bar.close()
         if average is not None:
             net.load_state_dict(average.module.state_dict())
+        if device.type == "cuda":
+            self.stats.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(device))
         self.stats.seconds = time.perf_counter() - started
         return list(history)
 
@@ -356,6 +370,20 @@ class Trainer:
         # The one host sync of the epoch (it also makes the epoch's timing include the
         # device's queued work).
         return float(total) / weight if weight else math.nan
+
+    def _log_epoch(self, epoch: int, loss: float) -> None:
+        assert self.log_path is not None
+        record = {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "loss": loss,
+            "steps": self.stats.steps,
+            "train_seconds": round(self.stats.train_seconds, 4),
+            "checkpoint_seconds": round(self.stats.checkpoint_seconds, 4),
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     def _save(
         self,

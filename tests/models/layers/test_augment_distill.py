@@ -60,7 +60,7 @@ def test_augmentation_settings_are_checked_by_the_pixel_config():
 
     with pytest.raises(GR2STConfigError, match=r"demo: aug_hflip must be in \[0, 1\], got 1.5"):
         apply_overrides(PixelConfig(), ["aug_hflip=1.5"], owner="demo")
-    with pytest.raises(GR2STConfigError, match="demo: aug_rotation must be >= 0, got -1.0"):
+    with pytest.raises(GR2STConfigError, match=r"demo: aug_rotation must be >= 0, got -1\.0"):
         apply_overrides(PixelConfig(), ["aug_rotation=-1"], owner="demo")
     assert apply_overrides(PixelConfig(), ["aug_hflip=0.5"], owner="demo").augmentation.active
 
