@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from copy import deepcopy
 from pathlib import Path
@@ -167,7 +167,7 @@ def run_benchmark(
     figures: bool = True,
     figure_section: str | None = None,
     checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
-    executor: Executor | str = "local",
+    executor: Executor | str | Callable[[], Executor] = "local",
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -217,12 +217,13 @@ def run_benchmark(
     executor
         Where the (method, fold) pairs run: ``"local"`` (one after the other in this
         process), ``"ray"`` (a Ray instance started here with every core, one task per
-        pair), or an :class:`~gr2st.executors.Executor` (e.g.
+        pair), an :class:`~gr2st.executors.Executor` (e.g.
         ``get_executor("ray", address="auto", gpus_per_task=1)``; the caller closes
-        it). The sections are shared with the tasks once; results are saved here, as
-        each task finishes, so resuming and the outputs do not depend on the executor,
-        and neither do the numbers when tasks use the same threads
-        (``cpus_per_task``).
+        it), or a function making one (called only when a fold is left to run; the
+        executor is closed at the end). The sections are shared with the tasks once;
+        results are saved here, as each task finishes, so resuming and the outputs do
+        not depend on the executor, and neither do the numbers when tasks use the same
+        threads (``cpus_per_task``).
 
     Returns
     -------
@@ -318,7 +319,7 @@ def run_benchmark(
         tasks = [
             Task(
                 key,
-                run_fold,
+                _run_fold,
                 {
                     **shared,
                     "cls": classes[name],
@@ -384,16 +385,20 @@ def run_benchmark(
     return results
 
 
-def _executor(executor: Executor | str, stack: ExitStack) -> Executor:
-    """``executor`` itself, or the one it names (closed when ``stack`` closes)."""
+def _executor(executor: Executor | str | Callable[[], Executor], stack: ExitStack) -> Executor:
+    """``executor`` itself, or the one it names or makes (closed when ``stack`` closes)."""
     if isinstance(executor, Executor):
         return executor
-    if not isinstance(executor, str):
-        raise GR2STConfigError(f"executor must be a name or an Executor, got {executor!r}")
-    return stack.enter_context(get_executor(executor))
+    if isinstance(executor, str):
+        return stack.enter_context(get_executor(executor))
+    if callable(executor):
+        made = executor()
+        if isinstance(made, Executor):
+            return stack.enter_context(made)
+    raise GR2STConfigError(f"executor must be a name, an Executor or a factory, got {executor!r}")
 
 
-def run_fold(
+def _run_fold(
     cls: type[Method[Any]],
     *,
     name: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -11,7 +12,16 @@ from anndata import AnnData
 from rich.console import Console
 
 from gr2st._constants import CELL_TYPE, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_PANEL, feature_key
+from gr2st.cli.scale import (
+    ADDRESS_OPTION,
+    CPUS_PER_TASK_OPTION,
+    EXECUTOR_OPTION,
+    GPUS_PER_TASK_OPTION,
+    RAY_CPUS_OPTION,
+    make_executor,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.executors import DEFAULT_MAX_RETRIES
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -37,6 +47,10 @@ computed and cached in --cache.
 
 Finished folds are saved under --out/folds, so running the same command again
 after an interruption resumes where it stopped (--no-resume recomputes).
+
+--executor ray runs each (method, fold) as a Ray task (a Ray instance started here,
+or the cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs;
+this process saves the folds and writes the same report.
 """
 
 
@@ -357,6 +371,11 @@ def benchmark_command(
         help="Seconds between training checkpoints of a fold (0: every epoch); the end of "
         "a fit and an interrupted one (Ctrl-C) are always saved.",
     ),
+    executor: str = EXECUTOR_OPTION,
+    address: str | None = ADDRESS_OPTION,
+    ray_cpus: int | None = RAY_CPUS_OPTION,
+    cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
+    gpus_per_task: float = GPUS_PER_TASK_OPTION,
 ) -> None:
     from gr2st.benchmark import render_table, run_benchmark
     from gr2st.encoders import (
@@ -419,6 +438,16 @@ def benchmark_command(
         figures=figures,
         figure_section=figure_section,
         checkpoint_every=checkpoint_every,
+        # Made once a fold is left to run: a finished benchmark starts no Ray.
+        executor=partial(
+            make_executor,
+            executor,
+            address=address,
+            ray_cpus=ray_cpus,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            max_retries=DEFAULT_MAX_RETRIES,
+        ),
     )
     console = Console()
     if not console.is_terminal:

@@ -46,7 +46,7 @@ for _module in (data, image, features, benchmark, predict):
 def main() -> None:
     """Run the CLI, turning gr2st's own errors into one-line messages."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except GR2STError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -59,3 +59,6 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    # Ctrl-C becomes typer's Exit(130), which standalone_mode=False returns, not raises.
+    if isinstance(code, int) and code:
+        sys.exit(code)
