@@ -187,18 +187,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "command": sys.argv,
-        "load_average_at_start": os.getloadavg(),
-    }
+    # Parts measured before (another --only) are kept; each part is saved when done.
+    report: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    report["cpus"] = os.cpu_count()
     parts = {"benchmark": bench_benchmark, "startup": bench_startup, "features": bench_features}
-    for part in args.only.split(","):
-        report[part] = parts[part](args, args.work)
-        print(part, json.dumps(report[part]), flush=True)
-    report["load_average_at_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    for part in args.only.split(","):
+        load = os.getloadavg()
+        report[part] = parts[part](args, args.work)
+        report[part]["command"] = sys.argv
+        report[part]["load_average"] = {"start": load, "end": os.getloadavg()}
+        print(part, json.dumps(report[part]), flush=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
