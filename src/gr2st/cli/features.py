@@ -110,7 +110,7 @@ def _worker_encoder(name: str, device: str, backend: str) -> Encoder:
     """The encoder, loaded once per worker process (its tasks reuse it)."""
     from gr2st.encoders import get_encoder
 
-    options = {} if name.startswith("hf:") else {"backend": backend}
+    options = {} if "hf:" in name else {"backend": backend}
     return get_encoder(name, device=device, **options)
 
 
@@ -165,7 +165,19 @@ def features_command(
         None,
         "--encoder",
         help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2, or "
-        "hf:DIR_OR_HUB_ID[?pooling=mean] for a transformers backbone.",
+        "hf:DIR_OR_HUB_ID[?pooling=mean] for a transformers backbone; A+B concatenates the "
+        "features of several encoders.",
+    ),
+    tta: int = typer.Option(
+        1, "--tta", metavar="VIEWS", help="Average the features of 1, 2, 4 or 8 flips/rotations."
+    ),
+    context: int | None = typer.Option(
+        None,
+        "--context",
+        min=1,
+        metavar="PX",
+        help="Also encode a larger patch of this side around each spot (e.g. 448) and "
+        "concatenate its features.",
     ),
     backend: str = typer.Option(
         "auto", "--backend", help="EfficientNet backend: auto (ONNX on CPU), torch or onnx."
@@ -195,7 +207,13 @@ def features_command(
     max_retries: int = MAX_RETRIES_OPTION,
 ) -> None:
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
-    from gr2st.encoders import DEFAULT_ENCODER, SectionReport, get_encoder, prepare_image_inputs
+    from gr2st.encoders import (
+        DEFAULT_ENCODER,
+        SectionReport,
+        encoder_name,
+        get_encoder,
+        prepare_image_inputs,
+    )
     from gr2st.encoders.efficientnet import user_cache_dir
 
     if inputs is not None or executor != "local":
@@ -204,7 +222,9 @@ def features_command(
             inputs=inputs,
             names=_sections(sections),
             options={
-                "encoder": encoder or DEFAULT_ENCODER,
+                "encoder": encoder_name(
+                    encoder or DEFAULT_ENCODER, tta=tta, context_px=context, size_px=size
+                ),
                 "backend": backend,
                 "device": device,
                 "nuclei": nuclei,
@@ -226,8 +246,8 @@ def features_command(
         return
     root = resolve_data_dir(data)
     _, adatas = load_sections(root, _sections(sections))
-    name = encoder or DEFAULT_ENCODER
-    options = {} if name.startswith("hf:") else {"backend": backend}
+    name = encoder_name(encoder or DEFAULT_ENCODER, tta=tta, context_px=context, size_px=size)
+    options = {} if "hf:" in name else {"backend": backend}
     enc = get_encoder(name, device=device, **options)
     cache_dir = cache or user_cache_dir() / "features"
     typer.echo(f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}")

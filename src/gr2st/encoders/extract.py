@@ -326,8 +326,11 @@ def _one_pass(
 ) -> np.ndarray | None:
     """Read every spot's patch once; encode it and/or measure its nuclei."""
     features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
+    if encoder is not None and nuclei is not None and encoder.context != 1:
+        raise AssertionError("an encoder with context reads other patches than the nuclei")
+    side = size if encoder is None else encoder.read_px(size)
     patches = iter_patches(
-        slide, spot_centers(adata), size_px=size, batch_size=batch_size, stain=stain, prefetch=True
+        slide, spot_centers(adata), size_px=side, batch_size=batch_size, stain=stain, prefetch=True
     )
     parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
     desc = f"{section_label(adata)} {' + '.join(parts)}"
@@ -635,18 +638,26 @@ def _run(
     if plan.nuclei_key is not None and table is None and plan.results is None:
         measure = _PatchNuclei(adata)
     if slide is not None:
-        computed = _one_pass(
-            adata,
-            slide,
-            encoder=encoder if features is None else None,
-            nuclei=measure,
-            size=plan.size,
-            stain=stain,
-            batch_size=batch_size,
-            progress=progress,
-            times=times,
-        )
-        features = features if computed is None else computed
+        pass_options: dict[str, Any] = {
+            "size": plan.size,
+            "stain": stain,
+            "batch_size": batch_size,
+            "progress": progress,
+            "times": times,
+        }
+        if features is None and measure is not None and encoder.context != 1:
+            # The context encoder reads larger patches than the nuclei: two passes.
+            features = _one_pass(adata, slide, encoder=encoder, nuclei=None, **pass_options)
+            _one_pass(adata, slide, encoder=None, nuclei=measure, **pass_options)
+        else:
+            computed = _one_pass(
+                adata,
+                slide,
+                encoder=encoder if features is None else None,
+                nuclei=measure,
+                **pass_options,
+            )
+            features = features if computed is None else computed
     if features is None:
         raise AssertionError(f"section {name}: features neither cached nor computed")
     if plan.features is None and cache is not None:

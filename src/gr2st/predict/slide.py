@@ -150,7 +150,12 @@ def predict_spots(
             (spots.n_spots, int(bundle.meta["bank"]["embedding_dim"])), np.float32
         )
         batches = iter_patches(
-            slide, spots.centers, size_px=size, batch_size=batch_size, stain=stain, prefetch=True
+            slide,
+            spots.centers,
+            size_px=bundle.encoder.read_px(size),
+            batch_size=batch_size,
+            stain=stain,
+            prefetch=True,
         )
         with tqdm(total=spots.n_spots, unit="spot", desc="predict", disable=not progress) as bar:
             for indices, patches in batches:
