@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anndata
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -248,3 +249,31 @@ def test_ctrl_c_on_the_driver_then_rerun_resumes(
     reference = _benchmark(h5ad_dir, tmp_path / "reference", "--methods", "knn")["methods"]["knn"]
     assert resumed["sections"] == reference["sections"]
     assert resumed["mean_pcc"] == reference["mean_pcc"]
+
+
+@pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
+def test_predict_many_slides_on_ray_equals_local(cluster: RayExecutor, tmp_path: Path) -> None:
+    from gr2st.predict import train_bundle
+
+    train = synthetic(n_sections=2, n_genes=6, grid=(4, 4), image_dir=tmp_path / "t", seed=5)
+    bundle = train_bundle(
+        train, tmp_path / "bundle", panel=[f"GENE{i:03d}" for i in range(4)], nuclei="none",
+        size_px=48, device="cpu", cache_dir=tmp_path / "cache", progress=False,
+        overrides=["train.epochs=2", "model.proj_dim=16", "model.heads=2"],
+    )  # fmt: skip
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for adata in synthetic(n_sections=2, n_genes=6, grid=(3, 4), image_dir=slides, seed=4):
+        adata.write_h5ad(slides / f"{adata.obs['section'].iloc[0]}.h5ad")
+    common = ["predict", "--model", str(bundle), "--device", "cpu", "--inputs", str(slides)]
+    runner = CliRunner()
+    local = runner.invoke(app, [*common, "--cpus-per-task", "1", "--out", str(tmp_path / "l")])
+    assert local.exit_code == 0, (local.output, local.exception)
+    on_ray = runner.invoke(app, [*common, "--executor", "ray", "--out", str(tmp_path / "r")])
+    assert on_ray.exit_code == 0, (on_ray.output, on_ray.exception)
+    assert "Summary: 2 done, 0 skipped, 0 failed (of 2)." in on_ray.output
+    for name in ("S0.h5ad", "S1.h5ad"):
+        a = anndata.read_h5ad(tmp_path / "l" / name)
+        b = anndata.read_h5ad(tmp_path / "r" / name)
+        np.testing.assert_array_equal(a.X, b.X)
+        assert list(a.var_names) == list(b.var_names)
