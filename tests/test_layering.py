@@ -32,6 +32,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "evaluation": BASE,
     "datasets": BASE,
     "training": BASE,
+    # where tasks run (in process or on Ray)
+    "executors": BASE,
     # features
     "encoders": BASE | {"image"},
     # models
@@ -40,7 +42,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "methods": BASE
     | {"encoders", "evaluation", "graph", "image", "models", "retrieval", "training"},
     # what users run
-    "benchmark": BASE | {"evaluation", "genes", "graph", "image", "methods", "training"},
+    "benchmark": BASE
+    | {"evaluation", "executors", "genes", "graph", "image", "methods", "training"},
     "predict": BASE | {"encoders", "genes", "image", "io", "models", "retrieval"},
 }
 

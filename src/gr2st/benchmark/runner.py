@@ -23,6 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -42,6 +43,7 @@ from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import section_metrics
 from gr2st.evaluation.splits import Fold, make_folds
+from gr2st.executors import Executor, LocalExecutor, Task, get_executor
 from gr2st.genes import prepare_section
 from gr2st.methods import METHODS, Method
 from gr2st.methods.base import panel_only_message
@@ -192,6 +194,7 @@ def run_benchmark(
     grid: Mapping[str, Sequence[Choice]] | None = None,
     select: str = "none",
     inner_folds: int | None = None,
+    executor: Executor | str | Callable[[], Executor] = "local",
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -249,6 +252,16 @@ def run_benchmark(
     inner_folds
         At most this many inner folds (the first training sections of the fold);
         None: one per training section.
+    executor
+        Where the (method, fold) pairs run: ``"local"`` (one after the other in this
+        process), ``"ray"`` (a Ray instance started here with every core, one task per
+        pair), an :class:`~gr2st.executors.Executor` (e.g.
+        ``get_executor("ray", address="auto", gpus_per_task=1)``; the caller closes
+        it), or a function making one (called only when a fold is left to run; the
+        executor is closed at the end). The sections are shared with the tasks once;
+        results are saved here, as each task finishes, so resuming and the outputs do
+        not depend on the executor, and neither do the numbers when tasks use the same
+        threads (``cpus_per_task``).
 
     Returns
     -------
@@ -318,68 +331,84 @@ def run_benchmark(
     patches = _patches_signature(prepared)
     out = Path(out_dir)
     store = FoldStore(out)
-    records: dict[str, dict[str, FoldRecord]] = {name: {} for name in method_names}
-    bar = tqdm(total=len(method_names) * len(folds), disable=not progress, desc="benchmark")
-    try:
-        for name in method_names:
-            for fold in folds:
-                bar.set_postfix_str(f"{name} {fold.name}")
-                fingerprint = _fingerprint(
-                    common,
-                    **({"patches": patches} if classes[name].input == "pixels" else {}),
-                    method=name,
-                    profile=profiles[name],
-                    overrides=routed[name],
-                    settings=settings[name],
-                    fold=[fold.name, list(fold.train), list(fold.test)],
-                    **_selection_fingerprint(candidates[name], select, inner_folds),
-                )
-                record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
-                if record is not None:
-                    # Scores come from the stored predictions, never from stored numbers.
-                    record = rescore(record, truths, gene_names)
-                if record is None:
-                    run_options: dict[str, Any] = {
-                        "feature_key": feature_key,
-                        "profile": profiles[name],
-                        "device": device,
-                        "progress": progress,
-                        "checkpoint_every": checkpoint_every,
-                    }
-                    selection = _select(
-                        classes[name],
-                        candidates[name],
-                        [prepared[s] for s in fold.train],
-                        select=select,
-                        inner_folds=inner_folds,
-                        overrides=routed[name],
-                        seed=fold_seed(seed, name, fold.name),
-                        **run_options,
-                    )
-                    record = _run_fold(
-                        classes[name],
-                        name=name,
-                        fold=fold,
-                        prepared=prepared,
-                        targets=targets,
-                        truths=truths,
-                        genes=gene_names,
-                        overrides=routed[name],
-                        selection=selection,
-                        seed=fold_seed(seed, name, fold.name),
-                        workdir=out / "work" / name / fold.name,
-                        fresh=not resume,
-                        fingerprint=fingerprint,
-                        **run_options,
-                    )
-                    store.save(name, fold.name, record)
-                    _remove_workdir(out / "work", name, fold.name)
-                else:
-                    logger.info("%s %s: loaded the finished fold", name, fold.name)
-                records[name][fold.name] = record
+    done: dict[tuple[str, str], FoldRecord] = {}
+    todo: dict[str, tuple[str, Fold, str]] = {}
+    for name in method_names:
+        for fold in folds:
+            fingerprint = _fingerprint(
+                common,
+                **({"patches": patches} if classes[name].input == "pixels" else {}),
+                method=name,
+                profile=profiles[name],
+                overrides=routed[name],
+                settings=settings[name],
+                fold=[fold.name, list(fold.train), list(fold.test)],
+                **_selection_fingerprint(candidates[name], select, inner_folds),
+            )
+            record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
+            if record is not None:
+                # Scores come from the stored predictions, never from stored numbers.
+                record = rescore(record, truths, gene_names)
+            if record is None:
+                todo[f"{name} {fold.name}"] = (name, fold, fingerprint)
+            else:
+                logger.info("%s %s: loaded the finished fold", name, fold.name)
+                done[name, fold.name] = record
+    with ExitStack() as stack:
+        # No executor is started (no Ray instance) when every fold is already saved.
+        runner = _executor(executor, stack) if todo else LocalExecutor()
+        shared = {
+            "prepared": runner.share(prepared),
+            "targets": runner.share(targets),
+            "truths": runner.share(truths),
+        }
+        # Workers may run in another folder (or on another machine): absolute paths.
+        work = out.absolute() / "work"
+        tasks = [
+            Task(
+                key,
+                _select_and_run_fold,
+                {
+                    **shared,
+                    "cls": classes[name],
+                    "name": name,
+                    "fold": fold,
+                    "genes": gene_names,
+                    "feature_key": feature_key,
+                    "profile": profiles[name],
+                    "overrides": routed[name],
+                    "candidates": candidates[name],
+                    "select": select,
+                    "inner_folds": inner_folds,
+                    "seed": fold_seed(seed, name, fold.name),
+                    "device": runner.device(device),
+                    "workdir": work / name / fold.name,
+                    "fresh": not resume,
+                    "fingerprint": fingerprint,
+                    # Bars of tasks running elsewhere would garble the job's bar.
+                    "progress": progress and runner.in_process,
+                    "checkpoint_every": checkpoint_every,
+                },
+            )
+            for key, (name, fold, fingerprint) in todo.items()
+        ]
+        bar = tqdm(
+            total=len(method_names) * len(folds),
+            initial=len(done),
+            disable=not progress,
+            desc="benchmark" if runner.in_process else f"benchmark on {runner.describe()}",
+        )
+        try:
+            for outcome in runner.map(tasks, on_start=lambda t: bar.set_postfix_str(t.key)):
+                name, fold, _ = todo[outcome.task.key]
+                store.save(name, fold.name, outcome.value)
+                _remove_workdir(work, name, fold.name)
+                done[name, fold.name] = outcome.value
                 bar.update()
-    finally:
-        bar.close()
+        finally:
+            bar.close()
+    # Tasks finish in any order; the report lists methods and folds in the asked order.
+    records = {name: {f.name: done[name, f.name] for f in folds} for name in method_names}
 
     results = build_results(
         records,
@@ -405,6 +434,19 @@ def run_benchmark(
         figure_section=figure_section,
     )
     return results
+
+
+def _executor(executor: Executor | str | Callable[[], Executor], stack: ExitStack) -> Executor:
+    """``executor`` itself, or the one it names or makes (closed when ``stack`` closes)."""
+    if isinstance(executor, Executor):
+        return executor
+    if isinstance(executor, str):
+        return stack.enter_context(get_executor(executor))
+    if callable(executor):
+        made = executor()
+        if isinstance(made, Executor):
+            return stack.enter_context(made)
+    raise GR2STConfigError(f"executor must be a name, an Executor or a factory, got {executor!r}")
 
 
 def _selection_fingerprint(
@@ -456,6 +498,67 @@ def _select(
     return select_inner(choices, train, fit_predict=fit_predict, max_folds=inner_folds)
 
 
+def _select_and_run_fold(
+    cls: type[Method[Any]],
+    *,
+    name: str,
+    fold: Fold,
+    prepared: Mapping[str, AnnData],
+    targets: Mapping[str, AnnData] | None,
+    truths: Mapping[str, np.ndarray],
+    genes: Sequence[str],
+    feature_key: str,
+    profile: str,
+    overrides: Sequence[str],
+    candidates: Sequence[Choice],
+    select: str,
+    inner_folds: int | None,
+    seed: int,
+    device: str,
+    workdir: Path,
+    fresh: bool,
+    fingerprint: str,
+    progress: bool,
+    checkpoint_every: float,
+) -> FoldRecord:
+    """One (method, fold) task of every executor: pick the fold's candidate on its
+    training sections (:func:`_select`), then fit, predict and score (:func:`_run_fold`).
+    """
+    run_options: dict[str, Any] = {
+        "feature_key": feature_key,
+        "profile": profile,
+        "device": device,
+        "progress": progress,
+        "checkpoint_every": checkpoint_every,
+    }
+    selection = _select(
+        cls,
+        candidates,
+        [prepared[s] for s in fold.train],
+        select=select,
+        inner_folds=inner_folds,
+        overrides=overrides,
+        seed=seed,
+        **run_options,
+    )
+    return _run_fold(
+        cls,
+        name=name,
+        fold=fold,
+        prepared=prepared,
+        targets=targets,
+        truths=truths,
+        genes=genes,
+        overrides=overrides,
+        selection=selection,
+        seed=seed,
+        workdir=workdir,
+        fresh=fresh,
+        fingerprint=fingerprint,
+        **run_options,
+    )
+
+
 def _run_fold(
     cls: type[Method[Any]],
     *,
@@ -477,6 +580,11 @@ def _run_fold(
     progress: bool,
     checkpoint_every: float,
 ) -> FoldRecord:
+    """Fit ``cls`` on the training sections of ``fold``, predict and score its test ones.
+
+    It reads the shared sections and writes only checkpoints to ``workdir``; the caller
+    saves the returned record.
+    """
     # Checkpoints of an interrupted fit are reused only for the very same request.
     marker = workdir / _WORKDIR_MARKER
     if fresh or not marker.is_file() or marker.read_text() != fingerprint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -19,7 +20,16 @@ from gr2st._constants import (
 )
 from gr2st._utils.preflight import check_memory
 from gr2st.cli._guard import say, wait_option
+from gr2st.cli.scale import (
+    ADDRESS_OPTION,
+    CPUS_PER_TASK_OPTION,
+    EXECUTOR_OPTION,
+    GPUS_PER_TASK_OPTION,
+    RAY_CPUS_OPTION,
+    make_executor,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.executors import DEFAULT_MAX_RETRIES
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -47,6 +57,10 @@ Finished folds are saved under --out/folds, so running the same command again
 after an interruption resumes where it stopped (--no-resume recomputes). An --out
 holding a benchmark of another request is refused unless --overwrite; a second run
 on the same --out stops at once naming the first (or waits --wait SECONDS).
+
+--executor ray runs each (method, fold) as a Ray task (a Ray instance started here,
+or the cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs;
+this process saves the folds and writes the same report.
 """
 
 
@@ -448,6 +462,11 @@ def benchmark_command(
         "report (finished folds that still match are reused).",
     ),
     wait: float = wait_option(),
+    executor: str = EXECUTOR_OPTION,
+    address: str | None = ADDRESS_OPTION,
+    ray_cpus: int | None = RAY_CPUS_OPTION,
+    cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
+    gpus_per_task: float = GPUS_PER_TASK_OPTION,
 ) -> None:
     from gr2st._utils.preflight import check_patch_memory, check_writable
     from gr2st._utils.seed import check_device
@@ -553,6 +572,16 @@ def benchmark_command(
         grid=candidates,
         select=select,
         inner_folds=inner_folds,
+        # Made once a fold is left to run: a finished benchmark starts no Ray.
+        executor=partial(
+            make_executor,
+            executor,
+            address=address,
+            ray_cpus=ray_cpus,
+            cpus_per_task=cpus_per_task,
+            gpus_per_task=gpus_per_task,
+            max_retries=DEFAULT_MAX_RETRIES,
+        ),
     )
     console = Console()
     if not console.is_terminal:

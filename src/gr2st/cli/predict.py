@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,7 +19,27 @@ from gr2st.cli._guard import (
     refuse_existing,
     wait_option,
 )
-from gr2st.errors import GR2STConfigError
+from gr2st.cli.scale import (
+    ADDRESS_OPTION,
+    CPUS_PER_TASK_OPTION,
+    EXECUTOR_OPTION,
+    GPUS_PER_TASK_OPTION,
+    MAX_RETRIES_OPTION,
+    RAY_CPUS_OPTION,
+    InputResult,
+    list_inputs,
+    make_executor,
+    run_inputs,
+)
+from gr2st.errors import GR2STConfigError, GR2STDataError
+
+if TYPE_CHECKING:
+    from gr2st.executors import Executor
+    from gr2st.predict import Bundle
+
+#: ``uns["gr2st"]`` field of a prediction made over many inputs: what it was made from,
+#: so that running the command again skips the inputs whose output is up to date.
+REQUEST_FIELD = "request"
 
 _TRAIN_HELP = """Train GR2ST on sections and write a self-contained bundle folder (--out):
 weights, the reference bank (training spot embeddings with their panel and all-genes
@@ -46,6 +71,13 @@ Writes OUT.h5ad: X = predicted log-normalised expression, layers["uncertainty"] 
 spread of the retrieved expression, obs["provenance_<section>"] = weight share of each
 training section, layers["measured"] when the input has raw counts, and the thumbnail
 in uns["spatial"] for scanpy.pl.spatial. --plot GENE,… draws PNG maps next to OUT.
+
+Many slides: --inputs names a folder of .h5ad sections (each naming its image) or a
+list file (one .h5ad per line), and --out a folder that receives <stem>.h5ad per input.
+Each input is one task (--executor ray: a Ray task; the bundle, inputs and --out must
+be on storage every Ray node sees). An output already made from the same bundle, input
+and options is skipped; a failed input is retried (--max-retries) and reported while
+the others finish.
 """
 
 
@@ -167,7 +199,9 @@ def train_command(
 
 def predict_command(
     model: Path = typer.Option(..., "--model", file_okay=False, metavar="BUNDLE", help="Bundle."),
-    out: Path = typer.Option(..., "--out", dir_okay=False, metavar="OUT.h5ad", help="Output."),
+    out: Path = typer.Option(
+        ..., "--out", metavar="OUT.h5ad", help="Output (a folder with --inputs)."
+    ),
     image: Path | None = typer.Option(
         None, "--image", dir_okay=False, metavar="SLIDE", help="H&E slide (any format)."
     ),
@@ -215,6 +249,18 @@ def predict_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     overwrite: bool = overwrite_option(),
     wait: float = wait_option(),
+    inputs: Path | None = typer.Option(
+        None,
+        "--inputs",
+        metavar="DIR_OR_LIST",
+        help="Folder of .h5ad sections, or a file listing one per line; --out is a folder.",
+    ),
+    executor: str = EXECUTOR_OPTION,
+    address: str | None = ADDRESS_OPTION,
+    ray_cpus: int | None = RAY_CPUS_OPTION,
+    cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
+    gpus_per_task: float = GPUS_PER_TASK_OPTION,
+    max_retries: int = MAX_RETRIES_OPTION,
 ) -> None:
     from gr2st._utils.preflight import check_memory
     from gr2st._utils.seed import check_device
@@ -222,6 +268,46 @@ def predict_command(
     from gr2st.predict.spots import THUMBNAIL_PX
 
     check_device(device)
+    if inputs is not None or executor != "local":
+        given = {
+            "--image": image,
+            "--spots": spots,
+            "--visium": visium,
+            "--h5ad": h5ad,
+            "--spatialdata": spatialdata,
+            "--grid": grid or None,
+        }
+        clash = [name for name, value in given.items() if value is not None]
+        if inputs is None or clash:
+            raise GR2STConfigError(
+                "--executor ray predicts the slides of --inputs (each with its image); "
+                + (f"not with {', '.join(clash)}" if clash else "give --inputs")
+            )
+        _predict_many(
+            inputs=inputs,
+            out=out,
+            options={
+                "model": model.absolute(),
+                "genes": genes,
+                "mpp": mpp,
+                "library": library,
+                "platform": platform,
+                "plot": _split(plot, "--plot") or [],
+                "batch_size": batch_size,
+                "max_output_gb": max_output_gb,
+                "device": device,
+            },
+            executor=lambda: make_executor(
+                executor,
+                address=address,
+                ray_cpus=ray_cpus,
+                cpus_per_task=cpus_per_task,
+                gpus_per_task=gpus_per_task,
+                max_retries=max_retries,
+            ),
+            progress=progress,
+        )
+        return
     if out.suffix != ".h5ad":
         raise GR2STConfigError(f"--out {out}: expected a .h5ad file name")
     prepare_output(out, overwrite=overwrite)
@@ -278,6 +364,123 @@ def predict_command(
     )
     for path in plot_genes(pred, plot_genes_list, out=out):
         typer.echo(f"Map: {path}")
+
+
+@lru_cache(maxsize=2)
+def _worker_bundle(model: Path, device: str) -> Bundle:
+    """The bundle, loaded once per worker process (its tasks reuse it)."""
+    from gr2st.predict import load_bundle
+
+    return load_bundle(model, device=device)
+
+
+def _request(source: Path, bundle: Bundle, options: dict[str, Any]) -> str:
+    """Fingerprint of what a prediction is made from: input file, bundle and options."""
+    stat = source.stat()
+    request = {
+        "input": [str(source), stat.st_size, stat.st_mtime_ns],
+        "bundle": bundle.fingerprint,
+        **{k: v for k, v in options.items() if k in ("genes", "mpp", "library", "platform")},
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def _up_to_date(path: Path, request: str) -> bool:
+    import h5py
+
+    from gr2st._constants import UNS
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as fh:
+            found = fh.get(f"uns/{UNS}/{REQUEST_FIELD}")
+            return found is not None and found[()].decode() == request
+    except (OSError, AttributeError):  # unreadable or not ours: made again
+        return False
+
+
+def predict_input(
+    source: Path,
+    *,
+    out: Path,
+    model: Path,
+    genes: str,
+    mpp: float | None,
+    library: str | None,
+    platform: str | None,
+    plot: list[str],
+    batch_size: int,
+    max_output_gb: float,
+    device: str,
+) -> InputResult:
+    """One task: predict the slide of ``source`` into ``out`` (skipped when up to date)."""
+    from gr2st._constants import UNS
+    from gr2st.predict import load_query, plot_genes, predict_spots, write_prediction
+
+    bundle = _worker_bundle(model, device)
+    options = {"genes": genes, "mpp": mpp, "library": library, "platform": platform}
+    request = _request(source, bundle, options)
+    if _up_to_date(out, request):
+        return InputResult("skipped")
+    start = time.perf_counter()
+    query, slide, thumbnail = load_query(
+        h5ad=source, mpp=mpp, library_id=library, platform=platform
+    )
+    pred = predict_spots(
+        bundle,
+        slide,
+        query,
+        genes=bundle.resolve_genes(genes),
+        mpp=mpp,
+        batch_size=batch_size,
+        thumbnail=thumbnail,
+        progress=False,
+        max_output_gb=max_output_gb,
+    )
+    pred.uns[UNS][REQUEST_FIELD] = request
+    write_prediction(pred, out)
+    plot_genes(pred, plot, out=out)
+    return InputResult("done", f"{pred.n_obs} spots in {time.perf_counter() - start:.1f} s")
+
+
+def _predict_many(
+    *,
+    inputs: Path,
+    out: Path,
+    options: dict[str, Any],
+    executor: Callable[[], Executor],
+    progress: bool,
+) -> None:
+    """One task per input slide on the executor; outputs ``out/<stem>.h5ad``."""
+    from gr2st.executors import Task
+    from gr2st.predict import load_bundle
+
+    if out.suffix == ".h5ad" or out.is_file():
+        raise GR2STConfigError(f"--out {out}: with --inputs, expected a folder")
+    files = list_inputs(inputs, suffixes=[".h5ad"], what=".h5ad sections")
+    stems = [f.stem for f in files]
+    if len(set(stems)) < len(stems):
+        raise GR2STDataError(f"--inputs {inputs}: two inputs share a file name ({stems})")
+    # Checked here, once, rather than failing in every task.
+    chosen = load_bundle(options["model"], device="cpu", check_encoder=False).resolve_genes(
+        options["genes"]
+    )
+    unknown = [g for g in options["plot"] if g not in chosen]
+    if unknown:
+        raise GR2STConfigError(f"--plot: {unknown} are not among the predicted genes")
+    out = out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    with executor() as runner:
+        options = {**options, "device": runner.device(options["device"])}
+        typer.echo(f"{len(files)} slides → {out}; executor {runner.describe()}")
+        start = time.perf_counter()
+        tasks = [
+            Task(f.name, predict_input, {"source": f, "out": out / f"{f.stem}.h5ad", **options})
+            for f in files
+        ]
+        run_inputs(runner, tasks, desc="predict", progress=progress)
+        typer.echo(f"Done in {time.perf_counter() - start:.1f} s: {out}")
 
 
 def info_command(
