@@ -20,7 +20,7 @@ from gr2st.errors import GR2STConfigError
 
 Fusion = Literal["sum", "concat", "max", "mean"]
 Rounding = Literal["floor", "round"]
-GATImplName = Literal["dense", "pyg"]
+GATImplName = Literal["auto", "dense", "sparse", "pyg"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ class ModelConfig:
         How float array coordinates become embedding rows: ``floor`` (the reference's
         ``.long()`` truncation) or ``round``. Identical on integer coordinates (HER2ST).
     gat_impl
-        ``dense`` (masked dense attention, fast at a section's size) or ``pyg``
-        (``torch_geometric.nn.GATConv``); both compute the same function.
+        How the GAT layers compute (all the same function, see :mod:`gr2st.models.gat`):
+        ``auto`` (dense attention on small graphs, the edge-list kernel on larger ones,
+        whichever is faster), ``dense`` (``O(N²)``), ``sparse`` (edge-list, ``O(edges)``)
+        or ``pyg`` (``torch_geometric.nn.GATConv``).
     n_cell_types
         Number of nuclear type ids (PanNuke's six).
     """
@@ -86,7 +88,7 @@ class ModelConfig:
     use_position: bool = True
     n_positions: int = 65536
     position_rounding: Rounding = "floor"
-    gat_impl: GATImplName = "dense"
+    gat_impl: GATImplName = "auto"
     n_cell_types: int = len(NUCLEAR_TYPES)
 
 
