@@ -56,11 +56,19 @@ def features_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes reading, stain-normalising and measuring nuclei while the "
+        "encoder runs here (default: one per CPU core; 0: all in this process).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import DEFAULT_ENCODER, SectionReport, get_encoder, prepare_image_inputs
     from gr2st.encoders.efficientnet import user_cache_dir
+    from gr2st.image.workers import default_workers
 
     root = resolve_data_dir(data)
     _, adatas = load_sections(root, _sections(sections))
@@ -68,7 +76,11 @@ def features_command(
     options = {} if name.startswith("hf:") else {"backend": backend}
     enc = get_encoder(name, device=device, **options)
     cache_dir = cache or user_cache_dir() / "features"
-    typer.echo(f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}")
+    n_workers = default_workers() if workers is None else workers
+    typer.echo(
+        f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}; "
+        f"{n_workers} worker processes"
+    )
 
     def report(r: SectionReport) -> None:
         hits = [
@@ -93,6 +105,7 @@ def features_command(
         batch_size=batch_size,
         progress=progress,
         on_section=report,
+        workers=n_workers,
     )
     n_spots = sum(r.n_spots for r in reports)
     typer.echo(f"Done: {n_spots} spots in {time.perf_counter() - start:.1f} s. Cache: {cache_dir}")
