@@ -146,8 +146,16 @@ def predict_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes reading and stain-normalising patches while the encoder "
+        "runs here (default: one per CPU core; 0: a background thread).",
+    ),
 ) -> None:
     from gr2st.image import open_slide
+    from gr2st.image.workers import default_workers
     from gr2st.io import read_h5ad, read_visium
     from gr2st.predict import (
         grid_spots,
@@ -195,6 +203,7 @@ def predict_command(
         thumbnail=thumbnail,
         progress=progress,
         max_output_gb=max_output_gb,
+        workers=default_workers() if workers is None else workers,
     )
     write_prediction(pred, out)
     elapsed = time.perf_counter() - start
