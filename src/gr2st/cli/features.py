@@ -61,7 +61,8 @@ def features_command(
         "--workers",
         min=0,
         help="Worker processes reading, stain-normalising and measuring nuclei while the "
-        "encoder runs here (default: one per CPU core; 0: all in this process).",
+        "encoder runs here (default: one per CPU core, none on 2 cores or fewer; 0: all in "
+        "this process).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

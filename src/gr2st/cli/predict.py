@@ -151,7 +151,8 @@ def predict_command(
         "--workers",
         min=0,
         help="Worker processes reading and stain-normalising patches while the encoder "
-        "runs here (default: one per CPU core; 0: a background thread).",
+        "runs here (default: one per CPU core, none on 2 cores or fewer; 0: a background "
+        "thread).",
     ),
 ) -> None:
     from gr2st.image import open_slide

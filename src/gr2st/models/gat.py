@@ -38,7 +38,7 @@ from gr2st.errors import GR2STConfigError, GR2STDataError
 GATImpl = Literal["auto", "dense", "sparse", "pyg"]
 
 #: Largest graph (nodes) on which ``auto`` runs the dense kernel.
-DENSE_MAX_NODES = 128
+DENSE_MAX_NODES = 160
 
 
 def edge_multiplicity(edge_index: Tensor, num_nodes: int, *, dtype: torch.dtype) -> Tensor:
