@@ -2,29 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# torch==2.13.0 (CPU) for development and CI only; the package asks for torch>=2.4,<3.
+CONSTRAINTS := constraints/dev.txt
 DATA ?= $(GR2ST_DATA)
+# Sections of `make run`: empty = the six imaged ones (B4, C2-C6); `all` = all 36.
+SECTIONS ?=
 OUT ?= results/her2st6
 
-.PHONY: run test lint install clean
+.PHONY: run test lint docs install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Without DATA: ../shared/data/her2st or data/her2st when they hold the sections, else
+# the sections are downloaded into data/her2st (checked, resumable) first.
 run: $(STAMP)
-	$(VENV)/bin/gr2st benchmark $(if $(DATA),--data $(DATA)) --methods gr2st,ridge,knn,mean,oracle --profile default --out $(OUT)
+	$(VENV)/bin/gr2st benchmark --data $(or $(DATA),auto) $(if $(SECTIONS),--sections $(SECTIONS)) --methods gr2st,ridge,knn,mean,oracle --profile default --out $(OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts docs
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts docs
 	$(VENV)/bin/mypy
 
+# The documentation site (docs/_build/html); warnings are errors.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache docs/_build docs/api/generated build dist

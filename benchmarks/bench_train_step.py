@@ -11,7 +11,7 @@ Four measurements, each written to one JSON file (``--out``) and printed as a ta
     ``upstream``; ``default`` has 1,024 coordinate rows and dropout 0.3). The ``+fused``
     variants step the same module with their own ``torch.optim.Adam(fused=True)`` (one
     pass over the parameters instead of one per operation; equal to 1e-7 relative, not
-    bit for bit) — the optimiser is the training loop's choice, so it is measured apart.
+    bit for bit) — the optimizer is the training loop's choice, so it is measured apart.
     Where memory is short, ``--variants`` runs a subset (``upstream`` always belongs:
     ratios are taken within one run). Steps
     alternate between the variants so that load from other processes affects them
@@ -124,11 +124,11 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 # ---------------------------------------------------------------------------- steps
-def _step(module: GR2STModule, optimiser: torch.optim.Optimizer, batch: tuple[Tensor, ...]) -> None:
+def _step(module: GR2STModule, optimizer: torch.optim.Optimizer, batch: tuple[Tensor, ...]) -> None:
     loss = module(*batch)
-    optimiser.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimiser.step()
+    optimizer.step()
 
 
 def _step_gb(n: int, config: ModelConfig, *, upstream: bool) -> float:
@@ -166,16 +166,16 @@ def run_steps(n: int, args: argparse.Namespace) -> dict[str, Any]:
             torch.manual_seed(0)
             modules[model] = kind(n_genes=GENES, image_dim=IMAGE_DIM, config=config).train()
         module = modules[model]
-        optimiser = torch.optim.Adam(
+        optimizer = torch.optim.Adam(
             module.parameters(), lr=1e-4, weight_decay=1e-3, fused=fused == "fused"
         )
-        built[name] = (module, optimiser)
+        built[name] = (module, optimizer)
     batch = _batch(n)
     times: dict[str, list[float]] = {name: [] for name in built}
     for step in range(args.warmup + args.steps):
-        for name, (module, optimiser) in built.items():
+        for name, (module, optimizer) in built.items():
             start = time.perf_counter()
-            _step(module, optimiser, batch)
+            _step(module, optimizer, batch)
             if step >= args.warmup:
                 times[name].append((time.perf_counter() - start) * 1000)
     del built, modules

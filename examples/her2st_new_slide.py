@@ -1,8 +1,9 @@
 """The README's real example: predict a HER2ST section from its image alone, then check.
 
 1. ``spots``: write the section's spot centres (the ``ST-spotfiles`` selection, in
-   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads: nothing else
-   of the section goes to the model.
+   full-resolution pixels) as the CSV ``gr2st predict --spots`` reads, and print the
+   image's resolution (measured from the spot grid; a JPEG does not record it) for
+   ``--mpp``: nothing else of the section goes to the model.
 2. Train and predict with the CLI (see the README).
 3. ``compare``: score the prediction against the section's measured expression
    (log-normalised over the bundle's panel, as in training), print the best-predicted
@@ -18,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +28,24 @@ from anndata import read_h5ad
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 
-from gr2st._constants import SPATIAL
-from gr2st._utils.files import atomic_path
-from gr2st.evaluation.metrics import pearson_per_gene
-from gr2st.genes import prepare_section
-from gr2st.io import read_her2st
+from gr2st import MICRONS_PER_PIXEL, SPATIAL, UNS, pearson_per_gene, prepare_section, read_her2st
+
+
+def _replace(tmp: Path, out: Path) -> Path:
+    """Move a finished file onto its final name (never a half-written output)."""
+    os.replace(tmp, out)
+    return out
 
 
 def write_spots(data: Path, section: str, out: Path) -> None:
     adata = read_her2st(data, section)
     xy = np.asarray(adata.obsm[SPATIAL])
     table = pd.DataFrame({"id": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1]})
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
-    print(f"{out}: {len(table)} spot centres of {section}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, index=False)
+    _replace(tmp, out)
+    mpp = adata.uns[UNS][MICRONS_PER_PIXEL]
+    print(f"{out}: {len(table)} spot centres of {section}; image {mpp:.3f} µm/px (--mpp)")
 
 
 def compare(data: Path, section: str, pred_path: Path, out: Path, gene: str | None) -> None:
@@ -80,8 +86,9 @@ def compare(data: Path, section: str, pred_path: Path, out: Path, gene: str | No
         fig.colorbar(dots, ax=ax, shrink=0.8, label="log-normalised expression")
         ax.set_title(title)
         ax.set_axis_off()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    _replace(tmp, out)
     print(f"map: {out}")
 
 

@@ -38,12 +38,26 @@ SPOT_DIAMETER_PX: Final = "spot_diameter_px"
 MICRONS_PER_PIXEL: Final = "microns_per_pixel"
 SOURCE_FORMAT: Final = "source_format"
 ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
+# False when X does not hold raw counts (a section read for prediction only); absent = True.
+HAS_COUNTS: Final = "has_counts"
 
 # PanNuke nuclear types in the reference's order; the index is the type id.
 NUCLEAR_TYPES: Final = ("nolabe", "necros", "neopla", "inflam", "connec", "no-neo")
+N_NUCLEAR_TYPES: Final = len(NUCLEAR_TYPES)
 
-# The reference patch side in full-resolution pixels.
+# Defaults of the image and gene steps, used by the API and the CLI alike.
+#: The reference patch side in full-resolution pixels.
 DEFAULT_PATCH_PX: Final = 224
+#: The frozen patch encoder (offline ImageNet weights).
+DEFAULT_ENCODER: Final = "efficientnet-lite0"
+#: Stain normalisation of every patch.
+DEFAULT_STAIN: Final = "reinhard"
+#: Source of the nuclear types.
+DEFAULT_NUCLEI: Final = "classical"
+#: The model's gene panel.
+DEFAULT_PANEL: Final = "her2st-785"
+#: Wall-clock seconds between training checkpoints (the end of a fit is always saved).
+DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
 
 
 def feature_key(encoder: str) -> str:

@@ -16,3 +16,11 @@ class GR2STDataError(GR2STError, ValueError):
 
 class GR2STConfigError(GR2STError, ValueError):
     """An option, override or saved bundle is invalid."""
+
+
+class GR2STDependencyError(GR2STError, ImportError):
+    """A feature needs an optional package that is not installed (or does not import).
+
+    The message is one line naming the package and the ``pip install "gr2st[extra]"``
+    command that brings it.
+    """

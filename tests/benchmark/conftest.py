@@ -11,20 +11,23 @@ import pytest
 from anndata import AnnData
 
 from gr2st._constants import feature_key
-from gr2st.benchmark.data import section_name, stack_expression
+from gr2st.config import Config
 from gr2st.datasets import synthetic
 from gr2st.methods import METHODS, Method
+from gr2st.sections import section_name, stack_expression
 
 FEATURES = feature_key("toy")
 
 
-class Tracker(Method):
+class Tracker(Method[Config]):
     """Training mean plus seeded noise; records every fit and checks the test is blind.
 
     Each fit leaves a ``ckpt`` file in its work folder and records whether one was
     already there (as a resumable method would find its checkpoint).
     """
 
+    name = "test-tracker"
+    profiles: ClassVar[dict[str, Config]] = {"default": Config()}
     calls: ClassVar[list[dict[str, Any]]] = []
     version: ClassVar[int] = 1
 
@@ -55,6 +58,7 @@ class Tracker(Method):
 class Flaky(Tracker):
     """A Tracker that crashes on its ``crash_on``-th fit while ``armed``."""
 
+    name = "test-flaky"
     armed: ClassVar[bool] = False
     crash_on: ClassVar[int] = 2
     fits: ClassVar[int] = 0
@@ -70,6 +74,7 @@ class Flaky(Tracker):
 class PixelTracker(Tracker):
     """A Tracker that declares it learns from patches (``obsm[PATCHES]``)."""
 
+    name = "test-pixel-tracker"
     input = "pixels"
     patch_px = 8
 

@@ -12,7 +12,6 @@ from PIL import Image
 
 from gr2st._constants import PATCHES, feature_key
 from gr2st.benchmark import fold_seed, run_benchmark
-from gr2st.benchmark.runner import _instantiate
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation import section_metrics
 from gr2st.genes import prepare_section
@@ -269,11 +268,16 @@ def test_target_genes_predicted_through_the_hook(
         )
 
 
-def test_profile_falls_back_to_method_default(sections: list[AnnData], tmp_path: Path) -> None:
-    res = _run(sections, tmp_path, methods=["knn"], profile="default")
+def test_profile_applies_to_learned_methods_and_is_never_a_silent_fallback(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    # knn learns nothing: it has one set of settings whatever --profile says.
+    res = _run(sections, tmp_path, methods=["knn"], profile="paper")
     assert res["methods"]["knn"]["profile"] == "default"
-    with pytest.raises(GR2STConfigError, match="offered by none"):
-        _run(sections, tmp_path, methods=["knn"], profile="fancy")
+    # A learned method without the profile fails before any fold, naming its profiles.
+    with pytest.raises(GR2STConfigError, match="gr2st: no profile 'fancy'; it has: paper, default"):
+        _run(sections, tmp_path / "x", methods=["knn", "gr2st"], profile="fancy")
+    assert not (tmp_path / "x" / "folds").exists()
 
 
 def test_overrides_routed_and_validated_before_any_fold(
@@ -310,8 +314,7 @@ def test_input_errors(sections: list[AnnData], tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name", ["gr2st", "mclstexp", "reg2st", "histogene", "hist2st", "thitogene", "hggep"]
 )
-def test_no_progress_reaches_every_trainer(name: str) -> None:
-    # hggep's __init__ only forwards **kwargs; --no-progress once missed it.
+def test_progress_is_an_option_of_every_method(name: str) -> None:
     cls = METHODS.get(name)
-    assert _instantiate(cls, progress=False, feature_key="X_f").progress is False
-    assert _instantiate(cls, progress=True, feature_key="X_f").progress is True
+    assert cls(progress=False, feature_key="X_f").progress is False
+    assert cls(progress=True, feature_key="X_f").progress is True

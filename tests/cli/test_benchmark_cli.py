@@ -78,7 +78,7 @@ def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> Non
     tiny = ["epochs=1", "dim=16", "depth=1", "heads=2", "dim_head=8", "mlp_dim=16"]
     code, _, exc = _invoke(
         "--data", str(h5ad_dir), "--methods", "histogene,knn", "--encoder", "toy",
-        "--profile", "cpu", "--panel", str(tmp_path / "panel.txt"),
+        "--profile", "default", "--panel", str(tmp_path / "panel.txt"),
         *[a for t in tiny for a in ("--set", f"histogene:{t}")],
         "--cache", str(tmp_path / "cache"), "--no-progress", "--no-figures",
         "--out", str(tmp_path / "o"),
@@ -86,7 +86,7 @@ def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> Non
     assert code == 0, exc
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(res["methods"]) == {"histogene", "knn"}
-    assert res["methods"]["histogene"]["profile"] == "cpu"
+    assert res["methods"]["histogene"]["profile"] == "default"
     assert res["methods"]["histogene"]["sections"]["S0"]["n_spots"] == 36
     cached = sorted(p.parent.name for p in (tmp_path / "cache").rglob("patches-*.npz"))
     assert cached == ["S0", "S1", "S2"]
@@ -120,7 +120,7 @@ def test_cli_errors(h5ad_dir: Path, tmp_path: Path) -> None:
 def test_data_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GR2ST_DATA", raising=False)
-    with pytest.raises(GR2STDataError, match="gr2st data fetch her2st --dest DIR"):
+    with pytest.raises(GR2STDataError, match="or use --data auto "):
         resolve_data_dir(None)
     (tmp_path / "store" / "her2st" / "ST-cnts").mkdir(parents=True)
     monkeypatch.setenv("GR2ST_DATA", str(tmp_path / "store"))
@@ -222,3 +222,35 @@ def test_kill_9_mid_run_then_rerun_resumes(h5ad_dir: Path, tmp_path: Path) -> No
     )["methods"]["knn"]  # fmt: skip
     assert resumed["sections"] == reference["sections"]
     assert resumed["mean_pcc"] == reference["mean_pcc"]
+
+
+def test_hest_folder_runs_end_to_end_with_the_patient_split(tmp_path: Path) -> None:
+    from gr2st.datasets import write_hest_layout
+
+    secs = synthetic(
+        n_sections=4, sections_per_patient=2, n_genes=12, grid=(5, 5), signal=2.0,
+        image_dir=tmp_path / "img", seed=7,
+    )  # fmt: skip
+    root = write_hest_layout(secs, tmp_path / "hest")
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join(f"GENE{i:03d}" for i in range(8)) + "\n")
+    code, output, exc = _invoke(
+        "--data", str(root), "--methods", "knn,mean", "--split", "patient", "--nuclei", "none",
+        "--panel", str(panel), "--cache", str(tmp_path / "cache"), "--no-progress",
+        "--no-figures", "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, exc
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["dataset"] == "hest"
+    assert res["split"] == "patient"
+    assert res["sections"] == ["S0", "S1", "S2", "S3"]
+    assert res["n_genes"] == 8
+    folds = res["methods"]["knn"]["folds"]
+    assert sorted(folds) == ["P0 (synthetic)", "P1 (synthetic)"]
+    for method in ("knn", "mean"):
+        assert sorted(res["methods"][method]["sections"]) == ["S0", "S1", "S2", "S3"]
+    # Every held-out section is scored (a constant mean prediction has no PCC, only errors).
+    assert all(np.isfinite(s["mean_pcc"]) for s in res["methods"]["knn"]["sections"].values())
+    assert all(s["n_spots"] == 25 for s in res["methods"]["mean"]["sections"].values())
+    assert all(np.isfinite(s["mse"]) for s in res["methods"]["mean"]["sections"].values())
+    assert "Results in" in output

@@ -48,7 +48,7 @@ def tiny_her2st(monkeypatch: pytest.MonkeyPatch) -> Manifest:
     """Replace the built-in HER2ST manifest by two files (the real one lists 118)."""
     files = tuple(RemoteFile(p, len(b), hashlib.sha256(b).hexdigest()) for p, b in FILES.items())
     manifest = Manifest(name="her2st", base_url="https://unreachable.invalid/", files=files)
-    monkeypatch.setattr(download, "get_manifest", lambda name: manifest)
+    monkeypatch.setattr(download, "get_manifest", lambda name, sections=None: manifest)
     return manifest
 
 
@@ -61,12 +61,14 @@ def test_fetch_prints_destination_and_the_benchmark_argument(
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0] == f"Fetching her2st into {dest.resolve()}"
-    assert lines[1] == "Done: 2 downloaded (0.0 MiB), 0 already present, 0 extracted."
+    assert lines[1] == f"her2st: downloading 2 files (0.0 MiB) from {mirror} into {dest.resolve()}"
+    assert lines[2] == "Done: 2 downloaded (0.0 MiB), 0 already present, 0 extracted."
     assert lines[-1] == f"Use it with: gr2st benchmark --data {shlex.quote(str(dest.resolve()))}"
     assert {p: (dest / p).read_bytes() for p in FILES} == FILES
 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
+    assert f"her2st: every file is already in {dest.resolve()}" in again.output
     assert "Done: 0 downloaded (0.0 MiB), 2 already present, 0 extracted." in again.output
 
 
@@ -82,7 +84,7 @@ def test_a_missing_file_exits_with_a_one_line_error(
         base_url=tiny_her2st.base_url,
         files=(*tiny_her2st.files, RemoteFile("ST-cnts/Z9.tsv.gz")),
     )
-    monkeypatch.setattr(download, "get_manifest", lambda name: broken)
+    monkeypatch.setattr(download, "get_manifest", lambda name, sections=None: broken)
     argv = ["gr2st", "data", "fetch", "her2st", "--dest", str(tmp_path / "d"), "--mirror", mirror]
     monkeypatch.setattr(sys, "argv", [*argv, "--no-progress"])
     with pytest.raises(SystemExit) as exit_info:
@@ -99,7 +101,7 @@ def test_an_unknown_dataset_is_refused(
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unknown dataset 'visium'; known: cscc, her2st\n"
+    assert capsys.readouterr().err == "error: unknown dataset 'visium'; known: cscc, her2st, hest\n"
     assert list(tmp_path.iterdir()) == []
 
 

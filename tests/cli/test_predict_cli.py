@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anndata
@@ -58,22 +59,67 @@ def _spaceranger(folder: Path, image: Path, counts: np.ndarray, genes: list[str]
     return folder
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list]:
+def trained_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list, str, list]:
+    """``gr2st train --no-progress`` on two sections; (bundle, folder, sections, output, logs)."""
     tmp = tmp_path_factory.mktemp("cli")
     secs = synthetic(n_sections=3, n_genes=10, grid=(6, 6), signal=2.0, image_dir=tmp, seed=2)
     for adata, name in zip(secs, ["A1", "A2", "B1"], strict=True):
         adata.obs[SECTION] = name
+    # One spot of A1 without panel counts: dropped, and said so once.
+    counts = secs[0].X.toarray()
+    counts[0, :5] = 0
+    secs[0].X = sp.csr_matrix(counts)
     root = write_her2st_layout(secs, tmp / "her2st")
     (tmp / "panel.txt").write_text("\n".join(f"GENE{i:03d}" for i in range(5)) + "\n")
-    code, output, exc = _invoke(
-        "train", "--data", str(root), "--sections", "A1,A2", "--panel", str(tmp / "panel.txt"),
-        "--nuclei", "none", "--size", "48", "--cache", str(tmp / "cache"), "--device", "cpu",
-        "--no-progress", *SMALL, "--out", str(tmp / "bundle"),
-    )  # fmt: skip
+    handler = _Lines()
+    logging.getLogger("gr2st").addHandler(handler)
+    try:
+        code, output, exc = _invoke(
+            "train", "--data", str(root), "--sections", "A1,A2", "--panel",
+            str(tmp / "panel.txt"), "--nuclei", "none", "--size", "48", "--cache",
+            str(tmp / "cache"), "--device", "cpu", "--no-progress", *SMALL,
+            "--out", str(tmp / "bundle"),
+        )  # fmt: skip
+    finally:
+        logging.getLogger("gr2st").removeHandler(handler)
     assert code == 0, exc
-    assert "bundle:" in output
-    return tmp / "bundle", tmp, secs
+    return tmp / "bundle", tmp, secs, output, handler.lines
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_cli: tuple[Path, Path, list, str, list]) -> tuple[Path, Path, list]:
+    return trained_cli[:3]
+
+
+@pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
+def test_train_without_progress_bars_prints_its_stages(
+    trained_cli: tuple[Path, Path, list, str, list],
+) -> None:
+    _, tmp, _, output, logs = trained_cli
+    lines = output.splitlines()
+    assert lines[0] == f"read 2 sections from {tmp / 'her2st'}"
+    assert lines[1:6] == [
+        "features: 1/2 sections (A1)",
+        "features: 2/2 sections (A2)",
+        "normalising: 2 sections",
+        "training: epoch 1/2 (loss " + lines[4].split("(loss ")[1],
+        "training: epoch 2/2 (loss " + lines[5].split("(loss ")[1],
+    ]
+    assert lines[6] == "writing the bundle"
+    assert lines[7].startswith("Trained on 2 sections in ")
+    assert "bundle:" in lines[7]
+    dropped = [line for line in logs if "dropped" in line]
+    assert dropped == ["A1: dropped 1 spot(s) with zero counts over the 5 library genes: '1x1'"]
 
 
 @pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
@@ -90,7 +136,7 @@ def test_train_writes_a_bundle_and_info_shows_it(bundle: tuple[Path, Path, list]
     assert code == 0, exc
     assert "efficientnet-lite0" in output
     assert "matches the installed weights" in output
-    assert "A1 (36), A2 (36)" in output
+    assert "A1 (35), A2 (36)" in output  # A1's spot without panel counts was dropped
     assert "panel 5, all 10" in output
 
 
@@ -161,3 +207,146 @@ def test_predict_errors(bundle: tuple[Path, Path, list]) -> None:
     assert isinstance(exc, GR2STConfigError)
     assert "bundles support gr2st only" in str(exc)
     assert not (tmp / "e.h5ad").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::PendingDeprecationWarning")
+def test_predict_a_squidpy_visium_anndata_as_it_is(
+    bundle: tuple[Path, Path, list], make_squidpy_visium, tmp_path: Path
+) -> None:
+    import scanpy as sc
+    from matplotlib import pyplot as plt
+
+    folder, _, secs = bundle
+    # The training images at their resolution (a 200 µm ST pitch is 48 px) as the hires
+    # image of a Visium AnnData: z-scored X, scale factors, no full-resolution image.
+    image = Path(secs[2].uns["gr2st"]["image_path"])
+    mpp = 200 / 48
+    h5ad, _ = make_squidpy_visium(image, tmp_path / "sq", image_mpp=mpp)
+    common = ["--model", str(folder), "--device", "cpu", "--no-progress"]
+    code, _, exc = _invoke(
+        "predict", *common, "--h5ad", str(h5ad), "--plot", "GENE000", "--out",
+        str(tmp_path / "sq.h5ad"),
+    )  # fmt: skip
+    assert code == 0, exc
+    pred = anndata.read_h5ad(tmp_path / "sq.h5ad")
+    source = anndata.read_h5ad(h5ad)
+    assert pred.shape == (source.n_obs, 5)
+    assert list(pred.obs_names) == list(source.obs_names)
+    assert MEASURED_LAYER not in pred.layers  # no counts, nothing to compare
+    meta = pred.uns["gr2st"]
+    # Resolution measured from the spot pitch, rescaled to the embedded hires image.
+    assert meta["microns_per_pixel"] == pytest.approx(mpp)
+    assert meta["patch_size_px"] == 48
+    assert pred.obs["in_tissue"].all()
+    assert (tmp_path / "sq_GENE000.png").is_file()
+    # The same spots as a CSV on the same image with --mpp: the same prediction.
+    xy = pred.obsm["spatial"]
+    csv = tmp_path / "sq.csv"
+    pd.DataFrame({"id": pred.obs_names, "x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
+    code, _, exc = _invoke(
+        "predict", *common, "--spots", str(csv), "--image", str(image), "--mpp", str(mpp),
+        "--out", str(tmp_path / "csv.h5ad"),
+    )  # fmt: skip
+    assert code == 0, exc
+    np.testing.assert_allclose(anndata.read_h5ad(tmp_path / "csv.h5ad").X, pred.X, atol=1e-5)
+    axes = sc.pl.spatial(pred, color="GENE000", library_id="V1", show=False)
+    assert len(axes[0].images) == 1  # the slide under the spots
+    assert len(axes[0].collections) >= 1  # the spots
+    plt.close("all")
+    # `gr2st patches` shows the patches this prediction cut (bundle's size and stain).
+    code, output, exc = _invoke(
+        "patches", "--h5ad", str(h5ad), "--model", str(folder), "--n", "4", "--out",
+        str(tmp_path / "sheet.png"),
+    )  # fmt: skip
+    assert code == 0, exc
+    assert f"(4 of {source.n_obs} spots of V1, 48 px patches)" in output
+
+
+def test_predict_a_hest_sample(bundle: tuple[Path, Path, list], tmp_path: Path) -> None:
+    from gr2st.datasets import write_hest_layout
+
+    folder, _, secs = bundle
+    root = write_hest_layout([secs[2]], tmp_path / "hest")
+    code, _, exc = _invoke(
+        "predict", "--model", str(folder), "--device", "cpu", "--no-progress",
+        "--h5ad", str(root / "st" / "B1.h5ad"), "--out", str(tmp_path / "hest.h5ad"),
+    )  # fmt: skip
+    assert code == 0, exc
+    pred = anndata.read_h5ad(tmp_path / "hest.h5ad")
+    assert pred.uns["gr2st"]["source_format"] == "prediction:hest"
+    assert pred.uns["gr2st"]["microns_per_pixel"] == 2.0  # HEST's pixel_size_um_estimated
+    assert pred.uns["gr2st"]["image_path"] == str((root / "wsis" / "B1.tif").resolve())
+    assert np.isfinite(pred.layers[MEASURED_LAYER]).all()  # HEST has counts
+
+
+def test_safe_defaults(
+    bundle: tuple[Path, Path, list], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from PIL import Image
+
+    folder, _, secs = bundle
+    image = Path(secs[2].uns["gr2st"]["image_path"])
+    common = ["predict", "--model", str(folder), "--device", "cpu", "--no-progress"]
+    xy = secs[2].obsm["spatial"]
+    csv = tmp_path / "spots.csv"
+    pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
+    out = ["--out", str(tmp_path / "p.h5ad")]
+    # No resolution anywhere: stop and ask for --mpp (no silent 48 px of an unknown scale).
+    _, _, exc = _invoke(*common, "--spots", str(csv), "--image", str(image), *out)
+    assert isinstance(exc, GR2STConfigError)
+    assert "microns per pixel unknown" in str(exc)
+    assert "pass --mpp, which sets the patch size (the bundle's patches cover 200 µm)" in str(exc)
+    # --plot genes are checked before anything is read (the spots file does not exist).
+    _, _, exc = _invoke(*common, "--spots", str(tmp_path / "absent.csv"), "--plot", "ERBB2", *out)
+    assert isinstance(exc, GR2STConfigError)
+    assert str(exc).startswith("--plot: ['ERBB2'] are not among the predicted genes (5 with")
+    # A blank image: no tissue, an error, whatever the mode.
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", Image.open(image).size, (250, 250, 250)).save(blank)
+    _, _, exc = _invoke(*common, "--spots", str(csv), "--image", str(blank), "--mpp", "2", *out)
+    assert isinstance(exc, GR2STDataError)
+    assert "blank.png: no tissue detected (the image is blank or glass only)" in str(exc)
+    assert not (tmp_path / "p.h5ad").exists()
+    # Half glass: spots there are counted in a warning and flagged, the rest predicted.
+    half = np.asarray(Image.open(image)).copy()
+    half[:, 170:] = 245
+    Image.fromarray(half).save(tmp_path / "half.png")
+    with caplog.at_level(logging.WARNING, logger="gr2st"):
+        code, _, exc = _invoke(
+            *common, "--spots", str(csv), "--image", str(tmp_path / "half.png"), "--mpp", "2", *out
+        )
+    assert code == 0, exc
+    pred = anndata.read_h5ad(tmp_path / "p.h5ad")
+    off = int((~pred.obs["in_tissue"]).sum())
+    assert 0 < off < pred.n_obs
+    assert f"{off} of {pred.n_obs} spots lie off the detected tissue" in caplog.text
+    # Spot columns at x ≈ 40, 88, …, 280; glass from x = 170; a spot is on tissue when
+    # tissue lies within its radius (half the 48-px spacing): the columns up to x ≈ 184.
+    np.testing.assert_array_equal(pred.obs["in_tissue"], xy[:, 0] < 200)
+    help_text = " ".join(CliRunner().invoke(app, ["predict", "--help"]).output.split())
+    assert "sets the patch size" in help_text
+
+
+def test_predict_a_spatialdata_store(
+    bundle: tuple[Path, Path, list], make_spatialdata_visium, tmp_path: Path
+) -> None:
+    folder, _, secs = bundle
+    image = Path(secs[2].uns["gr2st"]["image_path"])
+    mpp = 200 / 48  # the training resolution, as the store's hires image (scale 1/4)
+    made = make_spatialdata_visium(image, tmp_path, full_mpp=mpp / 4)
+    common = ["predict", "--model", str(folder), "--device", "cpu", "--no-progress"]
+    code, _, exc = _invoke(*common, "--spatialdata", str(made["store"]), "--out",
+                           str(tmp_path / "sd.h5ad"))  # fmt: skip
+    assert code == 0, exc
+    pred = anndata.read_h5ad(tmp_path / "sd.h5ad")
+    assert list(pred.obs_names) == made["barcodes"]
+    assert pred.uns["gr2st"]["source_format"] == "prediction:spatialdata"
+    assert pred.uns["gr2st"]["microns_per_pixel"] == pytest.approx(mpp)
+    assert pred.uns["gr2st"]["patch_size_px"] == 48
+    xy = made["xy"] / 4
+    csv = tmp_path / "sd.csv"
+    pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
+    code, _, exc = _invoke(*common, "--spots", str(csv), "--image", str(image), "--mpp", str(mpp),
+                           "--out", str(tmp_path / "csv.h5ad"))  # fmt: skip
+    assert code == 0, exc
+    np.testing.assert_allclose(anndata.read_h5ad(tmp_path / "csv.h5ad").X, pred.X, atol=1e-5)

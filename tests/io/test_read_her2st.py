@@ -1,4 +1,4 @@
-"""read_her2st / read_st / list_her2st on tiny tables in the HER2ST folder layout."""
+"""read_her2st / read_st_legacy / list_her2st on tiny tables in the HER2ST folder layout."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from gr2st._constants import (
 )
 from gr2st.datasets import synthetic, write_her2st_layout
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.io import list_her2st, read_her2st, read_st
+from gr2st.io import list_her2st, read_her2st, read_st_legacy
 
 
 def test_reads_section_in_common_shape(
@@ -137,7 +137,7 @@ def test_list_her2st(her2st_layout: Callable[..., Path], write_tsv: Callable[...
 
 def test_read_st_uses_the_given_array_geometry(her2st_layout: Callable[..., Path]) -> None:
     root = her2st_layout("B4", image=False)
-    adata = read_st(
+    adata = read_st_legacy(
         root / "ST-cnts" / "B4.tsv.gz",
         root / "ST-spotfiles" / "B4_selection.tsv",
         section="s",
@@ -149,7 +149,7 @@ def test_read_st_uses_the_given_array_geometry(her2st_layout: Callable[..., Path
     assert adata.uns[UNS][SPOT_DIAMETER_PX] == pytest.approx(110 / 1.5)
     assert adata.uns[UNS][SOURCE_FORMAT] == "st"
     with pytest.raises(GR2STConfigError, match=r"must be positive; got 0\.0 and 100\.0"):
-        read_st(
+        read_st_legacy(
             root / "ST-cnts" / "B4.tsv.gz",
             root / "ST-spotfiles" / "B4_selection.tsv",
             section="s",

@@ -9,6 +9,7 @@ from anndata import AnnData
 from gr2st._constants import feature_key
 from gr2st.datasets import synthetic
 from gr2st.genes import prepare_section
+from learning_seed import LEARNING_SEED
 
 FEATURES = feature_key("toy")
 
@@ -30,8 +31,8 @@ def add_toy_features(sections: list[AnnData], *, noise: float = 0.3, seed: int =
 
 @pytest.fixture(scope="module")
 def raw_sections() -> list[AnnData]:
-    sections = synthetic(n_sections=4, n_genes=30, grid=(8, 8), signal=2.5, seed=3)
-    add_toy_features(sections)
+    sections = synthetic(n_sections=4, n_genes=30, grid=(8, 8), signal=2.5, seed=3 + LEARNING_SEED)
+    add_toy_features(sections, seed=LEARNING_SEED)
     return sections
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import PATCHES
+from gr2st.config import PositiveInt
 from gr2st.datasets import synthetic
 from gr2st.encoders import extract_patches
 from gr2st.errors import GR2STConfigError, GR2STDataError
@@ -21,22 +22,21 @@ from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import get_panel, prepare_section
 from gr2st.io import read_her2st
 from gr2st.methods import METHODS
-from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection, patch_tensor
-from gr2st.models.layers import EpochCheckpoint
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection, _SectionTask, patch_tensor
+from learning_seed import LEARNING_SEED
 
 
 @dataclass(frozen=True)
 class TinyConfig(PixelConfig):
-    width: int = 8
+    width: PositiveInt = 8
 
 
 class Tiny(PixelMethod[TinyConfig]):
     """Mean colour of the patch → linear layer (enough to learn the synthetic signal)."""
 
     name = "tiny"
-    profiles = ("cpu",)
-    configs: ClassVar[dict[str, TinyConfig]] = {
-        "cpu": TinyConfig(epochs=30, lr=3e-2, aug_hflip=0.5)
+    profiles: ClassVar[dict[str, TinyConfig]] = {
+        "default": TinyConfig(epochs=30, lr=3e-2, aug_hflip=0.5)
     }
     patch_px = 8
 
@@ -60,10 +60,18 @@ class Tiny(PixelMethod[TinyConfig]):
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory: Any) -> list[AnnData]:
-    folder = tmp_path_factory.mktemp("img")
-    raw = synthetic(n_sections=4, n_genes=12, grid=(8, 8), signal=2.5, image_dir=folder, seed=2)
-    extract_patches(raw, out_px=16, size_px=40, stain=None, progress=False)
+def sections() -> list[AnnData]:
+    """Sections whose 16-px patches are a flat colour of the latent state plus noise."""
+    raw = synthetic(
+        n_sections=4, n_genes=12, grid=(8, 8), signal=2.5, state_scale=1.0, depth=200,
+        seed=2 + LEARNING_SEED,
+    )  # fmt: skip
+    rng = np.random.default_rng(LEARNING_SEED)
+    colours = np.array([[230, 120, 160], [120, 60, 170], [250, 220, 230]])
+    for adata in raw:
+        state = adata.obs["latent_state"].to_numpy()
+        noisy = colours[state][:, None, None, :] + rng.normal(0, 12, (adata.n_obs, 16, 16, 3))
+        adata.obsm[PATCHES] = np.clip(noisy, 0, 255).astype(np.uint8)
     return [prepare_section(a, genes=list(a.var_names)) for a in raw]
 
 
@@ -71,6 +79,7 @@ def _tiny(*overrides: str, seed: int = 0) -> Tiny:
     return Tiny(feature_key="X_unused", overrides=list(overrides), seed=seed, progress=False)
 
 
+@pytest.mark.learning
 def test_the_loop_fits_the_training_sections(sections):
     # Generalisation is each method's own test; this checks that the shared loop trains.
     method = _tiny()
@@ -97,43 +106,25 @@ def test_patches_are_read_as_unit_floats_and_resized(sections):
     torch.testing.assert_close(full, expected)
 
 
-def test_deterministic_and_resumes_identically(sections, tmp_path, monkeypatch):
-    train, test = sections[:2], sections[3]
-    a, b, c = _tiny("epochs=4"), _tiny("epochs=4"), _tiny("epochs=4", seed=1)
-    a.fit(train, workdir=tmp_path / "a")
-    b.fit(train)
-    c.fit(train)
-    assert a.history_ == b.history_ != c.history_
-
-    real_save = EpochCheckpoint.save
-
-    def crash_after_second_epoch(self: EpochCheckpoint, **kwargs: Any) -> None:
-        real_save(self, **kwargs)
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(EpochCheckpoint, "save", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _tiny("epochs=4").fit(train, workdir=tmp_path / "resumed")
-    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
-    torch.manual_seed(999)  # the global state must come from the checkpoint
-    resumed = _tiny("epochs=4")
-    resumed.fit(train, workdir=tmp_path / "resumed")
-    assert resumed.history_ == a.history_
-    np.testing.assert_array_equal(resumed.predict(test), a.predict(test))
-
-
-def test_step_schedule():
+def test_step_schedule_and_section_order(sections):
     method = _tiny("lr=1.0", "lr_step_epochs=2", "lr_gamma=0.5")
-    assert [method._lr(e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    task = _SectionTask(
+        method, [method.section(a, device=torch.device("cpu"), train=True) for a in sections[:3]]
+    )
+    assert [task.learning_rate(e, 0) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    rng = np.random.default_rng(0)
+    order = [b.data.name for b in task.batches(0, rng)]
+    assert sorted(order) == ["S0", "S1", "S2"]  # every section once per epoch
 
 
 def test_errors(sections):
-    with pytest.raises(GR2STConfigError, match="tiny: unknown profile 'paper'; known: cpu"):
+    with pytest.raises(GR2STConfigError, match="tiny: no profile 'paper'; it has: default"):
         Tiny(feature_key="X", profile="paper")
-    with pytest.raises(GR2STConfigError, match="tiny: optimizer must be adam or adamw"):
+    with pytest.raises(
+        GR2STConfigError, match="tiny: optimizer='sgd': expected one of adam, adamw"
+    ):
         _tiny("optimizer=sgd")
-    with pytest.raises(GR2STConfigError, match="tiny: augment hflip must be in"):
+    with pytest.raises(GR2STConfigError, match=r"tiny: aug_hflip must be in \[0, 1\], got 2.0"):
         _tiny("aug_hflip=2")
     with pytest.raises(GR2STConfigError, match="predict\\(\\) called before fit"):
         _tiny().predict(sections[0])
@@ -152,13 +143,13 @@ def test_errors(sections):
 @pytest.mark.realdata
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["histogene", "hist2st", "thitogene", "hggep"])
-def test_cpu_profiles_train_on_her2st_patches(name: str, her2st_root: Path, tmp_path: Path):
+def test_default_profiles_train_on_her2st_patches(name: str, her2st_root: Path, tmp_path: Path):
     genes = get_panel("her2st-785")
     cls = METHODS.get(name)
     raw = [read_her2st(her2st_root, section)[:48].copy() for section in ("C2", "C3")]
     extract_patches(raw, out_px=cls.patch_px, cache_dir=tmp_path, progress=False)
     train, test = (prepare_section(a, genes=genes) for a in raw)
-    method = cls(feature_key="X_unused", profile="cpu", overrides=["epochs=2"], progress=False)
+    method = cls(feature_key="X_unused", profile="default", overrides=["epochs=2"], progress=False)
     method.fit([train], workdir=tmp_path / "fold")
     pred = method.predict(test)
     assert pred.shape == (test.n_obs, len(genes))

@@ -8,7 +8,6 @@ from anndata import AnnData
 from gr2st._constants import ARRAY_X, COUNTS_LAYER
 from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes.normalize import prepare_section
 from gr2st.methods.base import METHODS
 from gr2st.methods.reg2st import (
@@ -18,7 +17,7 @@ from gr2st.methods.reg2st import (
     Reg2STNet,
     lr_schedule,
 )
-from gr2st.models.layers import EpochCheckpoint, size_factors
+from gr2st.models.layers import size_factors
 
 KEY = "X_latent"
 # A small network that still learns in seconds (the architecture is unchanged).
@@ -52,7 +51,7 @@ def sections() -> list[AnnData]:
 def _method(*overrides: str, seed: int = 0) -> Reg2ST:
     return Reg2ST(
         feature_key=KEY,
-        profile="cpu",
+        profile="default",
         overrides=[*SMALL, *overrides],
         seed=seed,
         progress=False,
@@ -61,28 +60,17 @@ def _method(*overrides: str, seed: int = 0) -> Reg2ST:
 
 def test_registered_with_both_profiles():
     assert METHODS.get("reg2st") is Reg2ST
-    assert Reg2ST.profiles == ("cpu", "paper")
+    assert list(Reg2ST.profiles) == ["paper", "default"]
     paper = PROFILES["paper"]
+    # mask_rate 0: the published forward discards its masked decoder pass
     assert (paper.epochs, paper.decoder_depth, paper.graph_top_k, paper.mask_rate) == (
         400,
         6,
         6,
-        0.75,
+        0.0,
     )
+    assert paper.head_merge_quirk
     assert (paper.w_contrastive, paper.w_zinb, paper.hidden_dim) == (0.5, 0.25, 256)
-
-
-def test_learns_the_image_expression_link_and_beats_the_mean(sections):
-    train, test = sections[:5], sections[5]
-    method = _method("epochs=60", "lr=3e-3", "warmup_lr=3e-4", "final_lr=3e-5")
-    method.fit(train)
-    pred = method.predict(test)
-    assert pred.shape == (test.n_obs, test.n_vars)
-    assert pred.dtype == np.float32
-    assert np.isfinite(pred).all()
-    assert method.history_[-1] < 0.3 * method.history_[0]
-    # A per-gene mean has undefined r (0 under the strict policy); Reg2ST must correlate.
-    assert np.nanmean(pearson_per_gene(pred, test.X)) > 0.2
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -113,6 +101,7 @@ def test_mask_randomises_training_passes_only():
         decoder_mlp_dim=8,
         dropout=0.0,
         graph_dropout=0.0,
+        mask_rate=0.75,
     )
     torch.manual_seed(0)
     net = Reg2STNet(5, 12, config=cfg)
@@ -146,45 +135,8 @@ def test_losses_are_finite_and_all_parameters_learn():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_deterministic_for_a_seed(sections):
-    train, test = sections[:2], sections[5]
-    a, b, c = _method("epochs=3"), _method("epochs=3"), _method("epochs=3", seed=1)
-    for m in (a, b, c):
-        m.fit(train)
-    np.testing.assert_array_equal(a.predict(test), b.predict(test))
-    np.testing.assert_array_equal(a.predict(test), a.predict(test))  # eval: no mask, no dropout
-    assert not np.array_equal(a.predict(test), c.predict(test))
-
-
-def test_interrupted_fit_resumes_identically(sections, tmp_path, monkeypatch):
-    train, test = sections[:2], sections[5]
-    reference = _method("epochs=4")
-    reference.fit(train, workdir=tmp_path / "straight")
-
-    real_save = EpochCheckpoint.save
-
-    def crash_after_second_epoch(self: EpochCheckpoint, **kwargs: object) -> None:
-        real_save(self, **kwargs)  # type: ignore[arg-type]
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(EpochCheckpoint, "save", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _method("epochs=4").fit(train, workdir=tmp_path / "resumed")
-    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
-    torch.manual_seed(4321)
-    resumed = _method("epochs=4")
-    resumed.fit(train, workdir=tmp_path / "resumed")
-    assert resumed.history_ == reference.history_
-    np.testing.assert_array_equal(resumed.predict(test), reference.predict(test))
-    # Other settings never resume from this checkpoint.
-    other = _method("epochs=4", "w_zinb=0")
-    other.fit(train, workdir=tmp_path / "resumed")
-    assert other.history_ != reference.history_
-
-
 def test_bad_options_and_inputs_are_rejected(sections):
-    with pytest.raises(GR2STConfigError, match="unknown profile 'gpu'"):
+    with pytest.raises(GR2STConfigError, match="no profile 'gpu'; it has: paper, default"):
         Reg2ST(feature_key=KEY, profile="gpu")
     with pytest.raises(GR2STConfigError, match="warmup_epochs"):
         _method("epochs=2", "warmup_epochs=2")
@@ -205,10 +157,10 @@ def test_bad_options_and_inputs_are_rejected(sections):
 
 
 def test_describe_records_the_profile():
-    info = Reg2ST(feature_key=KEY, profile="cpu", overrides=["epochs=7"]).describe()
-    assert info["profile"] == "cpu"
+    info = Reg2ST(feature_key=KEY, profile="default", overrides=["epochs=7"]).describe()
+    assert info["profile"] == "default"
     assert info["epochs"] == 7
-    assert info["decoder_depth"] == PROFILES["cpu"].decoder_depth
+    assert info["decoder_depth"] == PROFILES["default"].decoder_depth
 
 
 def test_positions_ablation_ignores_coordinates(sections):

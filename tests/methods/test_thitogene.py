@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +12,8 @@ from gr2st._constants import PATCHES
 from gr2st.datasets import synthetic
 from gr2st.encoders import extract_patches
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes.normalize import prepare_section
 from gr2st.methods.base import METHODS
-from gr2st.methods.mean import MeanBaseline
 from gr2st.methods.thitogene import (
     PROFILES,
     DynamicConv2d,
@@ -29,7 +25,6 @@ from gr2st.methods.thitogene import (
     squash,
     stem_side,
 )
-from gr2st.models.layers import EpochCheckpoint
 
 # Tiny widths: the published layer structure, small enough to train in seconds.
 SMALL = [
@@ -92,7 +87,7 @@ def sections(tmp_path_factory: pytest.TempPathFactory) -> list[AnnData]:
 def _method(*overrides: str, seed: int = 0) -> THItoGene:
     return SmallPatchTHItoGene(
         feature_key="X_unused",
-        profile="cpu",
+        profile="default",
         overrides=[*SMALL, *overrides],
         seed=seed,
         progress=False,
@@ -104,7 +99,7 @@ def _method(*overrides: str, seed: int = 0) -> THItoGene:
 
 def test_registered_with_both_profiles():
     assert METHODS.get("thitogene") is THItoGene
-    assert THItoGene.profiles == ("cpu", "paper")
+    assert list(THItoGene.profiles) == ["paper", "default"]
     assert THItoGene.patch_px == 112
     paper = PROFILES["paper"]
     assert (paper.epochs, paper.lr, paper.dropout, paper.optimizer) == (200, 1e-5, 0.2, "adam")
@@ -120,7 +115,7 @@ def test_registered_with_both_profiles():
     assert paper.primary_dim == 8
     # 112 px → 28 (dynamic conv) → 24 → 22 → 20 → 9: the 9 × 9 primary-capsule kernel.
     assert stem_side(112) == 9
-    cpu = PROFILES["cpu"]
+    cpu = PROFILES["default"]
     assert cpu.epochs < paper.epochs
     assert (cpu.stem_channels, cpu.capsules) == (paper.stem_channels, paper.capsules)
 
@@ -129,7 +124,7 @@ def test_describe_records_the_profile():
     info = THItoGene(feature_key="X_unused", profile="paper", overrides=["epochs=7"]).describe()
     assert info["profile"] == "paper"
     assert info["epochs"] == 7
-    assert info["stem_channels"] == (32, 64, 64, 128)
+    assert info["stem_channels"] == [32, 64, 64, 128]  # JSON-ready
 
 
 # ---------------------------------------------------------------------- capsules
@@ -257,69 +252,15 @@ def test_all_parameters_learn():
 # ---------------------------------------------------------------------- method
 
 
-def test_learns_the_image_expression_link_and_beats_the_mean(sections):
-    train, test = sections[:4], sections[4]
-    method = _method("epochs=60", "lr=2e-3", "dropout=0")
-    method.fit(train)
-    pred = method.predict(test)
-    assert pred.shape == (test.n_obs, test.n_vars)
-    assert pred.dtype == np.float32
-    assert np.isfinite(pred).all()
-    assert method.history_[-1] < 0.2 * method.history_[0]
-    mean = MeanBaseline(feature_key="X_unused")
-    mean.fit(train)
-    mean_pred = mean.predict(test)
-    assert np.isnan(pearson_per_gene(mean_pred, test.X)).all()  # constant per gene
-    # A spot's prediction comes from its neighbours' GAT messages (no self-loop, as
-    # published), so on these small, patchy sections THItoGene is far from the
-    # state-oracle's r ≈ 0.54; it must still correlate and beat the mean's error.
-    assert np.nanmean(pearson_per_gene(pred, test.X)) > 0.1
-    assert ((pred - test.X) ** 2).mean() < 0.95 * ((mean_pred - test.X) ** 2).mean()
-
-
-def test_deterministic_for_a_seed(sections):
-    train, test = sections[:2], sections[4]
-    a, b, c = _method("epochs=2"), _method("epochs=2"), _method("epochs=2", seed=1)
-    for m in (a, b, c):
-        m.fit(train)
-    np.testing.assert_array_equal(a.predict(test), b.predict(test))
-    assert a.history_ == b.history_
-    np.testing.assert_array_equal(a.predict(test), a.predict(test))  # eval: no dropout
-    assert not np.array_equal(a.predict(test), c.predict(test))
-
-
-def test_interrupted_fit_resumes_identically(sections, tmp_path: Path, monkeypatch):
-    train, test = sections[:2], sections[4]
-    reference = _method("epochs=4")
-    reference.fit(train, workdir=tmp_path / "straight")
-
-    real_save = EpochCheckpoint.save
-
-    def crash_after_second_epoch(self: EpochCheckpoint, **kwargs: object) -> None:
-        real_save(self, **kwargs)  # type: ignore[arg-type]
-        if kwargs["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(EpochCheckpoint, "save", crash_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _method("epochs=4").fit(train, workdir=tmp_path / "resumed")
-    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
-    torch.manual_seed(4321)  # the resumed fit restores the RNG state it needs
-    resumed = _method("epochs=4")
-    resumed.fit(train, workdir=tmp_path / "resumed")
-    assert resumed.history_ == reference.history_
-    np.testing.assert_array_equal(resumed.predict(test), reference.predict(test))
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("stem_channels=4,8,8", "stem_channels must be 4 positive widths"),
         ("primary_dim=3", r"multiple of primary_dim \(3\)"),
         ("dynamic_reduction=0", "dynamic_reduction must be in"),
-        ("capsules=0", "capsules must be a positive integer"),
+        ("capsules=0", "thitogene: capsules must be > 0, got 0"),
         ("gat_slope=-1", "gat_slope must be >= 0"),
-        ("lr=0", "lr must be positive"),
+        ("lr=0", "lr must be > 0"),
     ],
 )
 def test_bad_options_are_rejected(override: str, message: str):
@@ -328,7 +269,7 @@ def test_bad_options_are_rejected(override: str, message: str):
 
 
 def test_bad_inputs_are_rejected(sections):
-    with pytest.raises(GR2STConfigError, match="unknown profile 'gpu'"):
+    with pytest.raises(GR2STConfigError, match="no profile 'gpu'; it has: paper, default"):
         THItoGene(feature_key="X_unused", profile="gpu")
     with pytest.raises(GR2STConfigError, match="before fit"):
         _method().predict(sections[0])

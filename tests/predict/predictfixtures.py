@@ -51,9 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         train, feature_key=feature_key(encoder.name), overrides=OVERRIDES, seed=0, device="cpu"
     )
     model.train(progress=False)
-    settings = BundleSettings(
-        encoder=encoder, size_px=SIZE_PX, stain=stain, nuclei="none", profile="default"
-    )
+    settings = BundleSettings(encoder=encoder, size_px=SIZE_PX, stain=stain, nuclei="none")
     path = save_bundle(
         model,
         folder / "bundle",

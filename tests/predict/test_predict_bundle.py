@@ -19,8 +19,9 @@ from gr2st._utils.files import sha256_file
 from gr2st.encoders import get_encoder
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.image import ReinhardNormalizer
+from gr2st.models.bundle import meta_fingerprint
 from gr2st.predict import SCHEMA_VERSION, load_bundle
-from gr2st.predict.bundle import BANK_FILE, META_FILE, WEIGHTS_FILE, _fingerprint, _stain_meta
+from gr2st.predict.bundle import BANK_FILE, META_FILE, WEIGHTS_FILE, _stain_meta
 
 
 def test_round_trip_predicts_like_the_in_memory_model(trained: Trained) -> None:
@@ -28,14 +29,12 @@ def test_round_trip_predicts_like_the_in_memory_model(trained: Trained) -> None:
     features = trained.test.obsm[feature_key("efficientnet-lite0")]
     got = bundle.predict_features(features)
     want = trained.model.predict(trained.test)
-    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.std, want.std, rtol=1e-5, atol=1e-6)
-    assert got.provenance is not None
-    np.testing.assert_allclose(got.provenance, want.provenance, rtol=1e-5, atol=1e-6)
+    # One prediction code path: identical to the in-memory model, bit for bit.
+    np.testing.assert_array_equal(got.mean, want.mean)
+    np.testing.assert_array_equal(got.std, want.std)
+    np.testing.assert_array_equal(got.provenance, want.provenance)
     np.testing.assert_allclose(got.provenance.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        bundle.embed(features), trained.model.embed_images(trained.test), atol=1e-6
-    )
+    np.testing.assert_array_equal(bundle.embed(features), trained.model.embed_images(trained.test))
 
 
 def test_bundle_contents(trained: Trained) -> None:
@@ -53,6 +52,7 @@ def test_bundle_contents(trained: Trained) -> None:
     assert meta["stain"]["name"] == "reinhard"
     assert meta["stain"]["reference"] is None
     assert meta["command"] == ["pytest"]
+    assert meta["train_sections"][0]["obs_names"] == list(trained.train[0].obs_names)
     assert bundle.panel_genes == PANEL
     assert bundle.all_genes == [f"GENE{i:03d}" for i in range(12)]
     assert bundle.train_sections == ["S0", "S1"]
@@ -75,7 +75,7 @@ def test_resolve_genes(trained: Trained) -> None:
     assert bundle.resolve_genes("panel") == PANEL
     assert len(bundle.resolve_genes("all")) == 12
     assert bundle.resolve_genes("GENE010, GENE001") == ["GENE010", "GENE001"]
-    with pytest.raises(GR2STConfigError, match=r"\['NOPE'\] are not in the bundle"):
+    with pytest.raises(GR2STConfigError, match=r"\['NOPE'\] are not in the model"):
         bundle.resolve_genes("GENE001,NOPE")
     with pytest.raises(GR2STConfigError, match="repeated"):
         bundle.resolve_genes(["GENE001", "GENE001"])
@@ -90,13 +90,15 @@ def _edit(folder: Path, change: Callable[[dict[str, Any]], None], *, refresh: bo
     meta = json.loads((folder / META_FILE).read_text())
     change(meta)
     if refresh:
-        meta["fingerprint"] = _fingerprint(meta)
+        meta["fingerprint"] = meta_fingerprint(meta)
     (folder / META_FILE).write_text(json.dumps(meta))
 
 
 def test_schema_version_and_method(copy: Path) -> None:
     _edit(copy, lambda m: m.update(schema_version=99))
-    with pytest.raises(GR2STConfigError, match="schema_version 99 is not supported"):
+    with pytest.raises(
+        GR2STConfigError, match=r"schema_version 99 is not supported .*reads 1 and 2"
+    ):
         load_bundle(copy)
     _edit(copy, lambda m: m.update(schema_version=SCHEMA_VERSION, method="knn"))
     with pytest.raises(GR2STConfigError, match="method 'knn' is not supported"):
@@ -152,3 +154,26 @@ def test_fitted_stain_reference_round_trip(copy: Path) -> None:
     _edit(copy, lambda m: m["stain"].update(key="reinhard-0000"))
     with pytest.raises(GR2STConfigError, match=r"stain\.key 'reinhard-0000' differs"):
         load_bundle(copy, check_encoder=False).stain_normalizer()
+
+
+def test_a_schema_1_bundle_is_read_with_a_warning(copy: Path, trained: Trained, caplog) -> None:
+    def as_v1(meta: dict[str, Any]) -> None:
+        # What gr2st 0.1 wrote: British spelling, the reference profile, no spot names.
+        meta["schema_version"] = 1
+        train = meta["config"]["train"]
+        train["optimiser_per_epoch"] = train.pop("optimizer_per_epoch")
+        del train["precision"]
+        meta["profile"] = "reference"
+        del meta["image_dim"]
+        for section in meta["train_sections"]:
+            del section["obs_names"]
+
+    _edit(copy, as_v1)
+    with caplog.at_level("WARNING"):
+        bundle = load_bundle(copy, device="cpu")
+    assert "schema_version 1 bundle" in caplog.text
+    assert bundle.model.profile == "paper"
+    features = trained.test.obsm[feature_key("efficientnet-lite0")]
+    np.testing.assert_array_equal(
+        bundle.predict_features(features).mean, trained.model.predict(trained.test).mean
+    )

@@ -36,6 +36,7 @@ from gr2st.predict import (
     spots_from_section,
     write_prediction,
 )
+from gr2st.predict.slide import check_output_size
 
 matplotlib.use("Agg")
 
@@ -51,7 +52,10 @@ def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) 
     xy = test.obsm[SPATIAL]
     pd.DataFrame({"id": test.obs_names, "x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
     image = test.uns[UNS][IMAGE_PATH]
-    pred = predict_spots(bundle, image, read_spots_csv(csv), batch_size=5, progress=False)
+    # A PNG says nothing of its resolution and a CSV has no spot geometry: no guess.
+    with pytest.raises(GR2STConfigError, match=r"microns per pixel unknown .* pass --mpp"):
+        predict_spots(bundle, image, read_spots_csv(csv), progress=False)
+    pred = predict_spots(bundle, image, read_spots_csv(csv), mpp=2.0, batch_size=5, progress=False)
     # Same patches, stain and encoder as the training features: the same prediction.
     want = bundle.predict_features(test.obsm[feature_key("efficientnet-lite0")])
     np.testing.assert_allclose(pred.X, want.mean, rtol=1e-4, atol=1e-5)
@@ -66,7 +70,8 @@ def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) 
     meta = pred.uns[UNS]
     assert meta["bundle_fingerprint"] == bundle.fingerprint
     assert meta["patch_size_px"] == 48
-    assert meta["microns_per_pixel"] is None
+    assert meta["microns_per_pixel"] == 2.0
+    assert pred.obs["in_tissue"].all()
     library = pred.uns[SPATIAL]["S2"]
     thumb = library["images"]["hires"]
     assert thumb.dtype == np.uint8
@@ -152,6 +157,13 @@ def test_errors(trained: Trained) -> None:
     no_image = query.__class__(centers=query.centers, obs=query.obs, source="spots")
     with pytest.raises(GR2STDataError, match="spots: no image; pass --image SLIDE"):
         resolve_image(no_image, None)
+
+
+def test_output_size_message_has_enough_precision() -> None:
+    with pytest.raises(GR2STConfigError, match=r"need 0\.023 GB .*\(limit 0\.01 GB, --max-output"):
+        check_output_size(1_000, 2_875, max_output_gb=0.01)
+    with pytest.raises(GR2STConfigError, match=r"need 12\.0 GB .*\(limit 4\.0 GB,"):
+        check_output_size(100_000, 15_000, max_output_gb=4.0)
 
 
 def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ from scipy.spatial import cKDTree
 from gr2st._constants import ARRAY_X, ARRAY_Y
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.image import open_slide
-from gr2st.predict import detect_tissue, grid_spots, hex_lattice, read_spots_csv
+from gr2st.predict import (
+    check_tissue,
+    detect_tissue,
+    grid_spots,
+    hex_lattice,
+    load_query,
+    read_spots_csv,
+)
 
 GLASS = (246, 244, 247)
 TISSUE = (205, 120, 175)
@@ -122,3 +130,36 @@ def test_grid_spots_on_tissue(tmp_path: Path) -> None:
     np.testing.assert_allclose(from_tags.centers, spots.centers)
     with open_slide(png) as slide, pytest.raises(GR2STDataError, match="no tissue detected"):
         grid_spots(slide, mpp=2.0, thumbnail=(np.full((40, 40, 3), GLASS, np.uint8), 0.1))
+
+
+def test_check_tissue(caplog: pytest.LogCaptureFixture) -> None:
+    img = _disc_image()  # tissue: the disc of radius 120 around (200, 200)
+    centres = np.array([[200.0, 200.0], [200.0, 90.0], [200.0, 60.0], [20.0, 20.0]])
+    # (200, 60) is 20 px off the disc: on tissue with a 50 px spot, off with a 20 px one.
+    with caplog.at_level(logging.WARNING, logger="gr2st"):
+        on = check_tissue(img, 1.0, centres, spot_diameter_px=50.0, image="disc.png")
+    assert on.tolist() == [True, True, True, False]
+    assert "disc.png: 1 of 4 spots lie off the detected tissue" in caplog.text
+    on = check_tissue(img, 1.0, centres, spot_diameter_px=20.0, image="disc.png")
+    assert on.tolist() == [True, True, False, False]
+    # The thumbnail scale maps full-resolution centres onto it.
+    on = check_tissue(img[::2, ::2], 0.5, centres, spot_diameter_px=20.0, image="disc.png")
+    assert on.tolist() == [True, True, False, False]
+    with pytest.raises(GR2STDataError, match=r"^disc\.png: none of the 2 spots lies on the"):
+        check_tissue(img, 1.0, centres[[3, 3]] + [[0, 0], [5, 0]], spot_diameter_px=10.0,
+                     image="disc.png")  # fmt: skip
+    glass = np.full((50, 50, 3), GLASS, np.uint8)
+    with pytest.raises(GR2STDataError, match=r"^blank\.png: no tissue detected \(the image is"):
+        check_tissue(glass, 1.0, centres, spot_diameter_px=10.0, image="blank.png")
+
+
+def test_load_query_needs_exactly_one_input(tmp_path: Path) -> None:
+    with pytest.raises(GR2STConfigError, match=r"give exactly one of .* \(got none\)"):
+        load_query()
+    with pytest.raises(GR2STConfigError, match=r"\(got \['--spots', '--grid'\]\)"):
+        load_query(spots=tmp_path / "s.csv", grid=True)
+    with pytest.raises(GR2STConfigError, match="--grid needs --image SLIDE"):
+        load_query(grid=True)
+    (tmp_path / "s.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(GR2STDataError, match="spots: no image; pass --image SLIDE"):
+        load_query(spots=tmp_path / "s.csv")

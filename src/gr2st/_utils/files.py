@@ -42,6 +42,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def user_cache_dir() -> Path:
+    """gr2st's per-user cache folder (features, exported ONNX graphs, embedded images).
+
+    ``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st``, else ``~/.cache/gr2st``.
+    """
+    if env := os.environ.get("GR2ST_CACHE_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "gr2st"
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()

@@ -21,8 +21,8 @@ from scipy.spatial import cKDTree
 
 from gr2st._constants import IMAGE_PATH, SPATIAL, SPOT_DIAMETER_PX, UNS
 from gr2st._utils.files import atomic_path
-from gr2st.benchmark.data import section_name
 from gr2st.image.slide import open_slide
+from gr2st.sections import section_name
 
 #: Longer side, in pixels, of the H&E thumbnail drawn under the spatial maps.
 THUMBNAIL_PX = 1024

@@ -88,6 +88,8 @@ def build_results(
                 "seconds": meta["seconds"],
                 "config": meta["config"],
             }
+            if "training" in meta:
+                fold_info[fold.name]["training"] = meta["training"]
             for section in fold.test:
                 scores = meta["sections"][section]
                 per_section[section] = {
@@ -107,6 +109,7 @@ def build_results(
             **{key: _mean(table[key].to_numpy()) for key in _AVERAGED_FIELDS},
             "nan_genes": int(table["nan_genes"].sum()),
             "seconds": float(sum(f["seconds"] for f in fold_info.values())),
+            **_training_summary(fold_info),
             "sections": ordered,
             "folds": fold_info,
         }
@@ -140,6 +143,24 @@ def build_results(
     )
 
 
+def _training_summary(folds: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """A learned method's step time and checkpoint overhead over its folds (else empty)."""
+    stats = [f["training"] for f in folds.values() if "training" in f]
+    if not stats:
+        return {}
+    steps = sum(int(s["steps"]) for s in stats)
+    train = sum(float(s["train_seconds"]) for s in stats)
+    summary = {
+        "seconds_per_step": train / steps if steps else math.nan,
+        # The worst fold: the share must stay small for every one of them.
+        "checkpoint_share": max(float(s["checkpoint_share"]) for s in stats),
+    }
+    peaks = [s["peak_gpu_bytes"] for s in stats if s.get("peak_gpu_bytes")]
+    if peaks:
+        summary["peak_gpu_gb"] = max(peaks) / 1e9
+    return summary
+
+
 def _finite_or(value: float | None, default: float) -> float:
     return default if value is None or not math.isfinite(value) else float(value)
 
@@ -161,6 +182,7 @@ def render_table(results: Mapping[str, Any]) -> Table:
     1
     """
     has_ref = any("wilcoxon_vs_gr2st_p" in e for e in results["methods"].values())
+    has_training = any("seconds_per_step" in e for e in results["methods"].values())
     table = Table(
         title=(
             f"{results['dataset']}: {len(results['sections'])} sections, "
@@ -176,6 +198,9 @@ def render_table(results: Mapping[str, Any]) -> Table:
     table.add_column("median", justify="right")
     table.add_column("NaN genes", justify="right")
     table.add_column("seconds", justify="right")
+    if has_training:
+        table.add_column("s/step", justify="right")
+        table.add_column("ckpt %", justify="right")
     if has_ref:
         table.add_column(f"p vs {REFERENCE_METHOD}", justify="right")
 
@@ -192,6 +217,10 @@ def render_table(results: Mapping[str, Any]) -> Table:
             str(e["nan_genes"]),
             f"{e['seconds']:.1f}",
         ]
+        if has_training:
+            learned = "seconds_per_step" in e
+            cells.append(_fmt(e["seconds_per_step"], 3) if learned else "")
+            cells.append(_fmt(100 * e["checkpoint_share"], 1) if learned else "")
         if has_ref:
             p = e.get("wilcoxon_vs_gr2st_p")
             cells.append("—" if name == REFERENCE_METHOD else _fmt(p, 3))

@@ -7,17 +7,16 @@ test section, and is scored there. Methods never see a test section's expression
 during fitting, so no checkpoint or hyperparameter can be chosen on it.
 
 Scoring genes outside the model's input panel ("all genes"): methods are still fitted
-on the panel, then asked for the other genes through an optional hook,
-``predict_values(test, values) -> ndarray``, where ``values`` holds one AnnData per
-training section (same spots, same order as in ``fit``) with the genes to predict.
-Retrieval methods answer it by averaging those values over the retrieved training
-spots; a method without the hook cannot be scored on genes it does not model.
+on the panel, then asked for the other genes through
+:meth:`~gr2st.methods.Method.predict_values` (methods with ``supports_values``), where
+``values`` holds one AnnData per training section (same spots, same order as in
+``fit``) with the genes to predict. Retrieval methods answer it by averaging those
+values over the retrieved training spots.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import shutil
@@ -34,15 +33,17 @@ from tqdm.auto import tqdm
 from gr2st._constants import CELL_TYPE, PATCHES, PATIENT
 from gr2st._utils.files import sha256_bytes
 from gr2st._utils.seed import seed_everything
-from gr2st.benchmark.data import section_name, stack_expression
-from gr2st.benchmark.overrides import route_overrides
 from gr2st.benchmark.report import build_results, write_outputs
 from gr2st.benchmark.store import FoldRecord, FoldStore, to_jsonable
+from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import section_metrics
 from gr2st.evaluation.splits import Fold, make_folds
 from gr2st.genes import prepare_section
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods import METHODS, Method
+from gr2st.methods.base import panel_only_message
+from gr2st.sections import section_name, stack_expression
+from gr2st.training import DEFAULT_CHECKPOINT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,10 @@ def fold_seed(seed: int, method: str, fold: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _resolve_profile(cls: type[Method], requested: str | None) -> str:
-    # Methods without the requested profile (e.g. baselines asked for "reference") run
-    # their own default; the profile actually used is recorded.
-    if requested is not None and requested in cls.profiles:
-        return requested
-    return cls.profiles[0]
+def _profile_for(cls: type[Method[Any]], requested: str | None) -> str | None:
+    """The profile asked of ``cls``: learned methods take ``--profile`` (and fail when
+    they lack it); the others have one set of settings."""
+    return requested if cls.learned else None
 
 
 def _blind(adata: AnnData) -> AnnData:
@@ -146,19 +145,6 @@ def _remove_workdir(root: Path, method: str, fold: str) -> None:
             folder.rmdir()
 
 
-def _instantiate(cls: type[Method], *, progress: bool, **options: Any) -> Method:
-    # Trainable methods may take their own ``progress`` flag; keep them quiet when the
-    # benchmark is. A subclass whose ``__init__`` only forwards ``**kwargs`` hides the
-    # flag from its own signature, so look along the MRO.
-    if any(
-        "progress" in inspect.signature(vars(klass)["__init__"]).parameters
-        for klass in cls.__mro__
-        if "__init__" in vars(klass)
-    ):
-        options["progress"] = progress
-    return cls(**options)
-
-
 def run_benchmark(
     sections: Sequence[AnnData],
     *,
@@ -178,6 +164,7 @@ def run_benchmark(
     genes_label: str | None = None,
     figures: bool = True,
     figure_section: str | None = None,
+    checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -201,7 +188,9 @@ def run_benchmark(
         all sections, ``gr2st.genes.common_genes``), log-normalised with the panel's
         library size. Needs methods with a ``predict_values`` hook (see above).
     profile
-        Hyperparameter profile; methods that do not offer it use their own default.
+        Hyperparameter profile of the learned methods (``default`` or ``paper``; each
+        method fails with the profiles it has when it lacks it); the methods that learn
+        nothing have one set of settings.
     overrides
         ``key=value`` (every method) or ``method:key=value`` (one method).
     split
@@ -220,6 +209,8 @@ def run_benchmark(
         Draw the PNG figures (``False`` skips them, e.g. for quick runs).
     figure_section
         Section of the spatial-map figure (default: the featured method's best).
+    checkpoint_every
+        Seconds between training checkpoints of a fold (``0``: every epoch).
 
     Returns
     -------
@@ -238,38 +229,28 @@ def run_benchmark(
     >>> sorted(res["methods"]["knn"]["sections"])
     ['S0', 'S1', 'S2']
     """
-    import gr2st.methods  # noqa: F401  (importing the package registers every method)
-
     method_names = list(dict.fromkeys(methods))
     if not method_names:
         raise GR2STConfigError("methods: expected at least one method name")
     classes = {name: METHODS.get(name) for name in method_names}
-    if profile is not None and not any(profile in c.profiles for c in classes.values()):
-        offered = sorted({p for c in classes.values() for p in c.profiles})
-        raise GR2STConfigError(
-            f"profile {profile!r} is offered by none of {method_names}; offered: {offered}"
-        )
-    profiles = {name: _resolve_profile(cls, profile) for name, cls in classes.items()}
     routed = route_overrides(overrides, method_names)
     settings: dict[str, Any] = {}
+    profiles: dict[str, str] = {}
     for name, cls in classes.items():
-        # Construct once up front so a bad override fails before any fold runs; the
-        # resolved settings also key the saved folds, so changed defaults recompute.
-        settings[name] = to_jsonable(
-            _instantiate(
-                cls,
-                progress=False,
-                feature_key=feature_key,
-                profile=profiles[name],
-                overrides=routed[name],
-                seed=seed,
-            ).describe()
+        # Construct once up front so a bad profile or override fails before any fold
+        # runs; the resolved settings also key the saved folds, so changed defaults
+        # recompute.
+        method = cls(
+            feature_key=feature_key,
+            profile=_profile_for(cls, profile),
+            overrides=routed[name],
+            seed=seed,
+            progress=False,
         )
-        if target_genes is not None and not callable(getattr(cls, "predict_values", None)):
-            raise GR2STConfigError(
-                f"method {name!r} predicts only its input panel; it cannot be scored on "
-                "genes outside it (use the panel genes, or drop the method)"
-            )
+        profiles[name] = method.profile
+        settings[name] = to_jsonable(method.describe())
+        if target_genes is not None and not cls.supports_values:
+            raise GR2STConfigError(panel_only_message(name))
 
     prepared, targets, patients = _prepare(sections, genes, target_genes, progress)
     scored = prepared if targets is None else targets
@@ -327,6 +308,7 @@ def run_benchmark(
                         fresh=not resume,
                         fingerprint=fingerprint,
                         progress=progress,
+                        checkpoint_every=checkpoint_every,
                     )
                     store.save(name, fold.name, record)
                     _remove_workdir(out / "work", name, fold.name)
@@ -364,7 +346,7 @@ def run_benchmark(
 
 
 def _run_fold(
-    cls: type[Method],
+    cls: type[Method[Any]],
     *,
     name: str,
     fold: Fold,
@@ -381,6 +363,7 @@ def _run_fold(
     fresh: bool,
     fingerprint: str,
     progress: bool,
+    checkpoint_every: float,
 ) -> FoldRecord:
     # Checkpoints of an interrupted fit are reused only for the very same request.
     marker = workdir / _WORKDIR_MARKER
@@ -389,14 +372,14 @@ def _run_fold(
     workdir.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint)
     seed_everything(seed)
-    method = _instantiate(
-        cls,
-        progress=progress,
+    method = cls(
         feature_key=feature_key,
         profile=profile,
         overrides=overrides,
         seed=seed,
         device=device,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
     )
     start = time.perf_counter()
     method.fit([prepared[s] for s in fold.train], workdir=workdir)
@@ -406,9 +389,7 @@ def _run_fold(
         if targets is None:
             raw = method.predict(test)
         else:
-            raw = method.predict_values(  # type: ignore[attr-defined]
-                test, [targets[s] for s in fold.train]
-            )
+            raw = method.predict_values(test, [targets[s] for s in fold.train])
         pred = np.asarray(raw, dtype=np.float32)
         expected = truths[section].shape
         if pred.shape != expected:
@@ -440,4 +421,6 @@ def _run_fold(
         "config": method.describe(),
         "sections": scores,
     }
+    if method.training_stats is not None:
+        meta["training"] = method.training_stats.as_dict()
     return FoldRecord(meta=meta, predictions=predictions, pcc=pcc)

@@ -10,21 +10,27 @@ import typer
 from anndata import AnnData
 from rich.console import Console
 
-from gr2st._constants import CELL_TYPE, feature_key
+from gr2st._constants import CELL_TYPE, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_PANEL, feature_key
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
-#: Default gene panel of the model.
-DEFAULT_PANEL = "her2st-785"
+#: Where ``--data auto`` downloads HER2ST when no data is found (relative to the cwd).
+FETCH_DEST = Path("data/her2st")
 
 _HELP = """Cross-validate METHODS on a dataset: fit on the training sections of each fold,
 predict the held-out section(s) from the image, score per section, and write
 results.json, per_gene.csv, summary.txt and figures to --out.
 
 Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder
-(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), or a
-folder of .h5ad sections in gr2st's shape (one section per file; default: all).
+(ST-cnts/, ST-spotfiles/, ST-imgs/; default sections: those with an image), a HEST-1k
+folder (st/, wsis/, metadata/, as `gr2st data fetch hest` writes it; default: the
+samples with a whole-slide image; --split patient uses HEST's patient field), or a
+folder of .h5ad sections (gr2st's shape or scanpy/squidpy spatial AnnData with raw
+counts; one section per file; default: all).
+--data auto uses the first of $GR2ST_DATA, ../shared/data/her2st and data/her2st
+that holds the sections (default: the six imaged ones, B4 and C2-C6; --sections all:
+all 36), and otherwise downloads them into data/her2st (checked, resumable).
 Sections that already carry the encoder's features (obsm["X_<encoder>"]) and
 obs["cell_type"] are used as they are; otherwise features and nuclear types are
 computed and cached in --cache.
@@ -34,10 +40,14 @@ after an interruption resumes where it stopped (--no-resume recomputes).
 """
 
 
-def resolve_data_dir(data: Path | None) -> Path:
+def resolve_data_dir(
+    data: Path | None, *, sections: Sequence[str] | None = None, progress: bool = True
+) -> Path:
     """``--data``, else ``$GR2ST_DATA``, else ``../shared/data/her2st`` if it exists.
 
-    ``$GR2ST_DATA`` may also name a folder holding ``her2st/``.
+    ``$GR2ST_DATA`` may also name a folder holding ``her2st/``. ``--data auto`` finds
+    HER2ST or downloads it (see :func:`find_or_fetch_her2st`; ``sections`` are the
+    sections it must hold).
 
     Examples
     --------
@@ -46,24 +56,106 @@ def resolve_data_dir(data: Path | None) -> Path:
     >>> resolve_data_dir(d) == d
     True
     """
+    if data is not None and str(data) == "auto":
+        return find_or_fetch_her2st(sections, progress=progress)
     if data is not None:
         if not data.is_dir():
             raise GR2STDataError(f"--data {data}: no such folder")
         return data
-    env = os.environ.get("GR2ST_DATA")
-    if env:
-        root = Path(env).expanduser()
-        if not (root / "ST-cnts").is_dir() and (root / "her2st" / "ST-cnts").is_dir():
-            root = root / "her2st"
-        if not root.is_dir():
-            raise GR2STDataError(f"GR2ST_DATA={env}: no such folder")
-        return root
+    env = _env_data()
+    if env is not None:
+        return env
     if DEFAULT_DATA.is_dir():
         return DEFAULT_DATA
     raise GR2STDataError(
-        "no data: pass --data DIR or set GR2ST_DATA; download HER2ST with "
-        "`gr2st data fetch her2st --dest DIR`"
+        f"no data: pass --data DIR, set GR2ST_DATA, or use --data auto (finds HER2ST or "
+        f"downloads it into {FETCH_DEST})"
     )
+
+
+def _env_data() -> Path | None:
+    env = os.environ.get("GR2ST_DATA")
+    if not env:
+        return None
+    root = Path(env).expanduser()
+    if not (root / "ST-cnts").is_dir() and (root / "her2st" / "ST-cnts").is_dir():
+        root = root / "her2st"
+    if not root.is_dir():
+        raise GR2STDataError(f"GR2ST_DATA={env}: no such folder")
+    return root
+
+
+def _her2st_holds(root: Path, sections: Sequence[str]) -> bool:
+    """Counts, spot file and an image of every section (final names: checked downloads)."""
+    return all(
+        (root / "ST-cnts" / f"{s}.tsv.gz").is_file()
+        and (root / "ST-spotfiles" / f"{s}_selection.tsv").is_file()
+        and any((root / "ST-imgs" / s[0] / s).glob("*.jpg"))
+        for s in sections
+    )
+
+
+def find_or_fetch_her2st(
+    sections: Sequence[str] | None = None, *, progress: bool = True, mirror: str | None = None
+) -> Path:
+    """The first HER2ST folder holding ``sections``, else download them into ``data/her2st``.
+
+    Looks in ``$GR2ST_DATA``, ``../shared/data/her2st`` and :data:`FETCH_DEST`; a folder
+    counts when every section has its counts, spot file and image. Otherwise the missing
+    files are fetched into :data:`FETCH_DEST` with :func:`gr2st.io.download.fetch`
+    (checked, resumable; files already there are kept), printing what is downloaded.
+
+    Parameters
+    ----------
+    sections
+        HER2ST section names, ``["all"]`` for the 36, or None for the six imaged ones
+        (:data:`gr2st.io.download.HER2ST_IMAGED`).
+    progress
+        Show progress bars while downloading.
+    mirror
+        Base URL to download from instead of the original host.
+
+    Raises
+    ------
+    gr2st.io.download.DownloadError
+        The download failed (one line naming the URL and the manual alternative).
+
+    Examples
+    --------
+    >>> find_or_fetch_her2st(["B4", "C2"])  # doctest: +SKIP
+    PosixPath('../shared/data/her2st')
+    """
+    from gr2st.io import download
+
+    if sections is None:
+        wanted = list(download.HER2ST_IMAGED)
+    elif list(sections) == ["all"]:
+        wanted = list(download.HER2ST_SECTIONS)
+    else:
+        wanted = list(sections)
+    candidates = [c for c in (_env_data(), DEFAULT_DATA, FETCH_DEST) if c is not None]
+    for root in candidates:
+        if _her2st_holds(root, wanted):
+            return root
+    typer.echo(
+        f"HER2ST sections {_span(wanted)} not found in {', '.join(map(str, candidates))}; "
+        f"fetching them into {FETCH_DEST}"
+    )
+    try:
+        download.fetch(
+            "her2st", FETCH_DEST, sections=wanted, mirror=mirror, progress=progress, log=typer.echo
+        )
+    except download.DownloadError as err:
+        raise download.DownloadError(
+            f"{err}; without network access, copy the data/ folder of "
+            f"https://github.com/almaan/her2st at commit {download.HER2ST_COMMIT[:7]} into "
+            f"{FETCH_DEST} (or anywhere, then pass --data DIR)"
+        ) from None
+    return FETCH_DEST
+
+
+def _span(names: Sequence[str]) -> str:
+    return "all 36" if len(names) > 12 else ", ".join(names)
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -74,13 +166,25 @@ def _split_list(value: str | None) -> list[str] | None:
 
 
 def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
-    """Read the sections of a HER2ST folder or a folder of ``.h5ad`` files.
+    """Read the sections of a HER2ST folder, a HEST folder or a folder of ``.h5ad`` files.
 
-    Returns the dataset name recorded in ``results.json`` and the sections.
+    ``names`` None means the samples with an image (HER2ST's imaged sections, HEST's
+    samples with a whole-slide image, every ``.h5ad`` file); ``["all"]`` means every
+    HER2ST section. Returns the dataset name recorded in ``results.json`` and the
+    sections.
     """
-    from gr2st.benchmark.data import section_name
-    from gr2st.io import list_her2st, read_h5ad, read_her2st
+    from gr2st.io import is_hest_folder, list_her2st, list_hest, read_h5ad, read_her2st, read_hest
+    from gr2st.sections import section_name
 
+    if is_hest_folder(root):
+        samples = list_hest(root)
+        if names is None:
+            names = samples.loc[samples["has_image"], "id"].tolist()
+            if not names:
+                raise GR2STDataError(f"{root}: no HEST sample has a whole-slide image under wsis/")
+        return root.name, [read_hest(root, n) for n in names]
+    if names is not None and list(names) == ["all"]:
+        names = None if not (root / "ST-cnts").is_dir() else list_her2st(root)["section"].tolist()
     if (root / "ST-cnts").is_dir():
         table = list_her2st(root)
         if names is None:
@@ -91,12 +195,20 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
     files = sorted(root.glob("*.h5ad"))
     if not files:
         raise GR2STDataError(
-            f"{root}: neither a HER2ST folder (ST-cnts/) nor a folder of .h5ad sections"
+            f"{root}: neither a HER2ST folder (ST-cnts/), a HEST folder (st/, metadata/) "
+            "nor a folder of .h5ad sections"
         )
-    sections = {}
+    sections: dict[str, AnnData] = {}
+    origin: dict[str, Path] = {}
     for path in files:
         adata = read_h5ad(path)
-        sections[section_name(adata)] = adata
+        name = section_name(adata)
+        if name in sections:
+            raise GR2STDataError(
+                f"{path}: section {name!r} again (also in {origin[name].name}); give each "
+                "file its own obs['section'] (or uns['spatial'] library id)"
+            )
+        sections[name], origin[name] = adata, path
     if names is None:
         return root.name, list(sections.values())
     missing = [n for n in names if n not in sections]
@@ -155,7 +267,8 @@ def benchmark_command(
         "--data",
         file_okay=False,
         metavar="DIR",
-        help="HER2ST folder or folder of .h5ad sections.",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections; 'auto': find HER2ST "
+        "or download it into data/her2st.",
     ),
     methods: str = typer.Option(
         "gr2st", "--methods", metavar="NAMES", help="Comma-separated method names, or 'all'."
@@ -164,8 +277,8 @@ def benchmark_command(
         None,
         "--profile",
         metavar="NAME",
-        help="Hyperparameter profile (e.g. reference, default); methods without it use "
-        "their own default.",
+        help="Profile of the learned methods: default (ours) or paper (as published); "
+        "knn, ridge, mean and oracle have one set of settings.",
     ),
     split: str = typer.Option(
         "section", "--split", metavar="SPLIT", help="section or patient (leave one out)."
@@ -174,10 +287,17 @@ def benchmark_command(
         None,
         "--sections",
         metavar="NAMES",
-        help="Comma-separated sections (default: all imaged ones).",
+        help="Comma-separated sections, or 'all' (default: all imaged ones).",
     ),
     encoder: str | None = typer.Option(
         None, "--encoder", metavar="NAME", help="Frozen image encoder (default efficientnet-lite0)."
+    ),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        min=1,
+        metavar="PX",
+        help="Patch side in full-resolution pixels for the features (default 224).",
     ),
     nuclei: str = typer.Option(
         "classical",
@@ -229,6 +349,14 @@ def benchmark_command(
         help="Section of the spatial-map figure (default: best).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    checkpoint_every: float = typer.Option(
+        DEFAULT_CHECKPOINT_SECONDS,
+        "--checkpoint-every",
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds between training checkpoints of a fold (0: every epoch); the end of "
+        "a fit and an interrupted one (Ctrl-C) are always saved.",
+    ),
 ) -> None:
     from gr2st.benchmark import render_table, run_benchmark
     from gr2st.encoders import (
@@ -241,8 +369,9 @@ def benchmark_command(
     from gr2st.methods.base import METHODS
 
     method_names = resolve_methods(methods)
-    root = resolve_data_dir(data)
-    dataset, adatas = load_sections(root, _split_list(sections))
+    chosen = _split_list(sections)
+    root = resolve_data_dir(data, sections=chosen, progress=progress)
+    dataset, adatas = load_sections(root, chosen)
     encoder_name = encoder or DEFAULT_ENCODER
     key = feature_key(encoder_name)
     if not _has_inputs(adatas, key, nuclei):
@@ -251,6 +380,7 @@ def benchmark_command(
         prepare_image_inputs(
             adatas,
             encoder=enc,
+            size_px=size,
             nuclei=nuclei,
             cache_dir=cache or user_cache_dir() / "features",
             progress=progress,
@@ -288,6 +418,7 @@ def benchmark_command(
         genes_label=label,
         figures=figures,
         figure_section=figure_section,
+        checkpoint_every=checkpoint_every,
     )
     console = Console()
     if not console.is_terminal:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from gr2st.errors import GR2STConfigError
 from gr2st.io import download
 
 data_app = typer.Typer(
@@ -29,6 +30,12 @@ _FETCH_HELP = "\n\n".join(
         "cscc: GEO GSE144240_RAW.tar from NCBI; the counts, spot files and images of the "
         "12 sections P2_ST_rep1..P10_ST_rep3 are extracted flat into DEST and the tar is "
         "removed. GEO publishes no checksum, so completeness is what is checked.",
+        "hest: the HEST-1k samples given with --ids (e.g. TENX95,NCBI783), from the "
+        "Hugging Face dataset MahmoodLab/hest: st/<id>.h5ad, wsis/<id>.tif, "
+        "metadata/<id>.json (and patches/<id>.h5 with --patches), checked against the "
+        "sizes and sha256 the hub lists. The dataset is gated: accept its terms on the hub "
+        "and set HF_TOKEN to a read token (or run huggingface-cli login). --mirror names "
+        "another hub endpoint. Train and benchmark on the folder with --data DEST.",
         "Interrupted downloads resume when the same command is run again; files already "
         "present and correct are skipped.",
     ]
@@ -40,31 +47,79 @@ def fetch_command(
     dataset: str = typer.Argument(
         ...,
         metavar="DATASET",
-        help="Dataset to download: " + ", ".join(download.dataset_names()) + ".",
+        help="Dataset to download: " + ", ".join(sorted([*download.dataset_names(), "hest"])) + ".",
     ),
     dest: Path = typer.Option(
         ..., "--dest", file_okay=False, help="Folder to fill; created if missing."
+    ),
+    sections: str = typer.Option(
+        "all",
+        "--sections",
+        metavar="NAMES",
+        help="Sections to fetch: all, imaged (her2st: B4, C2-C6, the benchmark's six, "
+        "27 MiB), or comma-separated names.",
     ),
     mirror: str | None = typer.Option(
         None,
         "--mirror",
         metavar="URL",
         help="Base URL holding the same files under the same relative paths, used "
-        "instead of the original host.",
+        "instead of the original host (hest: a Hugging Face hub endpoint).",
+    ),
+    ids: str | None = typer.Option(
+        None, "--ids", metavar="ID,ID", help="hest only: the sample ids to fetch."
+    ),
+    patches: bool = typer.Option(
+        False, "--patches", help="hest only: also fetch HEST's patches/<id>.h5."
+    ),
+    revision: str = typer.Option(
+        "main", "--revision", help="hest only: dataset branch, tag or commit."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download DATASET from its original public location, checking every file."""
-    manifest = download.get_manifest(dataset)
+    known = sorted([*download.dataset_names(), "hest"])
+    if dataset not in known:
+        raise GR2STConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    chosen = _sections(dataset, sections)
     root = dest.expanduser().resolve()
+    headers = None
+    if dataset == "hest":
+        sample_ids = [i.strip() for i in (ids or "").split(",") if i.strip()]
+        token = download.hf_token()
+        manifest = download.hest_manifest(
+            sample_ids, patches=patches, revision=revision, endpoint=mirror, token=token
+        )
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        mirror = None  # the manifest already points at the chosen endpoint
+    else:
+        if ids is not None or patches or revision != "main":
+            raise GR2STConfigError(f"--ids, --patches and --revision are for hest, not {dataset}")
+        manifest = download.get_manifest(dataset, sections=chosen)
     typer.echo(f"Fetching {manifest.name} into {root}")
-    report = download.fetch(manifest, root, mirror=mirror, progress=progress)
+    report = download.fetch(
+        manifest, root, mirror=mirror, progress=progress, headers=headers, log=typer.echo
+    )
     megabytes = report.bytes_downloaded / 2**20
     typer.echo(
         f"Done: {len(report.downloaded)} downloaded ({megabytes:.1f} MiB), "
         f"{len(report.skipped)} already present, {len(report.extracted)} extracted."
     )
     typer.echo(f"Use it with: gr2st benchmark --data {shlex.quote(str(report.dest))}")
+
+
+def _sections(dataset: str, spec: str) -> list[str] | None:
+    """``--sections``: None for all, the imaged HER2ST sections, or the names given."""
+    if spec.strip() == "all":
+        return None
+    if spec.strip() == "imaged":
+        if dataset != "her2st":
+            raise GR2STConfigError("--sections imaged applies to her2st only")
+        return list(download.HER2ST_IMAGED)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise GR2STConfigError("--sections: expected all, imaged or comma-separated names")
+    return names
 
 
 @data_app.command("check")

@@ -14,7 +14,8 @@ _HELP = "\n\n".join(
         "Compute the frozen image features and nuclear cell types of every spot and store "
         "them in the feature cache, where `gr2st benchmark` (same --cache) finds them.",
         "Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder "
-        "(default sections: those with an image) or a folder of .h5ad sections.",
+        "(default sections: those with an image), a HEST-1k folder or a folder of .h5ad "
+        "sections.",
         "A second run with the same settings only reads the cache; changing the encoder, "
         "patch size, stain normalisation or nuclei source computes new entries.",
     ]
@@ -32,7 +33,7 @@ def _sections(value: str | None) -> list[str] | None:
 
 def features_command(
     data: Path | None = typer.Option(
-        None, "--data", file_okay=False, help="HER2ST folder or folder of .h5ad sections."
+        None, "--data", file_okay=False, help="HER2ST, HEST or .h5ad folder."
     ),
     sections: str | None = typer.Option(
         None, "--sections", help="Comma-separated sections, e.g. B4,C2 (default: all imaged)."

@@ -6,7 +6,6 @@ import sys
 
 import typer
 
-from gr2st import __version__
 from gr2st.cli import benchmark, data, features, image, predict
 from gr2st.errors import GR2STError
 
@@ -21,14 +20,20 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"gr2st {__version__}")
+        from gr2st._utils.versions import version_report
+
+        typer.echo(version_report())
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Show the versions of gr2st, Python, torch (CUDA) and key libraries, and exit.",
     ),
 ) -> None:
     """Predict spatial gene expression from H&E histology."""

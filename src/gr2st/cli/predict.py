@@ -13,22 +13,32 @@ _TRAIN_HELP = """Train GR2ST on sections and write a self-contained bundle folde
 weights, the reference bank (training spot embeddings with their panel and all-genes
 expression) and bundle.json (encoder, patch size, stain, genes, sections, command).
 
-Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder or a
-folder of .h5ad sections. Image features are computed (and cached in --cache) with
-the chosen encoder, patch size and stain normalisation; prediction reuses them.
+Data (--data, else $GR2ST_DATA, else ../shared/data/her2st): a HER2ST folder, a
+HEST-1k folder or a folder of .h5ad sections (with raw counts). Image features are
+computed (and cached in --cache) with the chosen encoder, patch size and stain
+normalisation; prediction reuses them. With --no-progress one line per stage step
+(features, normalising, training epochs) shows where it is.
 """
 
 _PREDICT_HELP = """Predict spatial expression on a new H&E slide with a bundle.
 
 Spots come from exactly one of: --spots CSV (columns x, y in full-resolution pixels,
-optional id), --visium DIR (Space Ranger folder; measured counts kept for comparison),
---h5ad FILE (a section in gr2st's shape), or --grid (a hexagonal lattice of --pitch-um
-over the automatically detected tissue; needs the slide's microns per pixel or --mpp).
+optional id), --visium DIR (Space Ranger folder), --h5ad FILE (a section in gr2st's
+shape, any scanpy/squidpy spatial AnnData, or st/<id>.h5ad of a HEST folder; counts
+optional), --spatialdata STORE (a SpatialData zarr store), or --grid (a hexagonal
+lattice of --pitch-um over the automatically detected tissue).
+
+The resolution (µm per pixel) sets the patch size so that patches cover the training
+patches' microns: it is --mpp, else what the input gives (spot pitch, scale factors,
+HEST metadata), else the slide's metadata (OpenSlide/TIFF); when none is known the
+command stops and asks for --mpp. Spots off the detected tissue are counted in a
+warning (obs["in_tissue"]); an image without tissue, or spots none of which lies on
+it, is an error.
 
 Writes OUT.h5ad: X = predicted log-normalised expression, layers["uncertainty"] = the
 spread of the retrieved expression, obs["provenance_<section>"] = weight share of each
-training section, layers["measured"] when the input has counts, and the thumbnail in
-uns["spatial"] for scanpy.pl.spatial. --plot GENE,… draws PNG maps next to OUT.
+training section, layers["measured"] when the input has raw counts, and the thumbnail
+in uns["spatial"] for scanpy.pl.spatial. --plot GENE,… draws PNG maps next to OUT.
 """
 
 
@@ -46,13 +56,20 @@ def train_command(
         ..., "--out", file_okay=False, metavar="BUNDLE", help="Bundle folder."
     ),
     data: Path | None = typer.Option(
-        None, "--data", file_okay=False, metavar="DIR", help="HER2ST folder or .h5ad folder."
+        None,
+        "--data",
+        file_okay=False,
+        metavar="DIR",
+        help="HER2ST, HEST or .h5ad folder; 'auto': find HER2ST or download it.",
     ),
     sections: str | None = typer.Option(
-        None, "--sections", metavar="NAMES", help="Comma-separated sections (default: all)."
+        None,
+        "--sections",
+        metavar="NAMES",
+        help="Comma-separated sections, or 'all' (default: all imaged ones).",
     ),
     method: str = typer.Option("gr2st", "--method", help="Method (only gr2st is bundled)."),
-    profile: str = typer.Option("default", "--profile", help="GR2ST profile: default, reference."),
+    profile: str = typer.Option("default", "--profile", help="GR2ST profile: default or paper."),
     overrides: list[str] = typer.Option(
         [], "--set", metavar="KEY=VALUE", help="Config override, e.g. train.epochs=50; repeatable."
     ),
@@ -89,8 +106,11 @@ def train_command(
     normalizer = (
         get_stain_normalizer(stain, reference=stain_reference) if stain_reference else stain
     )
-    root = resolve_data_dir(data)
-    _, adatas = load_sections(root, _split(sections, "--sections"))
+    chosen = _split(sections, "--sections")
+    root = resolve_data_dir(data, sections=chosen, progress=progress)
+    _, adatas = load_sections(root, chosen)
+    if not progress:
+        typer.echo(f"read {len(adatas)} sections from {root}")
     start = time.perf_counter()
     folder = train_bundle(
         adatas,
@@ -108,6 +128,7 @@ def train_command(
         cache_dir=cache or user_cache_dir() / "features",
         batch_size=batch_size,
         progress=progress,
+        report=None if progress else typer.echo,
     )
     typer.echo(
         f"Trained on {len(adatas)} sections in {time.perf_counter() - start:.1f} s; "
@@ -128,12 +149,29 @@ def predict_command(
         None, "--visium", file_okay=False, metavar="DIR", help="Space Ranger output folder."
     ),
     h5ad: Path | None = typer.Option(
-        None, "--h5ad", dir_okay=False, metavar="FILE", help="Section in gr2st's shape."
+        None,
+        "--h5ad",
+        dir_okay=False,
+        metavar="FILE",
+        help="Spatial AnnData: gr2st's shape, scanpy/squidpy, or HEST st/<id>.h5ad.",
+    ),
+    spatialdata: Path | None = typer.Option(
+        None, "--spatialdata", metavar="STORE", help="SpatialData zarr store (gr2st[spatialdata])."
     ),
     grid: bool = typer.Option(False, "--grid", help="Hexagonal grid over the detected tissue."),
     pitch_um: float = typer.Option(100.0, "--pitch-um", min=0.0, help="Grid pitch in microns."),
     mpp: float | None = typer.Option(
-        None, "--mpp", min=0.0, help="Microns per pixel (overrides the slide's metadata)."
+        None,
+        "--mpp",
+        min=0.0,
+        help="Microns per pixel of the slide; sets the patch size (patches cover the "
+        "bundle's training microns). Default: from the input, else the slide's metadata.",
+    ),
+    library: str | None = typer.Option(
+        None, "--library", metavar="ID", help="uns['spatial'] library (or SpatialData table)."
+    ),
+    platform: str | None = typer.Option(
+        None, "--platform", help="visium or st, when the input does not tell (spot geometry)."
     ),
     genes: str = typer.Option("panel", "--genes", help="panel, all, or GENE,GENE,…"),
     plot: str | None = typer.Option(None, "--plot", metavar="GENES", help="Genes to draw as PNG."),
@@ -155,50 +193,38 @@ def predict_command(
         "thread).",
     ),
 ) -> None:
-    from gr2st.image import open_slide
     from gr2st.image.workers import default_workers
-    from gr2st.io import read_h5ad, read_visium
-    from gr2st.predict import (
-        grid_spots,
-        load_bundle,
-        plot_genes,
-        predict_spots,
-        read_spots_csv,
-        resolve_image,
-        spots_from_section,
-        write_prediction,
-    )
-    from gr2st.predict.spots import THUMBNAIL_PX
+    from gr2st.predict import load_bundle, load_query, plot_genes, predict_spots, write_prediction
 
-    chosen = [name for name, v in (("--spots", spots), ("--visium", visium), ("--h5ad", h5ad))
-              if v is not None] + (["--grid"] if grid else [])  # fmt: skip
-    if len(chosen) != 1:
-        raise GR2STConfigError(
-            f"give exactly one of --spots, --visium, --h5ad, --grid (got {chosen or 'none'})"
-        )
     if out.suffix != ".h5ad":
         raise GR2STConfigError(f"--out {out}: expected a .h5ad file name")
     plot_genes_list = _split(plot, "--plot") or []
     bundle = load_bundle(model, device=device)
+    chosen_genes = bundle.resolve_genes(genes)
+    unknown = [g for g in plot_genes_list if g not in chosen_genes]
+    if unknown:
+        raise GR2STConfigError(
+            f"--plot: {unknown} are not among the predicted genes ({len(chosen_genes)} with "
+            f"--genes {genes}); choose them with --genes"
+        )
     start = time.perf_counter()
-    thumbnail = None
-    if spots is not None:
-        query = read_spots_csv(spots)
-    elif visium is not None:
-        query = spots_from_section(read_visium(visium, image=image), source="visium")
-    elif h5ad is not None:
-        query = spots_from_section(read_h5ad(h5ad), source="h5ad")
-    else:
-        if image is None:
-            raise GR2STConfigError("--grid needs --image SLIDE")
-        with open_slide(image) as slide:
-            thumbnail = slide.thumbnail(THUMBNAIL_PX)
-            query = grid_spots(slide, pitch_um=pitch_um, mpp=mpp, thumbnail=thumbnail)
+    query, slide, thumbnail = load_query(
+        spots=spots,
+        visium=visium,
+        h5ad=h5ad,
+        spatialdata=spatialdata,
+        grid=grid,
+        image=image,
+        mpp=mpp,
+        pitch_um=pitch_um,
+        library_id=library,
+        platform=platform,
+    )
     pred = predict_spots(
         bundle,
-        resolve_image(query, image),
+        slide,
         query,
-        genes=genes,
+        genes=chosen_genes,
         mpp=mpp,
         batch_size=batch_size,
         thumbnail=thumbnail,

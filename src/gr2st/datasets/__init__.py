@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gr2st.datasets.synthetic import synthetic, write_her2st_layout
+from gr2st.datasets.synthetic import synthetic, write_her2st_layout, write_hest_layout
 
-__all__ = ["synthetic", "write_her2st_layout"]
+__all__ = ["synthetic", "write_her2st_layout", "write_hest_layout"]

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from PIL import Image
 from scipy.ndimage import gaussian_filter, zoom
+from scipy.spatial import cKDTree
 from skimage.draw import ellipse
 
 from gr2st._constants import (
@@ -56,6 +57,8 @@ def synthetic(
     n_states: int = 3,
     signal: float = 1.5,
     pitch_px: int = 48,
+    state_scale: float = 1.5,
+    depth: float = 40.0,
     image_dir: str | Path | None = None,
     seed: int = 0,
 ) -> list[AnnData]:
@@ -77,6 +80,11 @@ def synthetic(
         Strength of the state → expression link (log-fold scale); 0 gives pure noise.
     pitch_px
         Distance between neighbouring spot centres in image pixels.
+    state_scale
+        Spatial scale, in spots, of the latent state's patches (the smoothing width of
+        the random fields they come from); smaller values mix states more finely.
+    depth
+        Median total count of a spot (sequencing depth): lower means noisier counts.
     image_dir
         Folder where one PNG per section is written; ``None`` writes no image.
     seed
@@ -104,13 +112,13 @@ def synthetic(
     loadings = rng.normal(0.0, 1.0, (n_states, n_genes)) * strength
     out = []
     for s in range(n_sections):
-        states = _latent_states(rng, grid, n_states)
+        states = _latent_states(rng, grid, n_states, state_scale)
         rows, cols = np.indices(grid)
         ax, ay = cols.ravel() + 1, rows.ravel() + 1
         px = _MARGIN_PX + (ax - 1) * pitch_px + rng.normal(0, 0.5, ax.size)
         py = _MARGIN_PX + (ay - 1) * pitch_px + rng.normal(0, 0.5, ay.size)
         state = states.ravel()
-        library = rng.lognormal(np.log(40.0), 0.3, state.size)
+        library = rng.lognormal(np.log(depth), 0.3, state.size)
         rate = np.exp(base[None, :] + loadings[state]) * library[:, None] / n_genes
         # Gamma-Poisson (negative binomial, dispersion 5) counts.
         counts = rng.poisson(rng.gamma(5.0, rate / 5.0))
@@ -154,9 +162,11 @@ def synthetic(
     return out
 
 
-def _latent_states(rng: np.random.Generator, grid: tuple[int, int], n_states: int) -> np.ndarray:
+def _latent_states(
+    rng: np.random.Generator, grid: tuple[int, int], n_states: int, scale: float
+) -> np.ndarray:
     fields = np.stack(
-        [gaussian_filter(rng.normal(size=grid), sigma=1.5, mode="wrap") for _ in range(n_states)]
+        [gaussian_filter(rng.normal(size=grid), sigma=scale, mode="wrap") for _ in range(n_states)]
     )
     return np.asarray(fields.argmax(axis=0), dtype=np.int64)
 
@@ -242,4 +252,95 @@ def write_her2st_layout(sections: list[AnnData], root: str | Path) -> Path:
             dest = root / "ST-imgs" / name[0] / name / f"{name}.jpg"
             with atomic_path(dest) as tmp:
                 Image.open(image_path).convert("RGB").save(tmp, format="JPEG", quality=95)
+    return root
+
+
+def write_hest_layout(sections: list[AnnData], root: str | Path) -> Path:
+    """Write sections in the HEST-1k folder layout (for end-to-end tests).
+
+    Per section ``S`` (its ``obs["section"]``): ``st/S.h5ad`` (a scanpy spatial AnnData
+    as HEST stores it: raw counts, ``obs`` ``in_tissue``, ``array_col``, ``array_row``,
+    ``pxl_col_in_fullres``, ``pxl_row_in_fullres``, ``obsm["spatial"]`` and
+    ``uns["spatial"]["ST"]`` with a downscaled image and its scale factors),
+    ``wsis/S.tif`` (the section's image as a tiled TIFF with its resolution) and
+    ``metadata/S.json`` (``pixel_size_um_estimated``, ``spot_diameter``,
+    ``inter_spot_dist``, ``patient``, ``dataset_title`` ``"synthetic"``). Every section
+    needs an image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> secs = synthetic(n_sections=1, n_genes=5, grid=(3, 3), image_dir=tempfile.mkdtemp())
+    >>> root = write_hest_layout(secs, tempfile.mkdtemp())
+    >>> sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*"))
+    ['metadata/S0.json', 'st/S0.h5ad', 'wsis/S0.tif']
+    """
+    import json
+
+    import tifffile
+
+    root = Path(root)
+    for adata in sections:
+        name = str(adata.obs[SECTION].iloc[0])
+        meta = adata.uns[UNS]
+        if meta[IMAGE_PATH] is None:
+            raise ValueError(f"section {name}: write_hest_layout needs an image")
+        mpp = float(meta[MICRONS_PER_PIXEL])
+        with Image.open(meta[IMAGE_PATH]) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        xy = np.asarray(adata.obsm[SPATIAL], dtype=float)
+        scale = 0.5
+        thumb = np.asarray(
+            Image.fromarray(pixels).resize(
+                (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+            )
+        )
+        st = AnnData(
+            X=sp.csr_matrix(adata.X),
+            obs=pd.DataFrame(
+                {
+                    "in_tissue": 1,
+                    "array_col": adata.obs[ARRAY_X].to_numpy(),
+                    "array_row": adata.obs[ARRAY_Y].to_numpy(),
+                    "pxl_col_in_fullres": xy[:, 0],
+                    "pxl_row_in_fullres": xy[:, 1],
+                },
+                index=adata.obs_names,
+            ),
+            var=pd.DataFrame(index=adata.var_names),
+        )
+        st.obsm[SPATIAL] = xy
+        st.uns["spatial"] = {
+            "ST": {
+                "images": {"downscaled_fullres": thumb},
+                "scalefactors": {
+                    "tissue_downscaled_fullres_scalef": scale,
+                    "spot_diameter_fullres": float(meta[SPOT_DIAMETER_PX]),
+                },
+            }
+        }
+        with atomic_path(root / "st" / f"{name}.h5ad") as tmp:
+            st.write_h5ad(tmp)
+        with atomic_path(root / "wsis" / f"{name}.tif") as tmp:
+            tifffile.imwrite(
+                tmp,
+                pixels,
+                photometric="rgb",
+                tile=(64, 64),
+                resolution=(1e4 / mpp, 1e4 / mpp),
+                resolutionunit="CENTIMETER",
+            )
+        pitch = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1])) if len(xy) > 1 else 0.0
+        record = {
+            "id": name,
+            "dataset_title": "synthetic",
+            "patient": str(adata.obs[PATIENT].iloc[0]),
+            "st_technology": "synthetic",
+            "pixel_size_um_estimated": mpp,
+            "spot_diameter": float(meta[SPOT_DIAMETER_PX]) * mpp,
+            "inter_spot_dist": pitch * mpp,
+            "spots_under_tissue": adata.n_obs,
+        }
+        with atomic_path(root / "metadata" / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
     return root

@@ -8,7 +8,7 @@ Input normalisation: the Lite models were trained by TensorFlow's EfficientNet-L
 with ``MEAN_RGB = 127`` and ``STDDEV_RGB = 128`` (inputs in about [-1, 1]), not with the
 ImageNet mean/std of the full EfficientNets. Checked empirically as well: with
 ``(x - 127) / 128`` the stem convolution's outputs on natural photographs match the running
-statistics of the batch-norm that follows (median |log variance ratio| 0.36-0.57 for
+statistics of the batch-norm that follows (median absolute log variance ratio 0.36-0.57 for
 Lite0/1/2) while ImageNet mean/std inflates their variance about 3.7-fold (1.30-1.31); and
 Lite0 and Lite2 classify scikit-image's ``chelsea`` (cat) and ``coffee`` photographs with
 lower entropy under it.
@@ -23,10 +23,7 @@ version into the user cache (``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st`
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +33,8 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from gr2st._utils.files import atomic_path, sha256_file
+from gr2st._utils.files import atomic_path, sha256_file, user_cache_dir
+from gr2st._utils.optional import available, require
 from gr2st._utils.seed import resolve_device
 from gr2st.encoders.base import ENCODERS, Encoder, to_float_nchw
 from gr2st.errors import GR2STConfigError
@@ -54,29 +52,19 @@ _VARIANTS: dict[str, tuple[str, str, int]] = {
 _MEAN, _STD = 127.0, 128.0
 _FEATURE_DIM = 1280
 _ONNX_OPSET = 17
-
-
-def user_cache_dir() -> Path:
-    """gr2st's per-user cache folder (exported ONNX graphs).
-
-    ``$GR2ST_CACHE_DIR``, else ``$XDG_CACHE_HOME/gr2st``, else ``~/.cache/gr2st``.
-    """
-    if env := os.environ.get("GR2ST_CACHE_DIR"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "gr2st"
+# onnx exports the graph, onnxruntime runs it.
+_ONNX_MODULES = ("onnxruntime", "onnx")
 
 
 def weights_file(model: str) -> Path:
     """Path of the installed ``.pth`` weights of an EfficientNet-Lite variant."""
     package, accessor, _ = _VARIANTS[model]
-    try:
-        module = importlib.import_module(package)
-    except ImportError as err:
-        raise GR2STConfigError(
-            f"encoder {model!r} needs the package {package.replace('_', '-')} "
-            f"(pip install {package.replace('_', '-')})"
-        ) from err
+    module = require(
+        package,
+        feature=f"the {model} encoder",
+        extra=None if model == "efficientnet-lite0" else "lite12",
+        package=package.replace("_", "-"),
+    )
     path = Path(getattr(module, accessor).get_model_file_path())
     if not path.is_file():
         raise GR2STConfigError(f"encoder {model!r}: weights file {path} is missing")
@@ -179,12 +167,12 @@ class EfficientNetLite(Encoder):
     def _resolve_backend(self, backend: str) -> str:
         if backend not in ("auto", "torch", "onnx"):
             raise GR2STConfigError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
-        has_ort = importlib.util.find_spec("onnxruntime") is not None
+        has_ort = all(available(m) for m in _ONNX_MODULES)
         if backend == "auto":
             return "onnx" if has_ort and self.device.type == "cpu" else "torch"
         if backend == "onnx":
-            if not has_ort:
-                raise GR2STConfigError("backend='onnx' needs onnxruntime (pip install gr2st[onnx])")
+            for module in _ONNX_MODULES:
+                require(module, feature="backend='onnx'", extra="onnx")
             if self.device.type != "cpu":
                 raise GR2STConfigError(f"backend='onnx' runs on CPU only, got device {self.device}")
         return backend

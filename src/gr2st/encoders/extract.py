@@ -39,10 +39,12 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from gr2st._constants import (
+    DEFAULT_ENCODER,
+    DEFAULT_NUCLEI,
+    DEFAULT_STAIN,
     IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATCHES,
-    SECTION,
     SPATIAL,
     UNS,
     feature_key,
@@ -66,12 +68,10 @@ from gr2st.image.patches import iter_patches, patch_size_px
 from gr2st.image.slide import Slide, open_slide
 from gr2st.image.stain import StainNormalizer, get_stain_normalizer
 from gr2st.image.workers import NucleiJob, PatchWorkers, SlideSource
+from gr2st.sections import section_label
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "efficientnet-lite0"
-DEFAULT_STAIN = "reinhard"
-DEFAULT_NUCLEI = "classical"
 
 # Bump when the way features are computed from patches changes (not the encoder itself).
 _FEATURES_VERSION = 1
@@ -120,17 +120,10 @@ class SectionReport:
 # ----------------------------------------------------------------- section helpers
 
 
-def section_name(adata: AnnData) -> str:
-    """The section id of ``adata`` (``obs[SECTION]``), or ``"section"`` when absent."""
-    if SECTION in adata.obs and adata.n_obs:
-        return str(adata.obs[SECTION].iloc[0])
-    return "section"
-
-
 def image_path(adata: AnnData) -> Path:
     """The H&E image of ``adata`` (``uns[UNS][IMAGE_PATH]``), checked to exist."""
     path = adata.uns.get(UNS, {}).get(IMAGE_PATH)
-    name = section_name(adata)
+    name = section_label(adata)
     if not path:
         raise GR2STDataError(
             f"section {name}: uns[{UNS!r}][{IMAGE_PATH!r}] is empty; image features need the "
@@ -145,11 +138,11 @@ def image_path(adata: AnnData) -> Path:
 def spot_centers(adata: AnnData) -> np.ndarray:
     """``obsm[SPATIAL]`` as a C-contiguous float64 ``(n_obs, 2)`` array."""
     if SPATIAL not in adata.obsm:
-        raise GR2STDataError(f"section {section_name(adata)}: obsm[{SPATIAL!r}] is missing")
+        raise GR2STDataError(f"section {section_label(adata)}: obsm[{SPATIAL!r}] is missing")
     centers = np.ascontiguousarray(adata.obsm[SPATIAL], dtype=np.float64)
     if centers.shape != (adata.n_obs, 2):
         raise GR2STDataError(
-            f"section {section_name(adata)}: obsm[{SPATIAL!r}] must have shape "
+            f"section {section_label(adata)}: obsm[{SPATIAL!r}] must have shape "
             f"({adata.n_obs}, 2), got {centers.shape}"
         )
     return centers
@@ -267,7 +260,7 @@ class _PatchNuclei:
         mpp = adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL)
         if mpp is None:
             warnings.warn(
-                f"section {section_name(adata)}: uns[{UNS!r}][{MICRONS_PER_PIXEL!r}] is not "
+                f"section {section_label(adata)}: uns[{UNS!r}][{MICRONS_PER_PIXEL!r}] is not "
                 f"set; nuclei sizes assume {ASSUMED_MPP} µm/px",
                 stacklevel=4,
             )
@@ -352,7 +345,7 @@ def _one_pass(
         slide, spot_centers(adata), size_px=size, batch_size=batch_size, stain=stain, prefetch=True
     )
     parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
-    desc = f"{section_name(adata)} {' + '.join(parts)}"
+    desc = f"{section_label(adata)} {' + '.join(parts)}"
     with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
         for indices, batch in patches:
             if encoder is not None and features is not None:
@@ -392,7 +385,7 @@ def _pool_pass(
         keep_patches=encoder is not None,
     )
     parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
-    desc = f"{section_name(adata)} {' + '.join(parts)}"
+    desc = f"{section_label(adata)} {' + '.join(parts)}"
     with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
         for batch in batches:
             if encoder is not None and features is not None:
@@ -490,7 +483,7 @@ def extract_features(
             features = _one_pass(adata, slide, **options)
         assert features is not None
         if cache is not None:
-            cache.save(section_name(adata), "features", key, {"features": features})
+            cache.save(section_label(adata), "features", key, {"features": features})
     adata.obsm[feature_key(enc.name)] = features
     return features
 
@@ -575,7 +568,7 @@ def prepare_image_inputs(
             finally:
                 pixels.done(image)
             report = SectionReport(
-                section=section_name(plan.adata),
+                section=section_label(plan.adata),
                 n_spots=plan.adata.n_obs,
                 wait_s=wait,
                 encode_s=times.encode_s,
@@ -664,7 +657,7 @@ def _cached_features(
 ) -> np.ndarray | None:
     if cache is None:
         return None
-    hit = cache.load(section_name(adata), "features", key, n_rows=adata.n_obs)
+    hit = cache.load(section_label(adata), "features", key, n_rows=adata.n_obs)
     return None if hit is None else hit["features"]
 
 
@@ -673,14 +666,14 @@ def _cached_nuclei(
 ) -> NucleiTable | None:
     if cache is None:
         return None
-    hit = cache.load(section_name(adata), "nuclei", key)
+    hit = cache.load(section_label(adata), "nuclei", key)
     if hit is None:
         return None
     try:
         return _table_from_arrays(hit)
     except (ValueError, TypeError) as err:
         log.warning(
-            "ignoring cached nuclei of section %s (%s); recomputing", section_name(adata), err
+            "ignoring cached nuclei of section %s (%s); recomputing", section_label(adata), err
         )
         return None
 
@@ -740,7 +733,7 @@ def _run(
     batch_size: int,
     progress: bool,
 ) -> _PassTimes:
-    adata, name, times = plan.adata, section_name(plan.adata), _PassTimes()
+    adata, name, times = plan.adata, section_label(plan.adata), _PassTimes()
     features, table = plan.features, plan.nuclei
     measure = None
     if plan.nuclei_key is not None and table is None and plan.results is None:
@@ -832,7 +825,7 @@ def extract_patches(
     normalizer = resolve_stain(stain)
     cache = ArrayCache(cache_dir) if cache_dir is not None else None
     for adata in adatas:
-        name = section_name(adata)
+        name = section_label(adata)
         size = _patch_px(adata, size_px, patch_um)
         key = {"kind": "patches", "out_px": out_px, **_image_key(adata, size, normalizer)}
         hit = None if cache is None else cache.load(name, "patches", key, n_rows=adata.n_obs)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gr2st._utils.files import sha256_file
+from gr2st._utils.optional import require
 from gr2st._utils.seed import resolve_device
 from gr2st.encoders.base import ENCODERS, Encoder
 from gr2st.errors import GR2STConfigError
@@ -191,6 +192,7 @@ class HFEncoder(Encoder):
         return {**super().describe(), "pooling": self.pooling}
 
     def _load(self, ref: str, revision: str | None) -> tuple[Any, Any, Path]:
+        require("transformers", feature="the hf: encoder", extra="hf")
         from transformers import AutoImageProcessor, AutoModel
         from transformers.utils import cached_file
 

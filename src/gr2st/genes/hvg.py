@@ -8,9 +8,11 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
+from gr2st._utils.optional import require
 from gr2st.errors import GR2STConfigError
 from gr2st.genes.panels import common_genes
-from gr2st.io._validate import as_counts, section_label
+from gr2st.io._validate import as_counts
+from gr2st.sections import section_label
 
 _FLAVORS = ("seurat", "cell_ranger")
 
@@ -71,7 +73,7 @@ def hvg_panel(
     True
     """
     # scanpy takes ~2 s to import; only HVG selection and the Visium reader need it.
-    import scanpy as sc
+    sc = require("scanpy", feature="hvg_panel (highly variable genes)", extra="scanpy")
 
     if not sections:
         raise GR2STConfigError("hvg_panel needs at least one (training) section")

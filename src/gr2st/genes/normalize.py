@@ -20,10 +20,11 @@ import scipy.sparse as sp
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from gr2st._constants import COUNTS_LAYER, UNS, ZERO_PANEL_SPOTS
+from gr2st._constants import COUNTS_LAYER, HAS_COUNTS, UNS, ZERO_PANEL_SPOTS
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes.panels import check_genes
-from gr2st.io._validate import as_counts, examples, section_label
+from gr2st.io._validate import as_counts, examples
+from gr2st.sections import section_label
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def prepare_section(
     genes: Sequence[str],
     library_genes: Sequence[str] | None = None,
     scale: float = SCALE,
+    log_dropped: bool = True,
 ) -> AnnData:
     """Restrict a section to ``genes`` and log-normalise it for the benchmark methods.
 
@@ -90,6 +92,9 @@ def prepare_section(
         Genes whose counts sum to each spot's library size; default: ``genes``.
     scale
         Target library size.
+    log_dropped
+        Log a warning naming the spots dropped for a zero library (False when the same
+        section is prepared again with the same library genes).
 
     Returns
     -------
@@ -123,6 +128,11 @@ def prepare_section(
             problem = f"repeats {examples(dup)}" if dup else "is empty"
             raise GR2STConfigError(f"{what} {problem}; expected a list of distinct genes")
     name = section_label(adata)
+    if adata.uns.get(UNS, {}).get(HAS_COUNTS) is False:
+        raise GR2STDataError(
+            f"{name}: the section holds no raw counts (read for prediction only); training "
+            "and scoring need raw integer counts"
+        )
     check_genes(adata, dict.fromkeys([*genes, *lib_genes]), source=name)
     library = np.asarray(as_counts(adata[:, lib_genes].X, source=name).sum(axis=1)).ravel()
     zero = library == 0
@@ -132,7 +142,7 @@ def prepare_section(
             "library genes; nothing to normalise"
         )
     zero_ids = adata.obs_names[zero].tolist()
-    if zero_ids:
+    if zero_ids and log_dropped:
         log.warning(
             "%s: dropped %d spot(s) with zero counts over the %d library genes: %s",
             name,
@@ -156,6 +166,7 @@ def prepare_sections(
     library_genes: Sequence[str] | None = None,
     scale: float = SCALE,
     progress: bool = True,
+    log_dropped: bool = True,
 ) -> list[AnnData]:
     """:func:`prepare_section` for each section (same genes and library genes for all).
 
@@ -168,6 +179,8 @@ def prepare_sections(
     [(4, 2), (4, 2)]
     """
     return [
-        prepare_section(adata, genes=genes, library_genes=library_genes, scale=scale)
+        prepare_section(
+            adata, genes=genes, library_genes=library_genes, scale=scale, log_dropped=log_dropped
+        )
         for adata in tqdm(sections, desc="normalising", unit="section", disable=not progress)
     ]

@@ -26,6 +26,15 @@ SPATIAL_DENSE_MAX = 256
 FUNCTIONAL_BLOCK = 1 << 22
 
 
+def _check_positions(pos: Tensor, k: int) -> None:
+    if pos.dim() != 2 or pos.shape[0] == 0:
+        raise GR2STDataError(
+            f"pos: expected a non-empty (N, D) tensor, got shape {tuple(pos.shape)}"
+        )
+    if k < 1:
+        raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
+
+
 def _rows_to_edge_index(neighbours: Tensor) -> Tensor:
     """``(N, k)`` neighbour table → ``(2, N*k)`` edges ``[i, neighbours[i, m]]``, row-major."""
     n, k = neighbours.shape
@@ -97,12 +106,7 @@ def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     tensor([[0, 0, 1, 1, 2, 2],
             [0, 1, 1, 0, 2, 1]])
     """
-    if pos.dim() != 2 or pos.shape[0] == 0:
-        raise GR2STDataError(
-            f"pos: expected a non-empty (N, D) tensor, got shape {tuple(pos.shape)}"
-        )
-    if k < 1:
-        raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
+    _check_positions(pos, k)
     pos = pos.to(torch.float64)
     k = min(k, pos.shape[0])
     if pos.shape[0] <= SPATIAL_DENSE_MAX:
@@ -110,6 +114,55 @@ def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     if not bool(torch.isfinite(pos).all()):
         raise GR2STDataError("pos: expected finite spot positions, found NaN or infinity")
     return _rows_to_edge_index(_nearest_kdtree(pos, k))
+
+
+def pruned_knn_graph(pos: Tensor, *, k: int, max_distance: float | None = None) -> Tensor:
+    """Each spot's ``k`` nearest *other* spots, optionally only those within ``max_distance``.
+
+    The graph of the published pixel baselines (``calcADJ`` of Hist2ST, HGGEP and
+    THItoGene): Hist2ST and HGGEP keep a spot's 4 or 8 nearest spots at most 2 array
+    steps away (``pruneTag="Grid"``), THItoGene its 4 nearest (no pruning). Inside the
+    tissue that is the 4- or 8-neighbourhood; at its border a spot with fewer grid
+    neighbours also links to diagonal or two-step spots, and the graph is not
+    symmetric there. Ties are broken by the lower spot index (the published
+    ``argsort`` leaves them to numpy's sort).
+
+    Parameters
+    ----------
+    pos
+        ``(N, 2)`` array coordinates.
+    k
+        Neighbours per spot before pruning; clamped to ``N - 1``.
+    max_distance
+        Keep only neighbours at most this far (Euclidean); ``None`` keeps all ``k``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(2, E)`` long edges ``[i, j]``: spot ``i`` chose spot ``j``, nearest first.
+        Message passing *into* ``i`` from its choices needs ``edge_index.flip(0)``.
+
+    Examples
+    --------
+    >>> pos = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 5]])
+    >>> pruned_knn_graph(pos, k=2, max_distance=2.0)
+    tensor([[0, 0, 1, 1, 2, 2],
+            [1, 2, 0, 2, 1, 0]])
+    """
+    _check_positions(pos, k)
+    n = pos.shape[0]
+    p = pos.to(torch.float64)
+    dist2 = (p[:, None, :] - p[None, :, :]).square().sum(-1)
+    dist2.fill_diagonal_(float("inf"))
+    k = min(k, n - 1)
+    if k == 0:
+        return torch.zeros((2, 0), dtype=torch.long, device=pos.device)
+    order = torch.sort(dist2, dim=1, stable=True).indices[:, :k]
+    edges = _rows_to_edge_index(order)
+    if max_distance is not None:
+        keep = dist2[edges[0], edges[1]] <= max_distance**2
+        edges = edges[:, keep]
+    return edges
 
 
 @torch.no_grad()

@@ -33,16 +33,17 @@ def contact_sheet(
     stain: StainNormalizer | None = None,
     tile_px: int = 160,
     spot_diameter_px: float | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Write a grid of ``n`` spot patches, each titled with its spot id, as a PNG.
 
-    The spots are taken evenly spaced through ``centers`` (all of them when ``n`` is
-    larger). Each ``size_px`` patch is resized to ``tile_px`` and marked with a red
-    cross on its centre pixel (and, given ``spot_diameter_px``, a cyan circle of the
-    spot's size). The sheet is ``cols * tile_px`` wide and
-    ``HEADER_PX + rows * (tile_px + LABEL_PX)`` high, with ``cols = ceil(sqrt(k))`` and
-    ``rows = ceil(k / cols)`` for ``k`` shown spots; the header names the image, patch
-    size and stain normaliser. Written atomically.
+    The spots are taken evenly spaced through ``centers``, or at random with ``seed``
+    (shown in their input order; all of them when ``n`` is larger). Each ``size_px``
+    patch is resized to ``tile_px`` and marked with a red cross on its centre pixel
+    (and, given ``spot_diameter_px``, a cyan circle of the spot's size). The sheet is
+    ``cols * tile_px`` wide and ``HEADER_PX + rows * (tile_px + LABEL_PX)`` high, with
+    ``cols = ceil(sqrt(k))`` and ``rows = ceil(k / cols)`` for ``k`` shown spots; the
+    header names the image, patch size and stain normaliser. Written atomically.
 
     Parameters
     ----------
@@ -64,6 +65,8 @@ def contact_sheet(
         Side of each drawn patch.
     spot_diameter_px
         Spot diameter in full-resolution pixels, drawn as a circle when given.
+    seed
+        Choose the spots at random with this seed instead of evenly spaced.
 
     Returns
     -------
@@ -88,7 +91,11 @@ def contact_sheet(
         raise GR2STDataError(f"got {len(labels)} spot labels for {len(points)} spot centres")
     if len(points) == 0:
         raise GR2STDataError("no spots to draw")
-    chosen = np.unique(np.linspace(0, len(points) - 1, min(n, len(points))).round().astype(int))
+    k = min(n, len(points))
+    if seed is None:
+        chosen = np.unique(np.linspace(0, len(points) - 1, k).round().astype(int))
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(points), size=k, replace=False))
     opened = slide if isinstance(slide, Slide) else open_slide(slide)
     try:
         ((_, patches),) = iter_patches(

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from gr2st._utils.files import sha256_file
+from gr2st._utils.optional import available, require
 from gr2st.errors import GR2STDataError
 
 PILLOW_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -271,6 +272,16 @@ def pillow_pixels(path: str | Path) -> np.ndarray:
 
 
 def _open_tiff(path: Path) -> Slide:
+    if not available("openslide"):
+        # Without OpenSlide (the [wsi] extra) plain TIFFs still read through tifffile.
+        try:
+            return _TiffSlide(path)
+        except _UndecodableError as err:
+            try:
+                return _PillowSlide(path)
+            except GR2STDataError:
+                _require_openslide(f"decoding the TIFF {path} ({err})")
+            raise GR2STDataError(f"{path}: cannot decode this TIFF ({err})") from None
     import openslide
 
     vendor = openslide.OpenSlide.detect_format(str(path))
@@ -461,9 +472,13 @@ class _TiffSlide(Slide):
         self._tif.close()
 
 
+def _require_openslide(feature: str) -> Any:
+    return require("openslide", feature=feature, extra="wsi", package="openslide-python")
+
+
 class _OpenSlideSlide(Slide):
     def __init__(self, path: Path) -> None:
-        import openslide
+        openslide = _require_openslide(f"reading {path.suffix} slides ({path.name})")
 
         super().__init__(path)
         try:

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
+    HAS_COUNTS,
     IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATIENT,
@@ -53,19 +54,6 @@ def examples(items: Iterable[Any], n: int = _N_EXAMPLES) -> str:
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (for wrapping it in a GR2STDataError)."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def section_label(adata: AnnData) -> str:
-    """The section's name (``obs["section"]``) for messages, or ``"section"``.
-
-    Examples
-    --------
-    >>> section_label(AnnData(np.zeros((0, 1))))
-    'section'
-    """
-    if SECTION in adata.obs and adata.n_obs:
-        return str(adata.obs[SECTION].iloc[0])
-    return "section"
 
 
 def require_file(path: str | Path, *, what: str) -> Path:
@@ -348,7 +336,8 @@ def validate_section(adata: AnnData, *, source: str | Path) -> None:
 
     Checks, in order: required ``obs``/``obsm``/``uns`` fields (all missing ones are
     listed in one message), at least one spot and one gene, unique spot ids and gene
-    names, raw integer counts in ``X``, a single section and patient, finite grid
+    names, raw integer counts in ``X`` (unless ``uns["gr2st"]["has_counts"]`` is False:
+    a section read for prediction only), a single section and patient, finite grid
     coordinates and spot centres, a positive spot diameter and resolution, and, when
     the section has an image, that the image is readable and every spot centre lies
     inside it.
@@ -393,7 +382,8 @@ def validate_section(adata: AnnData, *, source: str | Path) -> None:
             f"{source}: duplicate gene name(s) {examples(dup_genes.unique())}; "
             "expected unique var_names"
         )
-    as_counts(adata.X, source=source)
+    if meta.get(HAS_COUNTS, True):
+        as_counts(adata.X, source=source)
     for key in (SECTION, PATIENT):
         values = adata.obs[key].astype(str).unique()
         if len(values) != 1:

@@ -11,7 +11,7 @@ The ``GSM<id>_`` prefix is optional and files may be decompressed (``.tsv``). Ge
 columns are gene symbols, the names the published cSCC benchmark panel
 (``cscc-171``) uses; a table keyed by Ensembl ids loads as-is, and a later panel
 check then names the symbols it lacks. The spot geometry follows the ST array (see
-:mod:`gr2st.io.her2st`).
+:mod:`gr2st.io.st`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from anndata import AnnData
 
 from gr2st.errors import GR2STDataError
 from gr2st.io._validate import examples
-from gr2st.io.her2st import read_st
+from gr2st.io.st import read_st_legacy
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def read_cscc(root: str | Path, section: str) -> AnnData:
     Returns
     -------
     AnnData
-        One section in gr2st's shape (see :func:`gr2st.io.her2st.read_st`);
+        One section in gr2st's shape (see :func:`gr2st.io.st.read_st_legacy`);
         ``source_format`` is ``"cscc"`` and ``image_path`` is ``None`` when the
         section's ``.jpg`` is absent.
 
@@ -56,7 +56,7 @@ def read_cscc(root: str | Path, section: str) -> AnnData:
     ------
     GR2STDataError
         Unknown section name, missing or ambiguous file, or any problem found by
-        :func:`gr2st.io.her2st.read_st`.
+        :func:`gr2st.io.st.read_st_legacy`.
 
     Examples
     --------
@@ -90,7 +90,7 @@ def read_cscc(root: str | Path, section: str) -> AnnData:
             f"{examples(known, n=12) if known else 'none'}"
         )
     image = _find(root, rf"^(?:GSM\d+_)?{name}\.jpg$", what="image")
-    adata = read_st(
+    adata = read_st_legacy(
         counts,
         spots,
         section=section,

@@ -27,12 +27,27 @@ Two datasets are known (see :func:`dataset_names`):
     publishes no checksum for the tar, so only the presence of all 36 files is checked;
     the tar is removed after a successful extraction.
 
+``hest``
+    HEST-1k samples (Jaume et al., NeurIPS 2024) chosen by id, from the Hugging Face
+    dataset ``MahmoodLab/hest`` (gated: accept its terms on the hub, then give a read
+    token in ``$HF_TOKEN`` or log in with ``huggingface-cli login``). Per id the files
+    ``st/<id>.h5ad``, ``wsis/<id>.tif``, ``metadata/<id>.json`` (and, on request,
+    ``patches/<id>.h5``) land under the same sub-paths, the layout
+    :func:`gr2st.io.read_hest` reads. Sizes and hashes (sha256 of large files, git blob
+    id of small ones) come from the hub's ``paths-info`` API for the chosen revision
+    (one request); see :func:`hest_manifest`. The token is sent to the hub only, not
+    to the storage host its downloads redirect to.
+
 Every transfer goes to ``<file>.part`` first, resumes an interrupted ``.part`` with an
 HTTP ``Range`` request, and is renamed to its final name only after its size and hashes
 match; a file with the wrong content is removed and reported. Files already present
 with the right size and hash are skipped. ``mirror`` replaces the base URL of the data
 files (a mirror holds the same files under the same relative paths); this is also how
 the tests serve fixtures from a local HTTP server.
+
+``sections`` fetches part of a dataset: ``fetch("her2st", dest, sections=HER2ST_IMAGED)``
+downloads the counts, spot files and images of the six imaged sections (27 MiB, no
+request to ``api.github.com``) instead of all 36 sections.
 
 Examples
 --------
@@ -53,6 +68,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
@@ -73,7 +89,9 @@ from gr2st.errors import GR2STConfigError, GR2STError
 __all__ = [
     "CSCC_SECTIONS",
     "HER2ST_COMMIT",
+    "HER2ST_IMAGED",
     "HER2ST_SECTIONS",
+    "HEST_REPO",
     "ArchiveMember",
     "DownloadError",
     "FetchReport",
@@ -86,6 +104,8 @@ __all__ = [
     "extract_members",
     "fetch",
     "get_manifest",
+    "hest_manifest",
+    "hf_token",
 ]
 
 _CHUNK: Final = 1 << 20
@@ -385,31 +405,48 @@ _HER2ST_IMAGES: Final = {
 }
 
 
-def _her2st_manifest() -> Manifest:
-    files = [
-        RemoteFile(f"ST-cnts/{s}.tsv.gz", size, sha) for s, (size, sha) in _HER2ST_COUNTS.items()
-    ]
-    files += [
-        RemoteFile(f"ST-spotfiles/{s}_selection.tsv", size, sha)
-        for s, (size, sha) in _HER2ST_SPOTS.items()
-    ]
+#: The sections whose images are pinned here: the HER2ST-6 benchmark's sections.
+HER2ST_IMAGED: Final = tuple(_HER2ST_IMAGES)
+
+
+def _select(dataset: str, known: Sequence[str], sections: Sequence[str] | None) -> list[str]:
+    """``sections`` checked against ``known``, in the dataset's order (all when None)."""
+    if sections is None:
+        return list(known)
+    unknown = sorted(set(sections) - set(known))
+    if unknown:
+        raise GR2STConfigError(
+            f"{dataset} has no section(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    if not sections:
+        raise GR2STConfigError(f"{dataset}: no section chosen")
+    return [s for s in known if s in set(sections)]
+
+
+def _her2st_manifest(sections: Sequence[str] | None = None) -> Manifest:
+    chosen = _select("her2st", HER2ST_SECTIONS, sections)
+    files = [RemoteFile(f"ST-cnts/{s}.tsv.gz", *_HER2ST_COUNTS[s]) for s in chosen]
+    files += [RemoteFile(f"ST-spotfiles/{s}_selection.tsv", *_HER2ST_SPOTS[s]) for s in chosen]
     files += [
         RemoteFile(f"ST-imgs/{s[0]}/{s}/{name}", size, sha)
         for s, (name, size, sha) in _HER2ST_IMAGES.items()
+        if s in chosen
     ]
+    # J1 is labelled but not among the 36 count sections: it comes with the whole set only.
+    labels = [s for s in _HER2ST_LABELS if sections is None or s in chosen]
     files += [
-        RemoteFile(f"ST-pat/lbl/{s}_labeled_coordinates.tsv", size, sha)
-        for s, (size, sha) in _HER2ST_LABELS.items()
+        RemoteFile(f"ST-pat/lbl/{s}_labeled_coordinates.tsv", *_HER2ST_LABELS[s]) for s in labels
     ]
-    files.append(RemoteFile("ST-pat/lbl/README", *_HER2ST_LABELS_README))
-    return Manifest(
-        name="her2st",
-        base_url=_HER2ST_BASE,
-        files=tuple(files),
-        listing=GitTreeListing(
-            url=_HER2ST_TREE, prefix="data/", pattern=r"ST-imgs/[A-Z]/[A-Z][0-9]+/[^/]+\.jpg"
-        ),
-    )
+    if labels:
+        files.append(RemoteFile("ST-pat/lbl/README", *_HER2ST_LABELS_README))
+    unpinned = [s for s in chosen if s not in _HER2ST_IMAGES]
+    listing = None
+    if unpinned:
+        names = "[A-Z][0-9]+" if sections is None else "(?:" + "|".join(unpinned) + ")"
+        listing = GitTreeListing(
+            url=_HER2ST_TREE, prefix="data/", pattern=rf"ST-imgs/[A-Z]/{names}/[^/]+\.jpg"
+        )
+    return Manifest(name="her2st", base_url=_HER2ST_BASE, files=tuple(files), listing=listing)
 
 
 # ------------------------------------------------------------------------------- cSCC
@@ -420,9 +457,9 @@ CSCC_SECTIONS: Final = tuple(
 _CSCC_BASE: Final = "https://ftp.ncbi.nlm.nih.gov/geo/series/GSE144nnn/GSE144240/suppl/"
 
 
-def _cscc_manifest() -> Manifest:
+def _cscc_manifest(sections: Sequence[str] | None = None) -> Manifest:
     members: list[ArchiveMember] = []
-    for s in CSCC_SECTIONS:
+    for s in _select("cscc", CSCC_SECTIONS, sections):
         e = re.escape(s)
         members += [
             ArchiveMember(f"{s} counts", rf"GSM[0-9]+_{e}_stdata\.tsv\.gz"),
@@ -436,7 +473,161 @@ def _cscc_manifest() -> Manifest:
     )
 
 
-_DATASETS: Final[Registry[Callable[[], Manifest]]] = Registry("dataset")
+# ------------------------------------------------------------------------------- HEST
+
+HEST_REPO: Final = "MahmoodLab/hest"
+#: Hugging Face hub used unless ``endpoint`` or ``$HF_ENDPOINT`` says otherwise.
+HF_ENDPOINT: Final = "https://huggingface.co"
+#: Folders fetched per HEST sample (``patches`` on request) and their file suffixes.
+HEST_KINDS: Final = {"st": ".h5ad", "wsis": ".tif", "metadata": ".json"}
+_HEST_PATCHES: Final = ("patches", ".h5")
+_HEST_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def hf_token() -> str | None:
+    """The Hugging Face token: ``$HF_TOKEN``, else huggingface_hub's login, else None.
+
+    Examples
+    --------
+    >>> hf_token()  # doctest: +SKIP
+    'hf_…'
+    """
+    if token := os.environ.get("HF_TOKEN", "").strip():
+        return token
+    try:
+        from huggingface_hub import get_token
+    except ImportError:
+        return None
+    return get_token()
+
+
+def hest_manifest(
+    ids: Sequence[str],
+    *,
+    patches: bool = False,
+    revision: str = "main",
+    endpoint: str | None = None,
+    token: str | None = None,
+    timeout_s: float = 60.0,
+) -> Manifest:
+    """The files of HEST-1k samples ``ids`` with their sizes and hashes, from the hub.
+
+    One POST to ``<endpoint>/api/datasets/MahmoodLab/hest/paths-info/<revision>``
+    gives, per file, its size and either the sha256 of its content (files stored with
+    git LFS / Xet, ``lfs.oid``) or its git blob id (small files, ``oid``). Downloads
+    then come from ``<endpoint>/datasets/MahmoodLab/hest/resolve/<revision>/<path>``.
+
+    Parameters
+    ----------
+    ids
+        Sample ids, e.g. ``["TENX95", "NCBI783"]`` (the ``id`` column of the hub's
+        ``HEST_v1_1_0.csv``).
+    patches
+        Also fetch ``patches/<id>.h5`` (HEST's own patches; gr2st does not need them).
+    revision
+        Branch, tag or commit of the dataset.
+    endpoint
+        Hub URL (default ``$HF_ENDPOINT``, else https://huggingface.co); a mirror of the
+        hub, or a local server in tests.
+    token
+        Hugging Face token (default :func:`hf_token`).
+    timeout_s
+        Socket timeout of the request.
+
+    Raises
+    ------
+    GR2STConfigError
+        No ids, or an id that cannot be a HEST id.
+    DownloadError
+        The hub refuses (gated dataset without a token), fails, or lacks a file.
+
+    Examples
+    --------
+    >>> m = hest_manifest(["TENX95"])  # doctest: +SKIP
+    >>> [f.path for f in m.files]  # doctest: +SKIP
+    ['st/TENX95.h5ad', 'wsis/TENX95.tif', 'metadata/TENX95.json']
+    """
+    ids = list(dict.fromkeys(i.strip() for i in ids if i.strip()))
+    if not ids:
+        raise GR2STConfigError("hest: give the sample ids to fetch (--ids TENX95,…)")
+    bad = [i for i in ids if not _HEST_ID.fullmatch(i)]
+    if bad:
+        raise GR2STConfigError(f"hest: {bad} are not HEST sample ids (e.g. TENX95)")
+    base = (endpoint or os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+    kinds = [*HEST_KINDS.items(), *([_HEST_PATCHES] if patches else [])]
+    paths = [f"{kind}/{i}{suffix}" for i in ids for kind, suffix in kinds]
+    rev = urllib.parse.quote(revision, safe="")
+    url = f"{base}/api/datasets/{HEST_REPO}/paths-info/{rev}"
+    headers = _auth(token if token is not None else hf_token())
+    entries = _paths_info(url, paths, headers=headers, timeout_s=timeout_s)
+    missing = [p for p in paths if p not in entries]
+    if missing:
+        raise DownloadError(
+            f"{HEST_REPO}@{revision} has no {', '.join(missing[:6])}"
+            f"{' …' if len(missing) > 6 else ''}; check the ids against the hub's "
+            "HEST_v1_1_0.csv"
+        )
+    return Manifest(
+        name="hest",
+        base_url=f"{base}/datasets/{HEST_REPO}/resolve/{rev}/",
+        files=tuple(_hub_file(entries[p], p, url=url) for p in paths),
+    )
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _paths_info(
+    url: str, paths: Sequence[str], *, headers: dict[str, str], timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    body = urllib.parse.urlencode([("paths", p) for p in paths]).encode()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={
+            "User-Agent": _USER_AGENT,
+            "Content-Type": "application/x-www-form-urlencoded",
+            **headers,
+        },
+        method="POST",
+    )
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            listing = json.load(response)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise DownloadError(
+                f"{url} refused access (HTTP {err.code}): {HEST_REPO} is gated; accept its "
+                f"terms at https://huggingface.co/datasets/{HEST_REPO} and set HF_TOKEN to a "
+                "read token (or run `huggingface-cli login`)"
+            ) from None
+        raise DownloadError(f"{url} failed: HTTP {err.code} {err.reason}") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise DownloadError(f"network failure fetching {url}: {err}") from None
+    except ValueError as err:
+        raise DownloadError(f"{url} did not return JSON ({err})") from None
+    if not isinstance(listing, list):
+        raise DownloadError(f"{url} did not return a list of paths")
+    return {
+        e["path"]: e
+        for e in listing
+        if isinstance(e, dict) and e.get("type") == "file" and isinstance(e.get("path"), str)
+    }
+
+
+def _hub_file(entry: dict[str, Any], path: str, *, url: str) -> RemoteFile:
+    """A hub file entry as a :class:`RemoteFile` (content sha256 for LFS files)."""
+    lfs = entry.get("lfs")
+    try:
+        if isinstance(lfs, dict):
+            return RemoteFile(path, size=int(lfs["size"]), sha256=str(lfs["oid"]))
+        return RemoteFile(path, size=int(entry["size"]), git_sha1=str(entry["oid"]))
+    except (KeyError, TypeError, ValueError, GR2STConfigError):
+        raise DownloadError(f"{url}: entry {path} lacks a size or a valid hash") from None
+
+
+_DATASETS: Final[Registry[Callable[[Sequence[str] | None], Manifest]]] = Registry("dataset")
 _DATASETS.register("her2st")(_her2st_manifest)
 _DATASETS.register("cscc")(_cscc_manifest)
 
@@ -452,21 +643,32 @@ def dataset_names() -> list[str]:
     return _DATASETS.names()
 
 
-def get_manifest(name: str) -> Manifest:
-    """Return the built-in manifest of dataset ``name``.
+def get_manifest(name: str, *, sections: Sequence[str] | None = None) -> Manifest:
+    """Return the built-in manifest of dataset ``name``, or of some of its sections.
+
+    Parameters
+    ----------
+    name
+        One of :func:`dataset_names`.
+    sections
+        Section names to keep (None: the whole dataset). For HER2ST a subset whose
+        images are all pinned here (e.g. :data:`HER2ST_IMAGED`) needs no tree listing.
 
     Raises
     ------
     GR2STConfigError
-        If ``name`` is not one of :func:`dataset_names`.
+        If ``name`` is not one of :func:`dataset_names`, or a section is unknown.
 
     Examples
     --------
     >>> m = get_manifest("cscc")
     >>> m.archives[0].path, len(m.archives[0].members)
     ('GSE144240_RAW.tar', 36)
+    >>> six = get_manifest("her2st", sections=HER2ST_IMAGED)
+    >>> len(six.files), six.listing is None
+    (18, True)
     """
-    return _DATASETS.get(name)()
+    return _DATASETS.get(name)(sections)
 
 
 # ----------------------------------------------------------------------------- transfer
@@ -481,13 +683,50 @@ def _content_range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _transfer(url: str, part: Path, *, offset: int, progress: bool, timeout_s: float) -> int:
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but drop the ``Authorization`` header when they change host.
+
+    A hub answers a download with a redirect to its storage host (a CDN with signed
+    URLs); the hub's token must not travel there.
+    """
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _host(newurl) != _host(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
+_OPENER: Final = urllib.request.build_opener(_CredentialsStayHome)
+
+
+def _transfer(
+    url: str,
+    part: Path,
+    *,
+    offset: int,
+    progress: bool,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+) -> int:
     """Stream ``url`` into ``part`` from byte ``offset``; return the bytes received."""
-    headers = {"User-Agent": _USER_AGENT}
+    headers = {"User-Agent": _USER_AGENT, **(headers or {})}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    with _OPENER.open(request, timeout=timeout_s) as response:
         if offset and response.status == 206:
             start = _content_range_start(response.headers.get("Content-Range"))
             if start != offset:
@@ -559,6 +798,7 @@ def download_file(
     retries: int = 3,
     retry_wait_s: float = 2.0,
     timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> int:
     """Download ``url`` to ``path`` through ``<path>.part``, resuming and checking it.
 
@@ -583,6 +823,9 @@ def download_file(
         Wait before retry ``k`` is ``k * retry_wait_s`` seconds.
     timeout_s
         Socket timeout of one request.
+    headers
+        Extra request headers (e.g. ``Authorization``; dropped on a redirect to
+        another host).
 
     Returns
     -------
@@ -615,23 +858,29 @@ def download_file(
         if size is not None and offset == size:
             break  # complete from an earlier run that stopped before the rename
         try:
-            received += _transfer(url, part, offset=offset, progress=progress, timeout_s=timeout_s)
+            received += _transfer(
+                url, part, offset=offset, progress=progress, timeout_s=timeout_s, headers=headers
+            )
             break
         except urllib.error.HTTPError as err:
             if err.code == 404:
                 raise DownloadError(f"{url} was not found (HTTP 404)") from None
+            if err.code in (401, 403):
+                raise DownloadError(
+                    f"{url} refused access (HTTP {err.code}); for a gated dataset accept its "
+                    "terms and give a token"
+                ) from None
             if err.code == 416 and offset > 0 and attempt < retries:
                 part.unlink()  # the partial file does not fit this resource: start over
             elif err.code < 500 or attempt >= retries:
                 raise DownloadError(f"{url} failed: HTTP {err.code} {err.reason}") from None
         except (OSError, http.client.HTTPException) as err:
-            if attempt >= retries:
+            reason = getattr(err, "reason", None) or str(err) or type(err).__name__
+            # An unknown host name (offline, no DNS) does not come back within seconds.
+            if attempt >= retries or isinstance(reason, socket.gaierror):
                 kept = part.stat().st_size if part.exists() else 0
-                reason = getattr(err, "reason", None) or str(err) or type(err).__name__
-                raise DownloadError(
-                    f"network failure fetching {url}: {reason}; {kept} bytes kept in "
-                    f"{part}, run again to resume"
-                ) from None
+                resume = f"; {kept} bytes kept in {part}, run again to resume" if kept else ""
+                raise DownloadError(f"network failure fetching {url}: {reason}{resume}") from None
         attempt += 1
         time.sleep(retry_wait_s * attempt)
     problem = _mismatch(part, size=size, sha256=sha256, git_sha1=git_sha1)
@@ -815,6 +1064,17 @@ def _listed_files(
     return files
 
 
+def _plan(name: str, todo: Sequence[RemoteFile], base: str, root: Path) -> str:
+    """One line: what :func:`fetch` is about to download, from where, into where."""
+    if not todo:
+        return f"{name}: every file is already in {root}"
+    size = f"{sum(f.size or 0 for f in todo) / 2**20:.1f} MiB"
+    if any(f.size is None for f in todo):
+        size = "size unknown" if all(f.size is None for f in todo) else f"at least {size}"
+    plural = "s" if len(todo) > 1 else ""
+    return f"{name}: downloading {len(todo)} file{plural} ({size}) from {base} into {root}"
+
+
 def _is_current(path: Path, f: RemoteFile) -> bool:
     return (
         path.is_file()
@@ -826,6 +1086,8 @@ def fetch(
     dataset: str | Manifest,
     dest: str | os.PathLike[str],
     *,
+    sections: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
     mirror: str | None = None,
     listing_url: str | None = None,
     progress: bool = True,
@@ -833,6 +1095,7 @@ def fetch(
     retry_wait_s: float = 2.0,
     timeout_s: float = 60.0,
     keep_archives: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> FetchReport:
     """Download a dataset into ``dest`` in the layout its reader expects.
 
@@ -843,6 +1106,11 @@ def fetch(
     dest
         Destination folder; created if missing. Files already there with the right
         size and hash are kept; a wrong one is downloaded again.
+    sections
+        Fetch only these sections of a named dataset (see :func:`get_manifest`).
+    log
+        Called once, before any transfer, with a line saying how many files (and
+        bytes) will be downloaded from where into where.
     mirror
         Base URL to use instead of the manifest's (same relative paths).
     listing_url
@@ -853,6 +1121,8 @@ def fetch(
         Network retry policy, see :func:`download_file`.
     keep_archives
         Keep downloaded archives after extracting them.
+    headers
+        Extra request headers of every download (see :func:`download_file`).
 
     Returns
     -------
@@ -873,7 +1143,12 @@ def fetch(
     >>> report.extracted[0]  # doctest: +SKIP
     'GSM4284316_P2_ST_rep1_stdata.tsv.gz'
     """
-    manifest = get_manifest(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(dataset, str):
+        manifest = get_manifest(dataset, sections=sections)
+    elif sections is not None:
+        raise GR2STConfigError("fetch: sections applies to a dataset name, not a Manifest")
+    else:
+        manifest = dataset
     root = Path(dest).expanduser().resolve()
     base = (mirror or manifest.base_url).rstrip("/") + "/"
     files = list(manifest.files)
@@ -890,12 +1165,19 @@ def fetch(
         "retries": retries,
         "retry_wait_s": retry_wait_s,
         "timeout_s": timeout_s,
+        "headers": headers,
     }
-    for f in tqdm(files, desc=manifest.name, unit="file", disable=not progress or not files):
+    todo = [f for f in files if not _is_current(root / f.path, f)]
+    report.skipped += [f.path for f in files if f not in todo]
+    pending = [a for a in manifest.archives if not all(_has_output(root, m) for m in a.members)]
+    if log is not None:
+        log(
+            _plan(
+                manifest.name, [*todo, *(RemoteFile(a.path, a.size) for a in pending)], base, root
+            )
+        )
+    for f in tqdm(todo, desc=manifest.name, unit="file", disable=not progress or not todo):
         target = root / f.path
-        if _is_current(target, f):
-            report.skipped.append(f.path)
-            continue
         report.bytes_downloaded += download_file(
             base + urllib.parse.quote(f.path),
             target,
@@ -906,7 +1188,7 @@ def fetch(
         )
         report.downloaded.append(f.path)
     for archive in manifest.archives:
-        if all(_has_output(root, m) for m in archive.members):
+        if archive not in pending:
             report.skipped.append(archive.path)
             continue
         local = root / PurePosixPath(archive.path).name

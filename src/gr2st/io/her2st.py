@@ -1,183 +1,26 @@
-"""Readers for legacy Spatial Transcriptomics (ST) tables and the HER2ST data set.
+"""Reader for the HER2ST data set (Andersson et al., Nat Commun 2021; ``almaan/her2st``).
 
-HER2ST (Andersson et al., Nat Commun 2021; GitHub ``almaan/her2st``) and cSCC
-(GSE144240) share the legacy ST format: a spots × genes count table whose rows are
-named ``"<x>x<y>"`` after the array position, and an ST spot-detector table with
-columns ``x y new_x new_y pixel_x pixel_y selected``. :func:`read_st` reads one such
-pair; :func:`read_her2st` resolves the HER2ST folder layout around it.
-
-Spot geometry
--------------
-The ST array has 100 µm spots on a square grid with a 200 µm centre-to-centre pitch
-(Ståhl et al., Science 2016; the HER2ST paper uses the same slides). The image
-resolution is measured per section from the spot table: the median pixel distance
-between array neighbours divided by 200 µm. This gives ≈0.69 µm/px (≈290 px pitch,
-≈145 px spot diameter) for HER2ST patients B-H, matching the data's README, and
-≈0.92 µm/px for patient A, whose images were scanned at another scale, which is why a
-single constant would be wrong.
+HER2ST is the legacy-ST layout (see :mod:`gr2st.io.st`, which also gives the spot
+geometry) with its own folder and file names; :func:`read_her2st` resolves them and
+adds the pathologist labels.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from gr2st._constants import (
-    ARRAY_X,
-    ARRAY_Y,
-    IMAGE_PATH,
-    MICRONS_PER_PIXEL,
-    PATHOLOGY,
-    PATIENT,
-    SECTION,
-    SOURCE_FORMAT,
-    SPATIAL,
-    SPOT_DIAMETER_PX,
-    UNS,
-)
-from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.io._validate import (
-    examples,
-    numeric_columns,
-    pixels_per_grid_unit,
-    read_count_table,
-    read_table,
-    spot_ids,
-    unique_ids,
-    validate_section,
-)
+from gr2st._constants import PATHOLOGY
+from gr2st.errors import GR2STDataError
+from gr2st.io._validate import examples, read_table, spot_ids, unique_ids
+from gr2st.io.st import read_st_legacy
 
-log = logging.getLogger(__name__)
-
-#: Centre-to-centre distance of neighbouring ST spots (µm).
-ST_PITCH_UM: Final = 200.0
-#: Diameter of an ST spot (µm).
-ST_SPOT_DIAMETER_UM: Final = 100.0
-
-_SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 _LABEL_COLUMNS = ("x", "y", "label")
 _HER2ST_NAME = re.compile(r"^[A-Z]\d+$")
-
-
-def read_st(
-    counts: str | Path,
-    spots: str | Path,
-    *,
-    section: str,
-    patient: str,
-    image: str | Path | None = None,
-    source_format: str = "st",
-    pitch_um: float = ST_PITCH_UM,
-    spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
-) -> AnnData:
-    """Read one legacy-ST section from its count table and spot table.
-
-    Count rows and spot-table rows are joined on ``f"{round(x)}x{round(y)}"`` (inner
-    join, in count-table order); spots present in only one of the two files are
-    dropped (logged at INFO level).
-
-    Parameters
-    ----------
-    counts
-        Spots × genes count table (tab-separated, optionally gzipped); first column =
-        spot id ``"<x>x<y>"``, header = gene names.
-    spots
-        Spot table with at least the columns ``x y pixel_x pixel_y``.
-    section, patient
-        Names stored in ``obs``.
-    image
-        Full-resolution H&E image the pixel positions refer to, or ``None``.
-    source_format
-        Stored as ``uns["gr2st"]["source_format"]``.
-    pitch_um, spot_diameter_um
-        Physical spot pitch and diameter of the array, used to turn the measured pixel
-        pitch into µm/px and the spot diameter in pixels.
-
-    Returns
-    -------
-    AnnData
-        One section in gr2st's shape: ``obs[array_x/array_y]`` = the spot table's
-        ``x, y`` (as given), ``obsm["spatial"]`` = ``pixel_x, pixel_y``.
-
-    Raises
-    ------
-    GR2STDataError
-        Missing or unreadable file, missing column, duplicate or unmatched spot ids,
-        non-numeric counts, or a spot centre outside the image.
-    GR2STConfigError
-        A non-positive ``pitch_um`` or ``spot_diameter_um``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from gr2st.datasets import synthetic, write_her2st_layout
-    >>> sec = synthetic(n_sections=1, n_genes=5, grid=(3, 3))[0]
-    >>> sec.obs["section"] = "A1"
-    >>> root = write_her2st_layout([sec], tempfile.mkdtemp())
-    >>> adata = read_st(root / "ST-cnts/A1.tsv.gz", root / "ST-spotfiles/A1_selection.tsv",
-    ...                 section="A1", patient="A")
-    >>> adata.shape
-    (9, 5)
-    """
-    if not (pitch_um > 0 and spot_diameter_um > 0):
-        raise GR2STConfigError(
-            f"pitch_um and spot_diameter_um must be positive; got {pitch_um} and {spot_diameter_um}"
-        )
-    counts, spots = Path(counts), Path(spots)
-    matrix, ids, genes = read_count_table(counts)
-    table = read_table(spots, what="spot table", columns=_SPOT_COLUMNS)
-    numeric_columns(table, _SPOT_COLUMNS, path=spots, what="spot table")
-    table.index = spot_ids(table["x"], table["y"])
-    unique_ids(table.index, path=spots, what="spot table")
-
-    keep = ids.isin(table.index)
-    if not keep.any():
-        raise GR2STDataError(
-            f"{counts}: none of its {len(ids)} spot ids matches the spot table {spots} "
-            f"(count ids e.g. {examples(ids, n=2)}; spot-table ids e.g. "
-            f"{examples(table.index, n=2)})"
-        )
-    if not keep.all() or len(table) > keep.sum():
-        log.info(
-            "%s: %d count rows lack a spot-table row, %d spot-table rows lack counts; dropped",
-            section,
-            int((~keep).sum()),
-            len(table) - int(keep.sum()),
-        )
-    ids = ids[keep]
-    joined = table.loc[ids]
-    obs = pd.DataFrame(
-        {
-            SECTION: section,
-            PATIENT: patient,
-            ARRAY_X: joined["x"].to_numpy(dtype=float),
-            ARRAY_Y: joined["y"].to_numpy(dtype=float),
-        },
-        index=ids,
-    )
-    adata = AnnData(X=matrix[np.flatnonzero(keep)], obs=obs, var=pd.DataFrame(index=genes))
-    adata.obsm[SPATIAL] = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
-
-    px_per_pitch = pixels_per_grid_unit(
-        table[["x", "y"]].to_numpy(dtype=float),
-        table[["pixel_x", "pixel_y"]].to_numpy(dtype=float),
-        source=spots,
-    )
-    microns_per_pixel = pitch_um / px_per_pitch
-    adata.uns[UNS] = {
-        IMAGE_PATH: None if image is None else str(image),
-        SPOT_DIAMETER_PX: spot_diameter_um / microns_per_pixel,
-        MICRONS_PER_PIXEL: microns_per_pixel,
-        SOURCE_FORMAT: source_format,
-    }
-    validate_section(adata, source=counts)
-    return adata
 
 
 def read_her2st(root: str | Path, section: str) -> AnnData:
@@ -204,7 +47,7 @@ def read_her2st(root: str | Path, section: str) -> AnnData:
     Returns
     -------
     AnnData
-        See :func:`read_st`; ``source_format`` is ``"her2st"``.
+        See :func:`gr2st.io.st.read_st_legacy`; ``source_format`` is ``"her2st"``.
 
     Examples
     --------
@@ -231,7 +74,7 @@ def read_her2st(root: str | Path, section: str) -> AnnData:
             f"{counts}: count table not found; sections under {root}: "
             f"{examples(known, n=8) if known else 'none (is this the HER2ST folder?)'}"
         )
-    adata = read_st(
+    adata = read_st_legacy(
         counts,
         root / "ST-spotfiles" / f"{section}_selection.tsv",
         section=section,

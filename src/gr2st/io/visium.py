@@ -31,6 +31,7 @@ from gr2st._constants import (
     SPOT_DIAMETER_PX,
     UNS,
 )
+from gr2st._utils.optional import require
 from gr2st.errors import GR2STDataError
 from gr2st.io._validate import (
     as_counts,
@@ -168,7 +169,7 @@ def read_visium(
 
 def _read_matrix(path: Path) -> tuple[AnnData, Path]:
     # scanpy takes ~2 s to import; only this reader and HVG selection need it.
-    import scanpy as sc
+    sc = require("scanpy", feature="reading Space Ranger (Visium) folders", extra="scanpy")
 
     h5 = path / "filtered_feature_bc_matrix.h5"
     if not h5.is_file():

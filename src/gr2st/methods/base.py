@@ -2,19 +2,18 @@
 
 A method is fitted on training sections and predicts log-normalised expression for a
 held-out section. The benchmark's single fold loop (``gr2st.benchmark``) owns splits,
-seeds, caching, resume and metrics; a method owns only what it learns.
+seeds, caching, resume and metrics; a method owns only what it learns. The contract is
+explicit here, never discovered by inspection:
 
-Sections handed to a method are "prepared" AnnData objects (see
-``gr2st.genes.prepare_section``): ``X`` holds log-normalised expression of the
-benchmark genes (float32, dense), ``obs`` carries ``section``, ``patient``,
-``array_x``, ``array_y`` and ``cell_type``; ``obsm`` carries ``spatial`` and the
-features ``X_<encoder>``; ``uns["gr2st"]`` keeps the image path.
+- class attributes :attr:`Method.name`, :attr:`~Method.input` (``"features"`` or
+  ``"pixels"``), :attr:`~Method.patch_px`, :attr:`~Method.is_ceiling`,
+  :attr:`~Method.learned`, :attr:`~Method.supports_values` and the profile table
+  :attr:`~Method.profiles`;
+- the constructor's keyword options (:class:`Method`), ``progress`` included;
+- :meth:`~Method.fit`, :meth:`~Method.predict`, and :meth:`~Method.predict_values` when
+  ``supports_values`` (predicting genes outside the training panel, for ``--genes all``).
 
-Optional hooks the fold loop uses when present: a ``progress: bool`` constructor
-argument (quiet trainers inside the benchmark's own progress bar) and
-``predict_values(test, values) -> ndarray`` to predict genes outside the training
-panel (``values`` = one AnnData per training section holding those genes), which is
-what ``--genes all`` needs.
+Sections handed to a method are prepared AnnData objects (see :mod:`gr2st.sections`).
 """
 
 from __future__ import annotations
@@ -22,19 +21,30 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 from anndata import AnnData
+from torch import nn
 
 from gr2st._registry import Registry
-from gr2st.benchmark.overrides import apply_overrides
+from gr2st.config import Config, apply_overrides, config_to_dict, resolve_profile
 from gr2st.errors import GR2STConfigError
+from gr2st.training import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    Trainer,
+    TrainingStats,
+    TrainingTask,
+    fingerprint,
+)
 
-C = TypeVar("C")
+C = TypeVar("C", bound=Config)
+#: Per-epoch training records in a fit's work folder (see :class:`gr2st.training.Trainer`).
+PROGRESS_LOG = "progress.jsonl"
+M = TypeVar("M", bound="type[Method[Any]]")
 
 
-class Method(ABC):
+class Method(ABC, Generic[C]):
     """Base class of benchmark methods.
 
     Parameters
@@ -42,24 +52,38 @@ class Method(ABC):
     feature_key
         ``obsm`` key of the frozen image features (``X_<encoder>``).
     profile
-        Name of the hyperparameter profile (e.g. ``"reference"``, ``"default"``,
-        ``"paper"``, ``"cpu"``).
+        Name of the hyperparameter profile: ``"default"`` (ours) or ``"paper"`` (as
+        published) for the learned methods; ``None`` is ``"default"``.
     overrides
-        Dotted ``key=value`` overrides applied on top of the profile.
+        ``key=value`` overrides applied on top of the profile.
     seed
         Seed of every random choice the method makes.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress
+        Show a progress bar while training.
+    checkpoint_every
+        Seconds between training checkpoints in the fit's ``workdir`` (``0``: every
+        epoch); the end of training and an interrupted fit are always saved.
     """
 
+    #: Registry name (also the owner in error messages).
+    name: ClassVar[str]
     #: "features" methods read ``obsm[feature_key]``; "pixels" methods read
     #: ``obsm[PATCHES]`` (uint8 patches, see :func:`gr2st.encoders.extract_patches`).
-    input: ClassVar[str] = "features"
+    input: ClassVar[Literal["features", "pixels"]] = "features"
     #: Side of the patches a "pixels" method wants in ``obsm[PATCHES]``.
     patch_px: ClassVar[int | None] = None
     #: A ceiling (like the oracle) is reported but never ranked as a method.
     is_ceiling: ClassVar[bool] = False
-    profiles: ClassVar[tuple[str, ...]] = ("default",)
+    #: Trains a network on the shared loop; offers the ``default`` and ``paper`` profiles.
+    learned: ClassVar[bool] = False
+    #: Implements :meth:`predict_values`.
+    supports_values: ClassVar[bool] = False
+    #: Profile name → settings.
+    profiles: ClassVar[Mapping[str, Any]]
+    #: Other accepted profile names → profile.
+    profile_aliases: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -69,36 +93,89 @@ class Method(ABC):
         overrides: Sequence[str] = (),
         seed: int = 0,
         device: str = "auto",
+        progress: bool = True,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
     ) -> None:
         self.feature_key = feature_key
-        self.profile = profile or self.profiles[0]
+        self.profile, base = resolve_profile(
+            self.profiles, profile, owner=self.name, aliases=self.profile_aliases
+        )
         self.overrides = list(overrides)
+        self.config: C = apply_overrides(base, self.overrides, owner=self.name)
         self.seed = seed
         self.device = device
+        self.progress = progress
+        self.checkpoint_every = checkpoint_every
+        #: Where the last fit's time went (learned methods).
+        self.training_stats: TrainingStats | None = None
 
     @abstractmethod
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
         """Learn from the training sections.
 
         ``workdir``, when given, is a fold-private folder where the method may keep
-        per-epoch checkpoints so that an interrupted fit resumes.
+        checkpoints so that an interrupted fit resumes.
         """
 
     @abstractmethod
     def predict(self, test: AnnData) -> np.ndarray:
         """Return predictions of shape ``(test.n_obs, test.n_vars)`` (float32)."""
 
-    def _profile_config(self, owner: str, table: Mapping[str, C]) -> C:
-        """The chosen profile's config from ``table`` with the overrides applied."""
-        if self.profile not in table:
-            raise GR2STConfigError(
-                f"{owner}: unknown profile {self.profile!r}; known: {', '.join(self.profiles)}"
-            )
-        return apply_overrides(table[self.profile], self.overrides, owner=owner)
+    def predict_values(self, test: AnnData, values: Sequence[AnnData]) -> np.ndarray:
+        """Predict the genes of ``values`` (one AnnData per training section, same spots).
+
+        Only methods with ``supports_values`` implement it.
+        """
+        raise GR2STConfigError(panel_only_message(self.name))
 
     def describe(self) -> dict[str, Any]:
         """Settings to record in ``results.json`` (profile and resolved config)."""
-        return {"profile": self.profile}
+        return {"profile": self.profile, **config_to_dict(self.config)}
+
+    def train_network(
+        self,
+        net: nn.Module,
+        task: TrainingTask,
+        *,
+        epochs: int,
+        workdir: Path | None,
+        data: Sequence[np.ndarray],
+        precision: str = "fp32",
+    ) -> list[float]:
+        """Run the shared :class:`~gr2st.training.Trainer` on ``net``; return the history.
+
+        ``data`` are the training arrays that, with the settings, identify the run (a
+        checkpoint is resumed only by the same request).
+        """
+        settings = {"method": self.name, "seed": self.seed, **config_to_dict(self.config)}
+        trainer = Trainer(
+            epochs=epochs,
+            seed=self.seed,
+            workdir=workdir,
+            run_fingerprint=fingerprint(settings, data),
+            checkpoint_every=self.checkpoint_every,
+            precision=precision,
+            progress=self.progress,
+            desc=self.name,
+            log_path=None if workdir is None else Path(workdir) / PROGRESS_LOG,
+        )
+        history = trainer.fit(net, task)
+        self.training_stats = trainer.stats
+        return history
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+def panel_only_message(name: str) -> str:
+    """Why a method without ``supports_values`` cannot predict other genes."""
+    return (
+        f"method {name!r} predicts only its input panel; it cannot be scored on genes "
+        "outside it (use the panel genes, or drop the method)"
+    )
+
+
+METHODS: Registry[type[Method[Any]]] = Registry("method")
+
+
+def register_method(cls: M) -> M:
+    """Class decorator: add a :class:`Method` subclass to :data:`METHODS` under its name."""
+    METHODS.register(cls.name)(cls)
+    return cls

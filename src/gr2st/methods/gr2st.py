@@ -1,8 +1,9 @@
 """``gr2st``: GR2ST (graph attention + contrastive alignment + retrieval) for the benchmark.
 
-Wraps :class:`gr2st.models.GR2ST`. Profiles: ``default`` (ours) and ``reference`` (the
-published recipe, see ``gr2st.models.config``). Overrides are the model's dotted keys,
-e.g. ``model.fusion=concat`` or ``train.epochs=50`` (a bare field name works too).
+Wraps :class:`gr2st.models.GR2ST`. Profiles: ``default`` (ours) and ``paper`` (the
+published recipe, alias ``reference``; see ``gr2st.models.config``). Overrides are the
+model's dotted keys, e.g. ``model.fusion=concat`` or ``train.epochs=50`` (a bare field
+name works too).
 """
 
 from __future__ import annotations
@@ -15,39 +16,40 @@ import numpy as np
 from anndata import AnnData
 
 from gr2st.errors import GR2STConfigError
-from gr2st.methods.base import METHODS, Method
-from gr2st.models import GR2ST, Prediction, apply_overrides, get_profile
+from gr2st.methods.base import Method, register_method
+from gr2st.models import GR2ST, GR2STConfig, Prediction
+from gr2st.models.config import PROFILE_ALIASES, PROFILES
 
 
-@METHODS.register("gr2st")
-class GR2STMethod(Method):
+@register_method
+class GR2STMethod(Method[GR2STConfig]):
     """GR2ST as a benchmark method.
 
     Parameters
     ----------
-    progress
-        Show the training progress bar.
     **kwargs
         :class:`~gr2st.methods.base.Method`'s options (feature key, profile, overrides,
-        seed, device).
+        seed, device, progress, checkpoint interval).
 
     Examples
     --------
     >>> m = GR2STMethod(feature_key="X_uni", profile="reference", overrides=["epochs=5"])
-    >>> m.config.train.epochs, m.config.train.optimiser_per_epoch
-    (5, True)
+    >>> m.profile, m.config.train.epochs, m.config.train.optimizer_per_epoch
+    ('paper', 5, True)
     """
 
-    profiles = ("default", "reference")
+    name = "gr2st"
+    learned = True
+    supports_values = True
+    profiles = PROFILES
+    profile_aliases = PROFILE_ALIASES
 
-    def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = apply_overrides(get_profile(self.profile), self.overrides)
-        self.progress = progress
         self.model: GR2ST | None = None
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
-        """Train on ``train``; per-epoch checkpoints in ``workdir`` make the fit resumable."""
+        """Train on ``train``; checkpoints in ``workdir`` make the fit resumable."""
         self.model = GR2ST(
             train,
             feature_key=self.feature_key,
@@ -55,7 +57,10 @@ class GR2STMethod(Method):
             seed=self.seed,
             device=self.device,
         )
-        self.model.train(progress=self.progress, checkpoint_dir=workdir)
+        self.model.train(
+            progress=self.progress, checkpoint_dir=workdir, checkpoint_every=self.checkpoint_every
+        )
+        self.training_stats = self.model.training_stats
 
     def predict_full(self, test: AnnData) -> Prediction:
         """Prediction with its uncertainty (neighbour spread) and provenance per section."""
@@ -71,6 +76,3 @@ class GR2STMethod(Method):
         if self.model is None:
             raise GR2STConfigError("gr2st: predict_values() called before fit()")
         return np.asarray(self.model.predict(test, values=values).mean, dtype=np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **self.config.to_dict()}

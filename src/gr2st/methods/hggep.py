@@ -63,14 +63,15 @@ Deliberate deviations and quirks:
 - **Checkpoint selection:** ``HGGEP_train.py`` evaluates the test section after every
   5 epochs and saves the weights with the best test median correlation. We never look
   at the test section: the last epoch's weights are used.
-- Optimiser: one Adam for the whole run. The published script rebuilds it (and resets
+- Optimizer: one Adam for the whole run. The published script rebuilds it (and resets
   its moments) with every ``Trainer.fit``, i.e. every 5 epochs after the first 20.
 - Hyperedges: the published loop builds them per spot in Python; :func:`hyperedges`
-  computes the same picks at once. Its adjacency is ``calcADJ(k = 8, prune "Grid")``:
-  the 8 nearest spots within 2 array steps, the 8-neighbourhood inside the tissue but
-  also two-step spots at its border; ours is the 8-neighbourhood
-  (:func:`gr2st.graph.grid_graph`). An isolated spot has a ``0 / 0`` adjacency row
-  there (NaN scores); here its adjacency term is 0.
+  computes the same picks at once. Its adjacency is the published
+  ``calcADJ(k = 8, prune "Grid")`` (:func:`gr2st.graph.pruned_knn_graph`): each spot's 8
+  nearest spots within 2 array steps, the 8-neighbourhood inside the tissue but also
+  two-step spots at its border. Distance ties are broken by the lower spot index (the
+  published ``argsort`` leaves them to numpy). An isolated spot has a ``0 / 0``
+  adjacency row there (NaN scores); here its adjacency term is 0.
 - Hyperedge weights: the published code passes the pick scores (one per node-hyperedge
   pair) as ``hyperedge_weight`` (one per hyperedge), so hyperedge ``j`` gets the score
   of the ``j``-th pair in the list, which belongs to another spot. ``HypergraphConv``
@@ -92,8 +93,8 @@ Profiles
 ``paper``
     The settings above (``dim`` 1024, backbone and GEM fine-tuned, 6 network passes
     per step, 520 epochs; GPU-sized).
-``cpu``
-    Same heads, losses and optimiser, reduced for a 2-core CPU (a HER2ST-6 fold, 5
+``default``
+    Same heads, losses and optimizer, reduced for a 2-core CPU (a HER2ST-6 fold, 5
     sections ≈ 1,000 spots, 785 genes, in about 3 minutes on two threads, 4.5–5.5 on one):
 
     - Frozen backbone, computed once per fit (``finetune_backbone=False``,
@@ -111,7 +112,7 @@ Profiles
     - 2 augmented views instead of 5 (each is a full pass of the network and its
       backward).
     - 40 epochs instead of 520 and ``lr`` 1e-3 instead of 1e-5: the published run makes
-      ≈ 16,000 optimiser steps (31 training sections × 520 epochs), this one 200. On the
+      ≈ 16,000 optimizer steps (31 training sections × 520 epochs), this one 200. On the
       HER2ST-6 fold that tests B4 (``dim`` 128), ``lr`` 1e-4 left the test PCC at ≈ 0.0
       after 30 epochs although the training loss fell, and 1e-3 reached 0.19 after 40
       epochs (0.19 after 60); ``dim`` 256 reached 0.21 after 40.
@@ -123,7 +124,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -132,10 +133,19 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import Tensor, nn
 from torch_geometric.nn import HypergraphConv
 
+from gr2st.config import (
+    Bound,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+)
 from gr2st.encoders.efficientnet import pretrained_network
 from gr2st.errors import GR2STConfigError
-from gr2st.graph import grid_graph
-from gr2st.methods.base import METHODS
+from gr2st.graph import pruned_knn_graph
+from gr2st.methods.base import register_method
 from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
 from gr2st.models.layers import (
     TransformerEncoder,
@@ -197,52 +207,37 @@ class HGGEPConfig(PixelConfig):
     See :class:`~gr2st.methods.pixels.PixelConfig` for the inherited fields.
     """
 
-    epochs: int = 520
-    lr: float = 1e-5
-    dropout: float = 0.2
-    aug_rotation: float = 90.0
-    aug_hflip: float = 0.2
-    aug_grayscale: float = 0.1
-    dim: int = 1024
-    tap_channels: int = 64
-    vit_depth: int = 4
-    heads: int = 16
-    dim_head: int = 64
-    lstm_layers: int = 4
-    hypergraph_dropout: float = 0.5
+    epochs: PositiveInt = 520
+    lr: PositiveFloat = 1e-5
+    dropout: Fraction = 0.2
+    aug_rotation: NonNegativeFloat = 90.0
+    aug_hflip: Probability = 0.2
+    aug_grayscale: Probability = 0.1
+    dim: Annotated[int, Bound(low=2)] = 1024
+    tap_channels: PositiveInt = 64
+    vit_depth: PositiveInt = 4
+    heads: PositiveInt = 16
+    dim_head: PositiveInt = 64
+    lstm_layers: PositiveInt = 4
+    hypergraph_dropout: Fraction = 0.5
     gem: bool = True
-    gem_theta: float = 0.7
+    gem_theta: Probability = 0.7
     finetune_backbone: bool = True
-    views: int = 5
-    view_pool: int = 0
-    w_zinb: float = 0.25
-    w_distill: float = 0.5
+    views: NonNegativeInt = 5
+    view_pool: NonNegativeInt = 0
+    w_zinb: NonNegativeFloat = 0.25
+    w_distill: NonNegativeFloat = 0.5
 
-    def validate(self, owner: str) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        super().validate(owner)
-        for name in ("tap_channels", "vit_depth", "heads", "dim_head", "lstm_layers"):
-            if not getattr(self, name) >= 1:
-                raise GR2STConfigError(f"{owner}: {name} must be >= 1, got {getattr(self, name)}")
-        if self.dim < 2:
-            raise GR2STConfigError(f"{owner}: dim must be >= 2, got {self.dim}")
-        if not 0 <= self.hypergraph_dropout < 1:
-            raise GR2STConfigError(
-                f"{owner}: hypergraph_dropout must be in [0, 1), got {self.hypergraph_dropout}"
-            )
-        if not 0 <= self.gem_theta <= 1:
-            raise GR2STConfigError(f"{owner}: gem_theta must be in [0, 1], got {self.gem_theta}")
-        if min(self.views, self.view_pool) < 0 or self.w_zinb < 0 or self.w_distill < 0:
-            raise GR2STConfigError(f"{owner}: views, view_pool, w_zinb and w_distill must be >= 0")
+    def check(self) -> None:
         if self.view_pool > 0:
             if self.finetune_backbone or self.gem:
                 raise GR2STConfigError(
-                    f"{owner}: view_pool > 0 keeps backbone outputs for the whole fit, so it "
+                    "view_pool > 0 keeps backbone outputs for the whole fit, so it "
                     "needs finetune_backbone=false and gem=false"
                 )
             if self.views == 0 or self.w_distill == 0:
                 raise GR2STConfigError(
-                    f"{owner}: view_pool > 0 is only used by the distillation views; "
+                    "view_pool > 0 is only used by the distillation views; "
                     "set views and w_distill > 0 or view_pool=0"
                 )
 
@@ -252,7 +247,7 @@ PROFILES: dict[str, HGGEPConfig] = {
     # Frozen Lite0 computed once per fit (original + 2 augmented copies), no GEM, dim
     # 1024 -> 256 (heads 16 -> 4), 5 -> 2 views, 520 -> 40 epochs at 100x the learning
     # rate: ~3 min per HER2ST-6 fold on 2 CPU cores. See the module docstring.
-    "cpu": HGGEPConfig(
+    "default": HGGEPConfig(
         epochs=40,
         lr=1e-3,
         dim=256,
@@ -444,7 +439,8 @@ def hyperedges(features: Tensor, edge_index: Tensor, *, picks: int = HYPEREDGES_
     features
         ``(n, d)`` spot features (no gradient flows through the choice).
     edge_index
-        ``(2, E)`` neighbour graph (:func:`gr2st.graph.grid_graph`).
+        ``(2, E)`` neighbour graph, ``[i, j]`` for spot ``i``'s neighbour ``j``
+        (:func:`gr2st.graph.pruned_knn_graph`; a symmetric grid graph also works).
     picks
         Hyperedges per spot (at most ``n``).
 
@@ -456,6 +452,7 @@ def hyperedges(features: Tensor, edge_index: Tensor, *, picks: int = HYPEREDGES_
 
     Examples
     --------
+    >>> from gr2st.graph import grid_graph
     >>> pos = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 3], [0, 4]])
     >>> feats = torch.tensor([[0.0], [1.0], [4.0], [0.0], [9.0]])
     >>> hyperedges(feats, grid_graph(pos), picks=2)[:, :2]  # its only neighbour, then the farthest
@@ -519,6 +516,7 @@ class HGGEPNet(nn.Module):
 
     Examples
     --------
+    >>> from gr2st.graph import grid_graph
     >>> cfg = HGGEPConfig(dim=16, tap_channels=2, vit_depth=1, heads=2, dim_head=8,
     ...                   lstm_layers=1, gem=False)
     >>> lite = EfficientNet.from_name("efficientnet-lite0")
@@ -603,7 +601,7 @@ class HGGEPNet(nn.Module):
         return sequence.mean(0)
 
 
-@METHODS.register("hggep")
+@register_method
 class HGGEP(PixelMethod[HGGEPConfig]):
     """HGGEP: gradient-enhanced CNN, ViTs and a hypergraph trained on patches.
 
@@ -613,7 +611,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
     Parameters
     ----------
     **kwargs
-        See :class:`~gr2st.methods.pixels.PixelMethod` (``profile`` ``"cpu"``, the
+        See :class:`~gr2st.methods.pixels.PixelMethod` (``profile`` ``"default"``, the
         default, or ``"paper"``; ``overrides`` as ``"field=value"`` of
         :class:`HGGEPConfig`).
 
@@ -624,8 +622,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
     """
 
     name = "hggep"
-    profiles = ("cpu", "paper")
-    configs: ClassVar[dict[str, HGGEPConfig]] = PROFILES
+    profiles = PROFILES
     needs_counts = True
     patch_px = PATCH_PX
 
@@ -692,7 +689,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
     ) -> dict[str, Tensor]:
         net = cast(HGGEPNet, net)
         cfg = self.config
-        edges = grid_graph(section.positions, neighbourhood=8)
+        edges = pruned_knn_graph(section.positions, k=8, max_distance=2.0)
         original, views = self._views(net, section, generator)
         h = net.embed(original, section.positions, edges)
         prediction = net.gene_head(h)
@@ -712,7 +709,7 @@ class HGGEP(PixelMethod[HGGEPConfig]):
 
     def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
         net = cast(HGGEPNet, net)
-        edges = grid_graph(section.positions, neighbourhood=8)
+        edges = pruned_knn_graph(section.positions, k=8, max_distance=2.0)
         taps = self._encode_frozen(net, section.patches)
         return net.gene_head(net.embed(taps, section.positions, edges))
 

@@ -8,22 +8,22 @@ training adds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from anndata import AnnData
 
-from gr2st.benchmark.data import stack_expression, stack_features
-from gr2st.benchmark.overrides import apply_overrides
+from gr2st.config import Config, PositiveInt
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
 from gr2st.retrieval import retrieve
+from gr2st.sections import stack_expression, stack_features
 
 
 @dataclass(frozen=True)
-class KNNConfig:
+class KNNConfig(Config):
     """Settings of :class:`KNNBaseline`.
 
     Attributes
@@ -32,11 +32,11 @@ class KNNConfig:
         Number of training spots averaged per test spot.
     """
 
-    top_k: int = 200
+    top_k: PositiveInt = 200
 
 
-@METHODS.register("knn")
-class KNNBaseline(Method):
+@register_method
+class KNNBaseline(Method[KNNConfig]):
     """Weighted mean expression of the ``top_k`` most similar training spots.
 
     Examples
@@ -45,11 +45,12 @@ class KNNBaseline(Method):
     KNNConfig(top_k=50)
     """
 
+    name = "knn"
+    supports_values = True
+    profiles: ClassVar[dict[str, KNNConfig]] = {"default": KNNConfig()}
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = apply_overrides(KNNConfig(), self.overrides, owner="knn")
-        if self.config.top_k < 1:
-            raise GR2STConfigError(f"knn: top_k must be positive, got {self.config.top_k}")
         self._keys: np.ndarray | None = None
         self._values: np.ndarray | None = None
 
@@ -76,6 +77,3 @@ class KNNBaseline(Method):
         query = stack_features([test], self.feature_key)
         result = retrieve(query, self._keys, values, top_k=self.config.top_k, device=self.device)
         return np.asarray(result.mean, dtype=np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **asdict(self.config)}

@@ -27,7 +27,7 @@ Profiles
     interpolation); colour jitter factors are drawn as in ``ColorJitter(0.5, 0.5, 0.5)``
     but applied in a fixed order. Patches are read from ``uns["gr2st"]["image_path"]``
     at ``obsm["spatial"]``. Built for a GPU; it runs, slowly, on CPU.
-``cpu``
+``default``
     Frozen, precomputed image features (``obsm[feature_key]``) with a trainable
     ``ProjectionHead(D, 256)`` instead of the fine-tuned CNN, and no augmentation;
     coordinate embeddings sized to the largest training coordinate (rows are
@@ -42,32 +42,33 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from anndata import AnnData
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gr2st._constants import IMAGE_PATH, SPATIAL, UNS
 from gr2st._utils.seed import resolve_device, seed_everything
-from gr2st.benchmark.data import section_name, stack_features
-from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import METHODS, Method
-from gr2st.models.layers import (
-    EpochCheckpoint,
-    ProjectionHead,
-    SectionArrays,
-    TransformerEncoder,
-    clip_cross_entropy,
-    fingerprint,
-    section_arrays,
+from gr2st.config import (
+    Config,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
 )
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.methods.base import Method, register_method
+from gr2st.models.layers import ProjectionHead, TransformerEncoder, clip_cross_entropy
 from gr2st.retrieval import retrieve
+from gr2st.sections import SectionArrays, section_arrays, section_name, stack_features
+from gr2st.training import Batch, TrainingTask
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ ImageInput = Literal["features", "pixels"]
 
 
 @dataclass(frozen=True)
-class MclSTExpConfig:
+class MclSTExpConfig(Config):
     """Settings of :class:`MclSTExp` (defaults: the ``paper`` profile).
 
     Attributes
@@ -110,60 +111,34 @@ class MclSTExpConfig:
         Flip/rotate/colour-jitter training patches (``pixels`` only).
     image_batch_size
         Patches per forward pass when embedding test images (``pixels`` only).
+    precision
+        ``fp32``, ``tf32`` or ``bf16`` training (see :class:`gr2st.training.Trainer`).
     """
 
-    epochs: int = 90
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    temperature: float = 1.0
-    projection_dim: int = 256
-    depth: int = 2
-    heads: int = 8
-    dim_head: int = 64
-    dropout: float = 0.0
-    n_positions: int = 65536
-    top_k: int = 200
-    key_batch_size: int = 32
+    epochs: PositiveInt = 90
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-3
+    temperature: PositiveFloat = 1.0
+    projection_dim: PositiveInt = 256
+    depth: PositiveInt = 2
+    heads: PositiveInt = 8
+    dim_head: PositiveInt = 64
+    dropout: Fraction = 0.0
+    n_positions: NonNegativeInt = 65536
+    top_k: PositiveInt = 200
+    key_batch_size: PositiveInt = 32
     image_input: ImageInput = "pixels"
     encoder: str = "efficientnet-lite0"
-    patch_px: int = 224
+    patch_px: PositiveInt = 224
     augment: bool = True
-    image_batch_size: int = 128
-
-    def validate(self) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        positive = (
-            "epochs",
-            "batch_size",
-            "lr",
-            "temperature",
-            "projection_dim",
-            "depth",
-            "heads",
-            "dim_head",
-            "top_k",
-            "key_batch_size",
-            "patch_px",
-            "image_batch_size",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise GR2STConfigError(f"mclstexp: {name} must be positive, got {value}")
-        if self.weight_decay < 0 or self.n_positions < 0 or not 0 <= self.dropout < 1:
-            raise GR2STConfigError(
-                "mclstexp: weight_decay and n_positions must be >= 0 and dropout in [0, 1)"
-            )
-        if self.image_input not in ("features", "pixels"):
-            raise GR2STConfigError(
-                f"mclstexp: image_input must be 'features' or 'pixels', got {self.image_input!r}"
-            )
+    image_batch_size: PositiveInt = 128
+    precision: Precision = "fp32"
 
 
 PROFILES: dict[str, MclSTExpConfig] = {
     "paper": MclSTExpConfig(),
-    "cpu": MclSTExpConfig(image_input="features", n_positions=0, augment=False),
+    "default": MclSTExpConfig(image_input="features", n_positions=0, augment=False),
 }
 
 
@@ -186,7 +161,7 @@ class MclSTExpNet(nn.Module):
 
     Examples
     --------
-    >>> net = MclSTExpNet(6, 4, n_positions=10, config=PROFILES["cpu"])
+    >>> net = MclSTExpNet(6, 4, n_positions=10, config=PROFILES["default"])
     >>> net.embed_spots(torch.rand(5, 6), torch.randint(0, 10, (5, 2))).shape
     torch.Size([5, 256])
     """
@@ -266,32 +241,58 @@ def augment_patches(x: Tensor) -> Tensor:
     return ((x - grey) * factors[2] + grey).clamp(0, 255)
 
 
-@METHODS.register("mclstexp")
-class MclSTExp(Method):
+class _ContrastiveTask(TrainingTask):
+    """mclSTExp's batches (random spots pooled over sections) and CLIP loss."""
+
+    def __init__(
+        self, method: MclSTExp, expression: Tensor, positions: Tensor, images: Tensor
+    ) -> None:
+        self.cfg = method.config
+        self.expression, self.positions, self.images = expression, positions, images
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
+        order = torch.from_numpy(rng.permutation(len(self.expression))).to(self.images.device)
+        for index in order.split(self.cfg.batch_size):
+            yield Batch(index, weight=float(index.numel()))
+
+    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
+        images = self.images[batch]
+        if images.dtype == torch.uint8:
+            images = images.float()
+            if self.cfg.augment:
+                # The global torch generator, seeded before the network was built.
+                images = augment_patches(images)
+        return cast(MclSTExpNet, net).loss(self.expression[batch], self.positions[batch], images)
+
+
+@register_method
+class MclSTExp(Method[MclSTExpConfig]):
     """mclSTExp: contrastive alignment of spot (expression + position) and image embeddings.
 
     Parameters
     ----------
-    progress
-        Show a progress bar over epochs.
     **kwargs
         See :class:`~gr2st.methods.base.Method` (``feature_key``, ``profile``,
-        ``overrides``, ``seed``, ``device``).
+        ``overrides``, ``seed``, ``device``, ``progress``).
 
     Examples
     --------
-    >>> m = MclSTExp(feature_key="X_efficientnet-lite0", profile="cpu", overrides=["epochs=5"])
+    >>> m = MclSTExp(feature_key="X_efficientnet-lite0", overrides=["epochs=5"])
     >>> m.config.epochs, m.config.image_input
     (5, 'features')
     """
 
-    profiles = ("cpu", "paper")
+    name = "mclstexp"
+    learned = True
+    profiles = PROFILES
 
-    def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = self._profile_config("mclstexp", PROFILES)
-        self.config.validate()
-        self.progress = progress
         self.history_: list[float] = []
         self._net: MclSTExpNet | None = None
         self._keys: np.ndarray | None = None
@@ -352,43 +353,20 @@ class MclSTExp(Method):
             config=cfg,
             image_encoder=image_encoder,
         ).to(device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(self.seed)
-        settings = {"method": "mclstexp", "seed": self.seed, **asdict(cfg)}
-        checkpoint = EpochCheckpoint(
-            workdir, run_fingerprint=fingerprint(settings, [expression, positions, images])
+        task = _ContrastiveTask(
+            self,
+            torch.from_numpy(expression).to(device),
+            torch.from_numpy(positions).to(device),
+            torch.from_numpy(images).to(device),
         )
-        start, history = checkpoint.load(model=net, optimizer=optimizer, rng=rng)
-        expr_t = torch.from_numpy(expression)
-        pos_t = torch.from_numpy(positions)
-        img_t = torch.from_numpy(images)
-        epochs = tqdm(
-            range(start, cfg.epochs),
-            desc="mclstexp",
-            initial=start,
-            total=cfg.epochs,
-            disable=not self.progress,
+        history = self.train_network(
+            net,
+            task,
+            epochs=cfg.epochs,
+            workdir=workdir,
+            data=[expression, positions, images],
+            precision=cfg.precision,
         )
-        for epoch in epochs:
-            net.train()
-            total = 0.0
-            for index in _batches(rng.permutation(len(expression)), cfg.batch_size):
-                idx = torch.from_numpy(index)
-                batch_images = img_t[idx].to(device)
-                if image_encoder is not None:
-                    batch_images = batch_images.float()
-                    if cfg.augment:
-                        batch_images = augment_patches(batch_images)
-                loss = net.loss(expr_t[idx].to(device), pos_t[idx].to(device), batch_images)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(index)
-            history.append(total / len(expression))
-            epochs.set_postfix(loss=f"{history[-1]:.4f}")
-            checkpoint.save(
-                model=net, optimizer=optimizer, epoch=epoch + 1, history=history, rng=rng
-            )
         self._net = net.eval()
         self.history_ = history
         self._n_positions = n_positions
@@ -420,17 +398,17 @@ class MclSTExp(Method):
         return np.asarray(result.mean, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.config
-        if self._n_positions is not None:
-            cfg = replace(cfg, n_positions=self._n_positions)
         notes = (
             "image encoder: EfficientNet-Lite0 fine-tuned (published: DenseNet121); "
             "rotations by multiples of 90 degrees"
-            if cfg.image_input == "pixels"
+            if self.config.image_input == "pixels"
             else "frozen precomputed features + trainable projection head "
             "(published: DenseNet121 fine-tuned end to end); no augmentation"
         )
-        return {"profile": self.profile, **asdict(cfg), "deviations": notes}
+        described = super().describe()
+        if self._n_positions is not None:
+            described["n_positions"] = self._n_positions
+        return {**described, "deviations": notes}
 
 
 @torch.no_grad()
@@ -444,11 +422,6 @@ def _spot_keys(net: MclSTExpNet, sections: Sequence[SectionArrays], *, chunk: in
             pos = torch.from_numpy(s.positions[start : start + chunk]).to(device)
             keys.append(net.embed_spots(expr, pos).cpu())
     return torch.cat(keys).numpy()
-
-
-def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(order), size):
-        yield order[start : start + size]
 
 
 def _read_patches(adata: AnnData, *, size_px: int, out_px: int) -> np.ndarray:

@@ -11,19 +11,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from anndata import AnnData
 
-from gr2st.benchmark.data import stack_expression
-from gr2st.benchmark.overrides import apply_overrides
+from gr2st.config import Config
 from gr2st.errors import GR2STConfigError
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
+from gr2st.sections import stack_expression
 
 
-@METHODS.register("mean")
-class MeanBaseline(Method):
+@dataclass(frozen=True)
+class MeanConfig(Config):
+    """No settings: every override of ``mean`` is reported as unknown."""
+
+
+@register_method
+class MeanBaseline(Method[MeanConfig]):
     """Training-spot mean of each gene, identical for every test spot.
 
     Examples
@@ -38,10 +43,12 @@ class MeanBaseline(Method):
            [2., 4.]], dtype=float32)
     """
 
+    name = "mean"
+    supports_values = True
+    profiles: ClassVar[dict[str, MeanConfig]] = {"default": MeanConfig()}
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # No hyperparameters: any override is a mistake worth reporting.
-        apply_overrides(_NoConfig(), self.overrides, owner="mean")
         self._mean: np.ndarray | None = None
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
@@ -59,8 +66,3 @@ class MeanBaseline(Method):
 
 def _spot_mean(sections: Sequence[AnnData]) -> np.ndarray:
     return stack_expression(sections).mean(axis=0, dtype=np.float64).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class _NoConfig:
-    """Empty config: ``apply_overrides`` then rejects every key."""

@@ -9,22 +9,22 @@ predicts by retrieving training spots could reach, and is reported below the ran
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from anndata import AnnData
 
-from gr2st.benchmark.data import stack_expression
-from gr2st.benchmark.overrides import apply_overrides
+from gr2st.config import Config, PositiveInt
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
 from gr2st.retrieval import retrieve
+from gr2st.sections import stack_expression
 
 
 @dataclass(frozen=True)
-class OracleConfig:
+class OracleConfig(Config):
     """Settings of :class:`ExpressionOracle`.
 
     Attributes
@@ -33,11 +33,11 @@ class OracleConfig:
         Number of training spots averaged per test spot.
     """
 
-    top_k: int = 50
+    top_k: PositiveInt = 50
 
 
-@METHODS.register("oracle")
-class ExpressionOracle(Method):
+@register_method
+class ExpressionOracle(Method[OracleConfig]):
     """Expression-space nearest-neighbour ceiling (needs the test truth).
 
     Examples
@@ -46,13 +46,13 @@ class ExpressionOracle(Method):
     True
     """
 
-    is_ceiling: ClassVar[bool] = True
+    name = "oracle"
+    is_ceiling = True
+    supports_values = True
+    profiles: ClassVar[dict[str, OracleConfig]] = {"default": OracleConfig()}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = apply_overrides(OracleConfig(), self.overrides, owner="oracle")
-        if self.config.top_k < 1:
-            raise GR2STConfigError(f"oracle: top_k must be positive, got {self.config.top_k}")
         self._bank: np.ndarray | None = None
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
@@ -80,6 +80,3 @@ class ExpressionOracle(Method):
         query = stack_expression([test])
         result = retrieve(query, self._bank, values, top_k=self.config.top_k, device=self.device)
         return np.asarray(result.mean, dtype=np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **asdict(self.config)}

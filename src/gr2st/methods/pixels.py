@@ -2,10 +2,10 @@
 
 HisToGene, Hist2ST, THItoGene and HGGEP all predict the expression of every spot of a
 section at once, from that section's patches and array coordinates, trained one section
-per optimiser step. :class:`PixelMethod` owns that loop (section order, optimiser,
-step schedule, per-epoch checkpoints and resume, progress, prediction); a method
-module only defines its network (:meth:`PixelMethod.build`) and its loss
-(:meth:`PixelMethod.training_loss`).
+per optimizer step. :class:`PixelMethod` supplies that to the shared training loop
+(:class:`gr2st.training.Trainer`: section order, optimizer, step schedule, checkpoints
+and resume, progress) and predicts; a method module only defines its network
+(:meth:`PixelMethod.build`) and its loss (:meth:`PixelMethod.training_loss`).
 
 Patches come from ``obsm[PATCHES]`` (uint8, written by
 :func:`gr2st.encoders.extract_patches`: the frozen encoders' crop and stain
@@ -14,46 +14,48 @@ normalisation, resized once), so no epoch decodes an image.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gr2st._constants import PATCHES
 from gr2st._utils.seed import resolve_device, seed_everything
-from gr2st.benchmark.data import section_name
+from gr2st.config import (
+    Bound,
+    Config,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+    Probability,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.methods.base import Method
-from gr2st.models.layers import (
-    Augmentation,
-    EpochCheckpoint,
-    augment_patches,
-    fingerprint,
-    section_arrays,
-    size_factors,
-    spot_positions,
-)
+from gr2st.models.layers import Augmentation, augment_patches, size_factors
+from gr2st.sections import section_arrays, section_name, spot_positions
+from gr2st.training import Batch, TrainingTask
 
 
 @dataclass(frozen=True)
-class PixelConfig:
+class PixelConfig(Config):
     """Training settings common to the pixel methods (subclassed per method).
 
     Attributes
     ----------
     epochs
-        Passes over the training sections (one section per optimiser step).
+        Passes over the training sections (one section per optimizer step).
     lr, weight_decay
-        Optimiser learning rate and weight decay.
+        Optimizer learning rate and weight decay.
     optimizer
         ``"adam"`` or ``"adamw"``.
     lr_step_epochs, lr_gamma
@@ -65,23 +67,26 @@ class PixelConfig:
         Dropout of the network.
     aug_rotation, aug_hflip, aug_vflip, aug_grayscale, aug_brightness, aug_contrast, aug_saturation
         Training-time patch augmentation (see :class:`~gr2st.models.layers.Augmentation`).
+    precision
+        ``fp32``, ``tf32`` or ``bf16`` training (see :class:`gr2st.training.Trainer`).
     """
 
-    epochs: int = 100
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    lr_step_epochs: int = 0
-    lr_gamma: float = 1.0
-    n_positions: int = 64
-    dropout: float = 0.1
-    aug_rotation: float = 0.0
-    aug_hflip: float = 0.0
-    aug_vflip: float = 0.0
-    aug_grayscale: float = 0.0
-    aug_brightness: float = 0.0
-    aug_contrast: float = 0.0
-    aug_saturation: float = 0.0
+    epochs: PositiveInt = 100
+    lr: PositiveFloat = 1e-5
+    weight_decay: NonNegativeFloat = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr_step_epochs: NonNegativeInt = 0
+    lr_gamma: Annotated[float, Bound(low=0, high=1, low_open=True)] = 1.0
+    n_positions: PositiveInt = 64
+    dropout: Fraction = 0.1
+    aug_rotation: NonNegativeFloat = 0.0
+    aug_hflip: Probability = 0.0
+    aug_vflip: Probability = 0.0
+    aug_grayscale: Probability = 0.0
+    aug_brightness: NonNegativeFloat = 0.0
+    aug_contrast: NonNegativeFloat = 0.0
+    aug_saturation: NonNegativeFloat = 0.0
+    precision: Precision = "fp32"
 
     @property
     def augmentation(self) -> Augmentation:
@@ -95,25 +100,6 @@ class PixelConfig:
             contrast=self.aug_contrast,
             saturation=self.aug_saturation,
         )
-
-    def validate(self, owner: str) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        for name in ("epochs", "lr", "n_positions"):
-            if not getattr(self, name) > 0:
-                raise GR2STConfigError(
-                    f"{owner}: {name} must be positive, got {getattr(self, name)}"
-                )
-        if self.optimizer not in ("adam", "adamw"):
-            raise GR2STConfigError(
-                f"{owner}: optimizer must be adam or adamw, got {self.optimizer!r}"
-            )
-        if self.weight_decay < 0 or self.lr_step_epochs < 0 or not 0 < self.lr_gamma <= 1:
-            raise GR2STConfigError(
-                f"{owner}: weight_decay and lr_step_epochs must be >= 0 and lr_gamma in (0, 1]"
-            )
-        if not 0 <= self.dropout < 1:
-            raise GR2STConfigError(f"{owner}: dropout must be in [0, 1), got {self.dropout}")
-        self.augmentation.validate(owner)
 
 
 @dataclass(frozen=True)
@@ -153,7 +139,8 @@ def patch_tensor(adata: AnnData, *, side: int, owner: str) -> Tensor:
 
     Examples
     --------
-    >>> ad = AnnData(np.zeros((2, 1), np.float32))
+    >>> import pandas as pd
+    >>> ad = AnnData(np.zeros((2, 1), np.float32), obs=pd.DataFrame({"section": ["A", "A"]}))
     >>> ad.obsm["patches"] = np.full((2, 8, 8, 3), 255, np.uint8)
     >>> patch_tensor(ad, side=4, owner="demo").shape
     torch.Size([2, 3, 4, 4])
@@ -178,32 +165,26 @@ def patch_tensor(adata: AnnData, *, side: int, owner: str) -> Tensor:
 C = TypeVar("C", bound=PixelConfig)
 
 
-class PixelMethod(Method, Generic[C]):
+class PixelMethod(Method[C]):
     """Base of the methods that learn from patch pixels, one section per step.
 
-    Subclasses set :attr:`name`, :attr:`profiles`, :attr:`configs` (profile → config)
-    and implement :meth:`build`, :meth:`training_loss` and :meth:`forward`.
+    Subclasses set :attr:`name` and :attr:`profiles` (``default`` and ``paper``) and
+    implement :meth:`build`, :meth:`training_loss` and :meth:`forward`.
 
     Parameters
     ----------
-    progress
-        Show a progress bar over epochs.
     **kwargs
         See :class:`~gr2st.methods.base.Method`.
     """
 
     input = "pixels"
     patch_px = 112
-    name: ClassVar[str]
-    configs: ClassVar[dict[str, Any]]
+    learned = True
     #: Whether :meth:`training_loss` needs raw counts (ZINB) in :class:`PixelSection`.
     needs_counts: ClassVar[bool] = False
 
-    def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config: C = self._profile_config(self.name, self.configs)
-        self.config.validate(self.name)
-        self.progress = progress
         self.history_: list[float] = []
         self._net: nn.Module | None = None
 
@@ -264,68 +245,29 @@ class PixelMethod(Method, Generic[C]):
             size_factor=torch.from_numpy(factors).to(device),
         )
 
-    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        cfg = self.config
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return kind(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def _lr(self, epoch: int) -> float:
-        cfg = self.config
-        if cfg.lr_step_epochs == 0:
-            return cfg.lr
-        return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step_epochs)
-
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
         if not train:
             raise GR2STDataError(f"{self.name}: fit() needs at least one training section")
-        cfg = self.config
         seed_everything(self.seed)
         device = resolve_device(self.device)
         sections = sorted(
             (self.section(a, device=device, train=True) for a in train), key=lambda s: s.name
         )
         net = self.build(int(sections[0].expression.shape[1])).to(device)
-        optimizer = self._optimizer(net)
-        # The section order's generator is saved in the checkpoint and the augmentation
-        # generator is reseeded per epoch, so a resumed fit ends at the same weights.
-        order_rng = np.random.default_rng(self.seed)
-        generator = torch.Generator()
-        settings = {"method": self.name, "seed": self.seed, **dataclasses.asdict(cfg)}
-        arrays = [
+        data = [
             t.cpu().numpy()
             for s in sections
             for t in (s.patches, s.positions, s.expression, s.counts)
         ]
-        checkpoint = EpochCheckpoint(workdir, run_fingerprint=fingerprint(settings, arrays))
-        start, history = checkpoint.load(model=net, optimizer=optimizer, rng=order_rng)
-        epochs = tqdm(
-            range(start, cfg.epochs),
-            desc=self.name,
-            initial=start,
-            total=cfg.epochs,
-            disable=not self.progress,
+        self.history_ = self.train_network(
+            net,
+            _SectionTask(self, sections),
+            epochs=self.config.epochs,
+            workdir=workdir,
+            data=data,
+            precision=self.config.precision,
         )
-        for epoch in epochs:
-            # Reseeded every epoch, so a resumed fit draws the same augmentations.
-            generator.manual_seed(self.seed * 100_003 + epoch)
-            net.train()
-            for group in optimizer.param_groups:
-                group["lr"] = self._lr(epoch)
-            total = 0.0
-            for index in order_rng.permutation(len(sections)):
-                terms = self.training_loss(net, sections[index], generator=generator)
-                loss = torch.stack(list(terms.values())).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-            history.append(total / len(sections))
-            epochs.set_postfix(loss=f"{history[-1]:.4f}")
-            checkpoint.save(
-                model=net, optimizer=optimizer, epoch=epoch + 1, history=history, rng=order_rng
-            )
         self._net = net.eval()
-        self.history_ = history
 
     @torch.no_grad()
     def predict(self, test: AnnData) -> np.ndarray:
@@ -335,5 +277,36 @@ class PixelMethod(Method, Generic[C]):
         section = self.section(test, device=device, train=False)
         return self.forward(self._net, section).cpu().numpy().astype(np.float32)
 
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **dataclasses.asdict(self.config)}
+
+class _SectionTask(TrainingTask):
+    """One section per step, sections in a random order; a step-decayed learning rate."""
+
+    def __init__(self, method: PixelMethod[Any], sections: list[PixelSection]) -> None:
+        self.method = method
+        self.cfg: PixelConfig = method.config
+        self.sections = sections
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return kind(net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def learning_rate(self, epoch: int, step: int) -> float:
+        """PyTorch ``StepLR``: ``lr · gamma^(epoch // lr_step_epochs)``.
+
+        Examples
+        --------
+        >>> task = _SectionTask.__new__(_SectionTask)
+        >>> task.cfg = PixelConfig(lr=1.0, lr_step_epochs=2, lr_gamma=0.5)
+        >>> [task.learning_rate(e, 0) for e in range(5)]
+        [1.0, 1.0, 0.5, 0.5, 0.25]
+        """
+        cfg = self.cfg
+        if cfg.lr_step_epochs == 0:
+            return cfg.lr
+        return cfg.lr * cfg.lr_gamma ** (epoch // cfg.lr_step_epochs)
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
+        return (Batch(self.sections[i]) for i in rng.permutation(len(self.sections)))
+
+    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
+        return self.method.training_loss(net, batch, generator=generator)

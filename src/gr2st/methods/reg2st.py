@@ -1,8 +1,10 @@
 """``reg2st``: Reg2ST (Wang et al., 2025), regression on frozen features guided by expression.
 
-What the published model does (Holly-Wang/Reg2ST, ``code/model.py``, ``code/herst.py``,
-``code/utils.py``; HER2ST settings from ``train.py``: hidden 256, decoder 6 × 8 heads,
-mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows:
+What the published model does (Holly-Wang/Reg2ST, ``code/model.py``, ``code/attention.py``,
+``code/wikg.py``, ``code/herst.py``; HER2ST settings from the tutorial's ``parser_option``:
+hidden 256, decoder 6 × 8 heads, WiKG top-6, weights 0.5 / 0.25), and what this
+implementation follows (checked against that code with identical weights and inputs:
+see ``docs/parity.md``):
 
 - Image branch: frozen Phikon-v2 CLS features ``→ Linear(D, D) → GELU → Dropout →
   Linear(D, H)`` = ``i``; ``i_ct = i + Emb_x(x) + Emb_y(y)`` (``Embedding(64, H)`` each).
@@ -12,11 +14,15 @@ mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows
   ``log(1/0.07)``; ``i`` unnormalised) scored by elementwise binary cross-entropy against
   the identity (:func:`~gr2st.models.layers.clip_binary_cross_entropy`), and a
   projection ``p = MLP(i)`` regressed onto ``g`` (MSE).
-- Masked transformer decoder over the spots of a section: tokens ``i_ct``, context
-  ``p``; during training each spot's attention hides a random 75 % of the other spots.
-- WiKG dynamic graph (top-6 neighbours, knowledge-aware attention, bi-interaction) on
-  the decoder output, with tails from ``i_ct``
-  (:class:`~gr2st.models.layers.KnowledgeGraphAttention`).
+- Decoder over the spots of a section (:class:`~gr2st.models.layers.TransformerDecoder`):
+  6 blocks of pre-norm cross-attention from the tokens ``i_ct`` to the context ``p``
+  (8 heads of ``H / 8``, biased projections, dropout on the attention weights) and an
+  MLP 1024, residual dropout, then a LayerNorm. No self-attention: the published block
+  defines one but its call is commented out.
+- WiKG dynamic graph (top-6 neighbours, knowledge-aware attention, bi-interaction,
+  dropout 0.3; :class:`~gr2st.models.layers.KnowledgeGraphAttention`): node states from
+  the decoder output, heads from ``i_ct``, tails from ``p``; per-spot output
+  ``Linear(LayerNorm(·))`` (the slide-level readout is defined but unused).
 - Heads on the graph output: regression ``Linear(H, D) → GELU → Dropout → Linear(D, G)``
   (the prediction) and ZINB mean / dispersion / dropout on raw panel counts, the mean
   scaled by the spot's size factor (panel total / the section's median).
@@ -26,16 +32,17 @@ mask 0.75, WiKG top-6, weights 0.5 / 0.25), and what this implementation follows
   then cosine to 1e-6 (an epoch is as many steps as there are training sections; the
   published code hard-codes 31, HER2ST's count). The last epoch's weights are kept.
 
-Deliberate choices where the published code is silent or self-contradictory:
+Quirks of the published code, reproduced (each has an override that turns it off):
 
-- ``attention.py`` and ``wikg.py`` are not in the public repository. The decoder is
-  our pre-norm block (masked self-attention, cross-attention to ``p``, MLP 1024; the
-  mask applies to both attentions, head width ``H / heads``); the graph follows the
-  WiKG paper and code (dropout 0.3, WiKG's default) with per-spot output
-  ``Linear(LayerNorm(·))`` instead of a slide-level readout.
-- **quirk:** the published forward computes the masked decoder pass and then overwrites
-  it with an unmasked one, so the mask has no effect there. We apply the mask as the
-  paper describes; ``mask_rate=0`` reproduces the code's behaviour.
+- **quirk:** the decoder's attention views its ``(heads, n, H / heads)`` output as
+  ``(n, H)`` without moving the head axis back, so each spot's row holds other spots'
+  head outputs (``head_merge_quirk``; ``false`` merges each spot's own heads).
+- **quirk:** the knowledge-attention logit multiplies the sums of the tail and gate
+  vectors instead of taking their dot product (WiKG's ``einsum``; kept in the layer).
+- **quirk:** the forward computes a decoder pass with a random mask hiding 75 % of the
+  other spots, then overwrites it with an unmasked pass, so training never masks.
+  ``mask_rate`` is therefore 0 here; ``mask_rate=0.75`` gives the masked training the
+  paper describes.
 - The published checkpoint callback of one script version keeps the epoch with the best
   *test* PCC; we never look at the test section.
 
@@ -43,56 +50,62 @@ Profiles
 --------
 ``paper``
     The settings above (GPU-sized; any frozen features, Phikon-v2 in the paper).
-``cpu``
-    Same architecture, losses and optimiser, reduced for a 2-core CPU: 100 epochs
+``default``
+    Same architecture, losses and optimizer, reduced for a 2-core CPU: 100 epochs
     instead of 400 (warm-up 3 instead of 10, about the same share of the run) and 2
     decoder blocks instead of 6: a HER2ST-6 fold (5 training sections, 1,000 spots,
     1280-d, 785 genes) trains in about 2 minutes.
 
-Measured (one HER2ST-6 fold, test C2, 40 epochs of the ``cpu`` profile, Lite0 features):
-mean PCC -0.071 as published, 0.087 with ``use_positions=false`` and 0.079 with that and
-``mask_rate=0``. The learned absolute x/y embeddings on the image side let the network
-memorise where expression sits on the training sections, which does not carry over to a
-new section's coordinates; with 31 training sections (the paper) this is diluted, with
-5 it dominates. Both profiles keep the published design; the ablation is one override.
+Measured (one HER2ST-6 fold, test C2, Lite0 features, ``cpu`` profile at 50 epochs,
+seed 0; ``docs/parity.md``): mean PCC -0.090 (the published code under the same
+settings: -0.070) and 0.171 with ``use_positions=false``. The learned absolute x/y
+embeddings on the image side let the network memorise where expression sits on the
+training sections, which does not carry over to a new section's coordinates; with 31
+training sections (the paper) this is diluted, with 5 it dominates. Both profiles keep
+the published design; the ablation is one override.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gr2st._utils.seed import resolve_device, seed_everything
-from gr2st.benchmark.data import section_name, stack_features
+from gr2st.config import (
+    Config,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
 from gr2st.models.layers import (
-    EpochCheckpoint,
     KnowledgeGraphAttention,
     TransformerDecoder,
     ZINBHead,
     clip_binary_cross_entropy,
-    fingerprint,
     random_attention_mask,
-    section_arrays,
     size_factors,
-    spot_positions,
     zinb_nll,
 )
+from gr2st.sections import section_arrays, section_name, spot_positions, stack_features
+from gr2st.training import Batch, TrainingTask
 
 
 @dataclass(frozen=True)
-class Reg2STConfig:
+class Reg2STConfig(Config):
     """Settings of :class:`Reg2ST` (defaults: the ``paper`` profile).
 
     Attributes
@@ -120,79 +133,58 @@ class Reg2STConfig:
     use_positions
         Add the learned x/y embeddings to the image tokens (as published). ``False`` is
         an ablation: see "Measured" in the module docstring.
+    head_merge_quirk
+        Merge the decoder's attention heads as the published code does (**quirk**, see
+        :class:`~gr2st.models.layers.CrossAttention`); ``False`` merges each spot's own
+        heads.
     init_temperature
         Initial temperature of the contrastive logits (learned as ``log(1/τ)``).
     w_contrastive, w_mse, w_projection, w_zinb
         Loss weights.
     """
 
-    epochs: int = 400
-    lr: float = 1e-4
-    warmup_lr: float = 1e-5
-    final_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.01
-    hidden_dim: int = 256
-    gene_encoder_dim: int = 1024
-    decoder_depth: int = 6
-    decoder_heads: int = 8
-    decoder_mlp_dim: int = 1024
-    mask_rate: float = 0.75
-    graph_top_k: int = 6
-    graph_dropout: float = 0.3
-    dropout: float = 0.2
-    n_positions: int = 64
+    epochs: PositiveInt = 400
+    lr: PositiveFloat = 1e-4
+    warmup_lr: PositiveFloat = 1e-5
+    final_lr: PositiveFloat = 1e-6
+    warmup_epochs: NonNegativeInt = 10
+    weight_decay: NonNegativeFloat = 0.01
+    hidden_dim: PositiveInt = 256
+    gene_encoder_dim: PositiveInt = 1024
+    decoder_depth: PositiveInt = 6
+    decoder_heads: PositiveInt = 8
+    decoder_mlp_dim: PositiveInt = 1024
+    mask_rate: Fraction = 0.0
+    graph_top_k: PositiveInt = 6
+    graph_dropout: Fraction = 0.3
+    dropout: Fraction = 0.2
+    n_positions: PositiveInt = 64
     use_positions: bool = True
-    init_temperature: float = 0.07
-    w_contrastive: float = 0.5
-    w_mse: float = 1.0
-    w_projection: float = 1.0
-    w_zinb: float = 0.25
+    head_merge_quirk: bool = True
+    init_temperature: PositiveFloat = 0.07
+    w_contrastive: NonNegativeFloat = 0.5
+    w_mse: NonNegativeFloat = 1.0
+    w_projection: NonNegativeFloat = 1.0
+    w_zinb: NonNegativeFloat = 0.25
+    precision: Precision = "fp32"
 
-    def validate(self) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        positive = (
-            "epochs",
-            "lr",
-            "warmup_lr",
-            "final_lr",
-            "hidden_dim",
-            "gene_encoder_dim",
-            "decoder_depth",
-            "decoder_heads",
-            "decoder_mlp_dim",
-            "graph_top_k",
-            "n_positions",
-            "init_temperature",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not value > 0:
-                raise GR2STConfigError(f"reg2st: {name} must be positive, got {value}")
-        if not 0 <= self.warmup_epochs < self.epochs:
+    def check(self) -> None:
+        if self.warmup_epochs >= self.epochs:
             raise GR2STConfigError(
-                f"reg2st: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
+                f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
             )
         if self.hidden_dim % self.decoder_heads:
             raise GR2STConfigError(
-                f"reg2st: hidden_dim ({self.hidden_dim}) must be divisible by decoder_heads "
+                f"hidden_dim ({self.hidden_dim}) must be divisible by decoder_heads "
                 f"({self.decoder_heads})"
             )
-        for name in ("mask_rate", "dropout", "graph_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise GR2STConfigError(
-                    f"reg2st: {name} must be in [0, 1), got {getattr(self, name)}"
-                )
-        weights = (self.w_contrastive, self.w_mse, self.w_projection, self.w_zinb)
-        if self.weight_decay < 0 or min(weights) < 0:
-            raise GR2STConfigError("reg2st: weight_decay and loss weights must be >= 0")
 
 
 PROFILES: dict[str, Reg2STConfig] = {
     "paper": Reg2STConfig(),
     # 400 -> 100 epochs (warm-up 10 -> 3, about the same share), 6 -> 2 decoder blocks:
     # about 1 CPU-second per epoch of a 5-section HER2ST-6 fold (1,000 spots, 785 genes).
-    "cpu": Reg2STConfig(epochs=100, warmup_epochs=3, decoder_depth=2),
+    "default": Reg2STConfig(epochs=100, warmup_epochs=3, decoder_depth=2),
 }
 
 
@@ -245,9 +237,9 @@ class Reg2STNet(nn.Module):
             h,
             depth=config.decoder_depth,
             heads=config.decoder_heads,
-            dim_head=h // config.decoder_heads,
             mlp_dim=config.decoder_mlp_dim,
             dropout=p,
+            head_merge_quirk=config.head_merge_quirk,
         )
         self.graph = KnowledgeGraphAttention(
             h, hidden_dim=h, out_dim=h, top_k=config.graph_top_k, dropout=config.graph_dropout
@@ -271,7 +263,9 @@ class Reg2STNet(nn.Module):
                 len(tokens), mask_rate=self.mask_rate, device=tokens.device
             )
         decoded = self.decoder(tokens, projected, mask=mask)
-        return image, projected, self.graph(decoded, tokens)
+        # As published: node states from the decoder, heads from the image tokens,
+        # tails from the projection.
+        return image, projected, self.graph(decoded, head_x=tokens, tail_x=projected)
 
     def predict(self, features: Tensor, positions: Tensor) -> Tensor:
         """Predicted log-normalised expression of the spots of one section."""
@@ -298,14 +292,42 @@ class Reg2STNet(nn.Module):
         }
 
 
-@METHODS.register("reg2st")
-class Reg2ST(Method):
+class _RegressionTask(TrainingTask):
+    """Reg2ST's steps (one section each, in name order) and weighted loss terms."""
+
+    def __init__(self, cfg: Reg2STConfig, sections: list[tuple[Tensor, ...]]) -> None:
+        self.cfg = cfg
+        self.sections = sections
+        self.schedule = lr_schedule(cfg, len(sections))
+        self.weights = {
+            "contrastive": cfg.w_contrastive,
+            "mse": cfg.w_mse,
+            "projection": cfg.w_projection,
+            "zinb": cfg.w_zinb,
+        }
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+
+    def learning_rate(self, epoch: int, step: int) -> float:
+        return float(self.schedule[epoch * len(self.sections) + step])
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
+        return (Batch(section) for section in self.sections)
+
+    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
+        terms = cast(Reg2STNet, net).losses(*batch)
+        return {k: self.weights[k] * v for k, v in terms.items()}
+
+
+@register_method
+class Reg2ST(Method[Reg2STConfig]):
     """Reg2ST: expression-guided regression from frozen image features.
 
     Parameters
     ----------
-    progress
-        Show a progress bar over epochs.
     **kwargs
         See :class:`~gr2st.methods.base.Method`.
 
@@ -316,13 +338,12 @@ class Reg2ST(Method):
     (400, 6)
     """
 
-    profiles = ("cpu", "paper")
+    name = "reg2st"
+    learned = True
+    profiles = PROFILES
 
-    def __init__(self, *, progress: bool = True, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = self._profile_config("reg2st", PROFILES)
-        self.config.validate()
-        self.progress = progress
         self.history_: list[float] = []
         self._net: Reg2STNet | None = None
 
@@ -355,42 +376,15 @@ class Reg2ST(Method):
         net = Reg2STNet(
             sections[0].expression.shape[1], sections[0].features.shape[1], config=cfg
         ).to(device)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        schedule = lr_schedule(cfg, len(sections))
-        settings = {"method": "reg2st", "seed": self.seed, **asdict(cfg)}
         arrays = [a for s in sections for a in (s.features, s.positions, s.expression, s.counts)]
-        checkpoint = EpochCheckpoint(workdir, run_fingerprint=fingerprint(settings, arrays))
-        start, history = checkpoint.load(model=net, optimizer=optimizer)
-        weights = {
-            "contrastive": cfg.w_contrastive,
-            "mse": cfg.w_mse,
-            "projection": cfg.w_projection,
-            "zinb": cfg.w_zinb,
-        }
-        epochs = tqdm(
-            range(start, cfg.epochs),
-            desc="reg2st",
-            initial=start,
-            total=cfg.epochs,
-            disable=not self.progress,
+        history = self.train_network(
+            net,
+            _RegressionTask(cfg, tensors),
+            epochs=cfg.epochs,
+            workdir=workdir,
+            data=arrays,
+            precision=cfg.precision,
         )
-        for epoch in epochs:
-            net.train()
-            total = 0.0
-            for i, batch in enumerate(tensors):
-                for group in optimizer.param_groups:
-                    group["lr"] = float(schedule[epoch * len(tensors) + i])
-                terms = net.losses(*batch)
-                loss = sum(
-                    (weights[k] * v for k, v in terms.items()), torch.zeros((), device=device)
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-            history.append(total / len(tensors))
-            epochs.set_postfix(loss=f"{history[-1]:.4f}")
-            checkpoint.save(model=net, optimizer=optimizer, epoch=epoch + 1, history=history)
         self._net = net.eval()
         self.history_ = history
 
@@ -406,6 +400,3 @@ class Reg2ST(Method):
             torch.from_numpy(features).to(device), torch.from_numpy(positions).to(device)
         )
         return out.cpu().numpy().astype(np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"profile": self.profile, **asdict(self.config)}

@@ -9,9 +9,9 @@ scored by the benchmark's own metric, the mean per-gene Pearson r.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from anndata import AnnData
@@ -21,15 +21,15 @@ from sklearn.model_selection import KFold, LeaveOneGroupOut
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gr2st.benchmark.data import section_name, stack_expression, stack_features
-from gr2st.benchmark.overrides import apply_overrides
+from gr2st.config import Bound, Config, PositiveFloat, PositiveInt
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import pearson_per_gene
-from gr2st.methods.base import METHODS, Method
+from gr2st.methods.base import Method, register_method
+from gr2st.sections import section_name, stack_expression, stack_features
 
 
 @dataclass(frozen=True)
-class RidgeConfig:
+class RidgeConfig(Config):
     """Settings of :class:`RidgeBaseline`.
 
     Attributes
@@ -43,9 +43,13 @@ class RidgeConfig:
         training section.
     """
 
-    n_components: int = 256
-    alphas: tuple[float, ...] = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
-    inner_folds: int = 5
+    n_components: PositiveInt = 256
+    alphas: tuple[PositiveFloat, ...] = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)
+    inner_folds: Annotated[int, Bound(low=2)] = 5
+
+    def check(self) -> None:
+        if not self.alphas:
+            raise GR2STConfigError("alphas: expected at least one penalty")
 
 
 def _score(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -54,8 +58,8 @@ def _score(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(r.mean()) if r.size else float("nan")
 
 
-@METHODS.register("ridge")
-class RidgeBaseline(Method):
+@register_method
+class RidgeBaseline(Method[RidgeConfig]):
     """Scaler → PCA → ridge, with α picked on the training sections.
 
     Examples
@@ -64,16 +68,12 @@ class RidgeBaseline(Method):
     (1.0, 10.0)
     """
 
+    name = "ridge"
+    supports_values = True
+    profiles: ClassVar[dict[str, RidgeConfig]] = {"default": RidgeConfig()}
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.config = apply_overrides(RidgeConfig(), self.overrides, owner="ridge")
-        cfg = self.config
-        if cfg.n_components < 1 or cfg.inner_folds < 2 or not cfg.alphas:
-            raise GR2STConfigError(
-                "ridge: expected n_components >= 1, inner_folds >= 2 and at least one alpha"
-            )
-        if any(a <= 0 for a in cfg.alphas):
-            raise GR2STConfigError(f"ridge: alphas must be positive, got {cfg.alphas}")
         self._reduce: Pipeline | None = None
         self._ridge: Ridge | None = None
         self._train_scores: np.ndarray | None = None
@@ -151,8 +151,7 @@ class RidgeBaseline(Method):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "profile": self.profile,
-            **asdict(self.config),
+            **super().describe(),
             "alpha": self.alpha_,
             "cv_mean_pcc": {str(a): s for a, s in self.cv_scores_.items()},
         }

@@ -1,14 +1,14 @@
-"""GR2ST: the network, its configuration and the user-facing model class."""
+"""GR2ST: the network, its configuration, the user-facing model class and its bundle format."""
 
 from __future__ import annotations
 
+from gr2st.models.bundle import ImageSettings
 from gr2st.models.config import (
     PROFILES,
     GR2STConfig,
     ModelConfig,
     PredictConfig,
     TrainConfig,
-    apply_overrides,
     get_profile,
 )
 from gr2st.models.gat import AutoGATConv, DenseGATConv, SparseGATConv, make_gat
@@ -22,12 +22,12 @@ __all__ = [
     "DenseGATConv",
     "GR2STConfig",
     "GR2STModule",
+    "ImageSettings",
     "ModelConfig",
     "PredictConfig",
     "Prediction",
     "SparseGATConv",
     "TrainConfig",
-    "apply_overrides",
     "get_profile",
     "make_gat",
 ]

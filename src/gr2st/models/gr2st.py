@@ -3,54 +3,59 @@
 Typical use (``train_sections``/``test_section`` prepared AnnData with image features)::
 
     model = GR2ST(train_sections, feature_key="X_phikon-v2", profile="default")
-    model.train(checkpoint_dir="runs/fold0")     # resumable per-epoch checkpoints
-    model.save("models/gr2st")                   # weights + retrieval bank + config
+    model.train(checkpoint_dir="runs/fold0")     # resumable checkpoints
+    model.save("models/gr2st")                   # a bundle: weights + retrieval bank + config
     pred = GR2ST.load("models/gr2st").predict(test_section)
     pred.mean, pred.std, pred.provenance         # expression, spread, sources
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
-from gr2st._utils.files import atomic_path
+from gr2st._constants import SECTION
 from gr2st._utils.seed import resolve_device
+from gr2st.config import apply_overrides, config_from_dict
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.models._data import (
-    SectionTensors,
-    dense_expression,
-    image_features,
-    section_name,
-    section_tensors,
+from gr2st.models.bundle import (
+    ALL_GENES_BANK,
+    ImageSettings,
+    read_bundle,
+    write_bundle,
 )
-from gr2st.models.config import GR2STConfig, apply_overrides, get_profile
-from gr2st.models.layers import EpochCheckpoint, fingerprint
+from gr2st.models.config import GR2STConfig, get_profile
 from gr2st.models.module import GR2STModule
 from gr2st.retrieval import retrieve
+from gr2st.sections import SectionArrays, dense, features, section_arrays, section_name
+from gr2st.training import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    Batch,
+    Trainer,
+    TrainingStats,
+    TrainingTask,
+    fingerprint,
+)
 
-_FORMAT = "gr2st-model"
-_FORMAT_VERSION = 1
-_CONFIG_FILE = "config.json"
-_WEIGHTS_FILE = "model.safetensors"
-_BANK_FILE = "bank.safetensors"
 _IMAGE_CHUNK = 8192
+# Bytes of one retrieval chunk's gathered neighbour values (chunk · top_k · genes · 4).
+_RETRIEVAL_CHUNK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Retrieval prediction for one section.
+    """Retrieval prediction for a set of spots.
 
     Attributes
     ----------
@@ -82,8 +87,10 @@ class _Bank:
     """Retrieval keys: the training spots' embeddings and expression."""
 
     keys: Tensor
-    values: Tensor
+    panel: Tensor
     groups: Tensor
+    all_genes: list[str]
+    all_values: sp.csr_matrix | None
 
 
 @contextmanager
@@ -94,17 +101,43 @@ def _private_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """Enable torch's deterministic algorithms (restored afterwards)."""
-    before = torch.are_deterministic_algorithms_enabled()
-    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+class _ContrastiveTask(TrainingTask):
+    """GR2ST's batches (spots of one section, shuffled) and contrastive loss."""
+
+    def __init__(self, model: GR2ST, data: list[dict[str, Tensor]]) -> None:
+        cfg = model.config.train
+        self.model = model
+        self.data = data
+        self.new_optimizer_each_epoch = cfg.optimizer_per_epoch
+        self.noise_scale: Tensor | None = None
+        if cfg.feature_noise > 0:
+            all_features = torch.cat([d["features"] for d in data])
+            self.noise_scale = cfg.feature_noise * all_features.std(dim=0, keepdim=True)
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        cfg = self.model.config.train
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
+        # Sections in a random order; a section's spots shuffled and cut into batches,
+        # so a batch never mixes sections (and normally is one whole section).
+        size = self.model.config.train.batch_size
+        for si in rng.permutation(len(self.data)):
+            sec = self.data[si]
+            n = int(sec["positions"].shape[0])
+            order = torch.from_numpy(rng.permutation(n)).to(sec["positions"].device)
+            for batch in order.split(size):
+                yield Batch((sec, batch), weight=float(batch.numel()))
+
+    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
+        sec, index = batch
+        feats = sec["features"][index]
+        if self.noise_scale is not None:
+            feats = feats + self.noise_scale * torch.randn_like(feats)
+        loss: Tensor = net(
+            feats, sec["expression"][index], sec["positions"][index], sec["types"][index]
+        )
+        return loss
 
 
 class GR2ST:
@@ -122,7 +155,7 @@ class GR2ST:
     config
         Full configuration; when ``None`` the named ``profile`` is used.
     profile
-        ``"default"`` (ours) or ``"reference"`` (the published recipe).
+        ``"default"`` (ours) or ``"paper"`` (the published recipe; alias ``"reference"``).
     overrides
         Dotted overrides on top, e.g. ``["model.fusion=concat", "train.epochs=50"]``.
     seed
@@ -133,10 +166,10 @@ class GR2ST:
     Examples
     --------
     >>> from gr2st.datasets import synthetic
-    >>> import numpy as np
-    >>> secs = synthetic(n_sections=2, n_genes=8, grid=(4, 4))
+    >>> from gr2st.genes import prepare_section
+    >>> secs = [prepare_section(s, genes=list(s.var_names))
+    ...         for s in synthetic(n_sections=2, n_genes=8, grid=(4, 4))]
     >>> for s in secs:
-    ...     s.X = np.log10(1 + 1e4 * s.X.toarray() / s.X.sum(1).A).astype("float32")
     ...     s.obsm["X_demo"] = np.eye(5)[s.obs["latent_state"]].astype("float32")
     >>> model = GR2ST(secs[:1], feature_key="X_demo", device="cpu", overrides=[
     ...     "model.proj_dim=8", "model.heads=2", "model.n_positions=64", "train.epochs=2"])
@@ -158,49 +191,58 @@ class GR2ST:
     ) -> None:
         if len(sections) == 0:
             raise GR2STDataError("sections: expected at least one training section")
-        cfg = apply_overrides(
-            config if config is not None else get_profile(profile), list(overrides)
-        )
+        cfg = config if config is not None else get_profile(profile)
+        cfg = apply_overrides(cfg, list(overrides), owner="gr2st")
         var_names = [str(v) for v in sections[0].var_names]
-        names = [section_name(a, f"section{i}") for i, a in enumerate(sections)]
+        names = [section_name(a, default=f"section{i}") for i, a in enumerate(sections)]
         if len(set(names)) != len(names):
             raise GR2STDataError(f"sections: section names must be unique, got {names}")
-        tensors = []
+        arrays = []
         for name, adata in zip(names, sections, strict=True):
             if list(adata.var_names) != var_names:
                 raise GR2STDataError(
                     f"section {name!r}: var_names differ from section {names[0]!r}; "
                     "expected the same genes in the same order"
                 )
-            tensors.append(
-                section_tensors(
-                    adata,
-                    feature_key=feature_key,
-                    name=name,
-                    n_positions=cfg.model.n_positions,
-                    n_cell_types=cfg.model.n_cell_types,
-                )
-            )
-        dims = {t.features.shape[1] for t in tensors}
+            arrays.append(self._arrays(adata, cfg, name=name, feature_key=feature_key))
+        dims = {a.features.shape[1] for a in arrays}
         if len(dims) != 1:
             raise GR2STDataError(
                 f"obsm[{feature_key!r}]: feature widths differ between sections: {dims}"
             )
-        self._train_data: list[SectionTensors] = tensors
+        self._train_data: list[SectionArrays] = arrays
         self._setup(
             config=cfg,
+            profile="custom" if config is not None else profile,
             var_names=var_names,
             image_dim=dims.pop(),
             feature_key=feature_key,
             seed=seed,
             device=device,
-            train_sections=[(t.name, t.obs_names) for t in tensors],
+            train_sections=[(a.name, a.obs_names) for a in arrays],
         )
+
+    @staticmethod
+    def _arrays(adata: AnnData, cfg: GR2STConfig, *, name: str, feature_key: str) -> SectionArrays:
+        """One section's arrays, its coordinates inside the position tables."""
+        if adata.n_obs == 0:
+            raise GR2STDataError(f"section {name!r}: no spots")
+        arrays = section_arrays(
+            _named(adata, name), feature_key=feature_key, n_types=cfg.model.n_cell_types
+        )
+        # Rounded up as well as down, so both rounding modes stay inside the embedding.
+        if (arrays.coords < 0).any() or (arrays.coords + 0.5 >= cfg.model.n_positions).any():
+            raise GR2STDataError(
+                f"section {name!r}: obs['array_x']/obs['array_y'] must be in "
+                f"[0, {cfg.model.n_positions}) (model.n_positions)"
+            )
+        return arrays
 
     def _setup(
         self,
         *,
         config: GR2STConfig,
+        profile: str,
         var_names: list[str],
         image_dim: int,
         feature_key: str,
@@ -209,6 +251,7 @@ class GR2ST:
         train_sections: list[tuple[str, list[str]]],
     ) -> None:
         self.config = config
+        self.profile = profile
         self.var_names = var_names
         self.image_dim = image_dim
         self.feature_key = feature_key
@@ -220,6 +263,11 @@ class GR2ST:
             module = GR2STModule(n_genes=len(var_names), image_dim=image_dim, config=config.model)
         self.module = module.to(self.device).eval()
         self.history: list[float] = []
+        self.image_settings: ImageSettings | None = None
+        self.training_stats: TrainingStats | None = None
+        #: The bundle's metadata and folder, for a model read by :meth:`load`.
+        self.meta: dict[str, Any] | None = None
+        self.path: Path | None = None
         self._bank: _Bank | None = None
 
     # ------------------------------------------------------------------ properties
@@ -233,17 +281,17 @@ class GR2ST:
         """Whether the retrieval bank exists (after :meth:`train` or a trained :meth:`load`)."""
         return self._bank is not None
 
+    @property
+    def all_genes(self) -> list[str]:
+        """Genes of the all-genes bank (empty unless saved with ``all_genes``)."""
+        return [] if self._bank is None else list(self._bank.all_genes)
+
     # ------------------------------------------------------------------ training
     def _fingerprint(self) -> str:
         """Identify a training run: config, seed, feature key and the training data."""
         arrays: list[np.ndarray] = []
-        for t in self._train_data:
-            arrays += [
-                t.features.numpy(),
-                t.expression.numpy(),
-                t.positions.numpy(),
-                t.types.numpy(),
-            ]
+        for a in self._train_data:
+            arrays += [a.features, a.expression, a.coords, a.types]
         settings = {
             "config": self.config.to_dict(),
             "seed": self.seed,
@@ -252,15 +300,12 @@ class GR2ST:
         }
         return fingerprint(settings, arrays)
 
-    def _optimiser(self) -> torch.optim.Optimizer:
-        cfg = self.config.train
-        return torch.optim.Adam(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     def train(
         self,
         *,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
         on_epoch_end: Callable[[int, float], None] | None = None,
     ) -> list[float]:
         """Train for ``config.train.epochs`` epochs, then build the retrieval bank.
@@ -268,20 +313,22 @@ class GR2ST:
         Each epoch visits the training sections in a random order; a section's spots are
         shuffled and cut into batches of at most ``train.batch_size`` (so a batch never
         mixes sections, and normally is one whole section). Training starts from the
-        current weights.
+        current weights; the caller's random state is left untouched.
 
         Parameters
         ----------
         progress
             Show a progress bar with the epoch and its loss.
         checkpoint_dir
-            Folder for a per-epoch checkpoint (weights, optimiser, RNG states, epoch),
-            written atomically. A checkpoint left there by an interrupted run with the
-            same config, seed and data is resumed, giving the same final weights as an
-            uninterrupted run; one of another run is overwritten.
+            Folder for a checkpoint (weights, optimizer, RNG states, epoch), written
+            atomically every ``checkpoint_every`` seconds, at the end and on Ctrl-C. A
+            checkpoint left there by an interrupted run with the same config, seed and
+            data is resumed, giving the same final weights as an uninterrupted run; one
+            of another run is overwritten.
+        checkpoint_every
+            Seconds between checkpoints (``0``: after every epoch).
         on_epoch_end
-            Called as ``on_epoch_end(epochs_done, epoch_loss)`` after each epoch (and its
-            checkpoint).
+            Called as ``on_epoch_end(epochs_done, epoch_loss)`` after each epoch.
 
         Returns
         -------
@@ -294,97 +341,88 @@ class GR2ST:
             )
         cfg = self.config.train
         dev = self.device
-        data = [t.to(dev) for t in self._train_data]
-        noise_scale: Tensor | None = None
-        if cfg.feature_noise > 0:
-            all_features = torch.cat([t.features for t in data])
-            noise_scale = cfg.feature_noise * all_features.std(dim=0, keepdim=True)
-        # What the checkpoint holds: the network and, when averaging, the running mean.
-        state = nn.ModuleDict({"net": self.module})
-        averaged: AveragedModel | None = None
-        if cfg.average_last > 1:
-            averaged = AveragedModel(self.module)
-            state["average"] = averaged
-        checkpoint = EpochCheckpoint(
-            None if checkpoint_dir is None else Path(checkpoint_dir),
+        data = [
+            {
+                "features": torch.from_numpy(a.features).to(dev),
+                "expression": torch.from_numpy(a.expression).to(dev),
+                "positions": torch.from_numpy(a.coords).to(dev),
+                "types": torch.from_numpy(a.types).to(dev),
+            }
+            for a in self._train_data
+        ]
+        trainer = Trainer(
+            epochs=cfg.epochs,
+            seed=self.seed,
+            workdir=checkpoint_dir,
             run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
+            checkpoint_every=checkpoint_every,
+            average_last=cfg.average_last,
+            precision=cfg.precision,
+            progress=progress,
+            desc="GR2ST",
+            on_epoch_end=on_epoch_end,
+            log_path=None if checkpoint_dir is None else Path(checkpoint_dir) / "progress.jsonl",
         )
-        with _private_rng(dev), _deterministic(dev.type == "cpu"):
+        with _private_rng(dev):
             torch.manual_seed(self.seed)
-            shuffle = np.random.default_rng(self.seed)
-            optimiser = self._optimiser()
-            start, history = checkpoint.load(model=state, optimizer=optimiser, rng=shuffle)
-            self.module.train()
-            bar = tqdm(
-                range(start, cfg.epochs),
-                initial=start,
-                total=cfg.epochs,
-                disable=not progress,
-                desc="GR2ST",
-                unit="epoch",
-                leave=False,
-            )
-            for epoch in bar:
-                if cfg.optimiser_per_epoch:
-                    optimiser = self._optimiser()
-                loss = self._epoch(data, optimiser, shuffle, noise_scale)
-                history.append(loss)
-                if averaged is not None and epoch >= cfg.epochs - cfg.average_last:
-                    averaged.update_parameters(self.module)
-                checkpoint.save(
-                    model=state, optimizer=optimiser, epoch=epoch + 1, history=history, rng=shuffle
-                )
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, loss)
-            if averaged is not None:
-                self.module.load_state_dict(averaged.module.state_dict())
+            history = trainer.fit(self.module, _ContrastiveTask(self, data))
         self.module.eval()
-        self.history = list(history)
+        self.history = history
+        self.training_stats = trainer.stats
         self._bank = self._build_bank()
         return list(history)
 
-    def _epoch(
-        self,
-        data: list[SectionTensors],
-        optimiser: torch.optim.Optimizer,
-        shuffle: np.random.Generator,
-        noise_scale: Tensor | None,
-    ) -> float:
-        """One pass over the sections; returns the spot-weighted mean loss."""
-        total, count = torch.zeros((), device=self.device), 0
-        for si in shuffle.permutation(len(data)):
-            sec = data[si]
-            order = torch.from_numpy(shuffle.permutation(sec.n_spots)).to(self.device)
-            for batch in order.split(self.config.train.batch_size):
-                features = sec.features[batch]
-                if noise_scale is not None:
-                    features = features + noise_scale * torch.randn_like(features)
-                loss = self.module(
-                    features, sec.expression[batch], sec.positions[batch], sec.types[batch]
-                )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.detach() * batch.numel()
-                count += batch.numel()
-        return float(total) / count
-
     # ------------------------------------------------------------------ embeddings
-    def _features(self, adata: AnnData) -> tuple[Tensor, str]:
+    def _features(self, adata: AnnData) -> Tensor:
         """A section's image features, checked against the model's feature width."""
-        name = section_name(adata, "query")
-        features = image_features(adata, feature_key=self.feature_key, name=name)
-        if features.shape[1] != self.image_dim:
-            raise GR2STDataError(
-                f"section {name!r}: obsm[{self.feature_key!r}] has {features.shape[1]} "
-                f"columns; the model expects {self.image_dim}"
-            )
-        return features, name
+        feats = features(adata, self.feature_key)
+        return torch.from_numpy(
+            self._check_width(feats, where=section_name(adata, default="query"))
+        )
 
-    def _section(self, adata: AnnData) -> SectionTensors:
-        """A section with expression, its genes aligned to the model's."""
-        name = section_name(adata, "query")
+    def _check_width(self, feats: np.ndarray, *, where: str) -> np.ndarray:
+        if feats.ndim != 2 or feats.shape[1] != self.image_dim:
+            raise GR2STDataError(
+                f"{where}: image features have shape {feats.shape}; the model expects "
+                f"(n, {self.image_dim}) from obsm[{self.feature_key!r}]"
+            )
+        return feats
+
+    @torch.no_grad()
+    def _image_embeddings(self, feats: Tensor) -> Tensor:
+        self.module.eval()
+        chunks = [
+            self.module.embed_images(chunk.to(self.device)) for chunk in feats.split(_IMAGE_CHUNK)
+        ]
+        if not chunks:
+            return torch.zeros((0, self.config.model.proj_dim), device=self.device)
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def _spot_embeddings(self, arrays: SectionArrays) -> Tensor:
+        self.module.eval()
+        dev = self.device
+        return self.module.embed_spots(
+            torch.from_numpy(arrays.expression).to(dev),
+            torch.from_numpy(arrays.coords).to(dev),
+            torch.from_numpy(arrays.types).to(dev),
+        )
+
+    def embed_images(self, adata: AnnData) -> np.ndarray:
+        """Image embeddings ``(n_spots, P)`` of a section's features (eval mode)."""
+        return self._image_embeddings(self._features(adata)).cpu().numpy()
+
+    def embed_features(self, feats: np.ndarray) -> np.ndarray:
+        """Image embeddings ``(N, P)`` of an ``(N, image_dim)`` feature array."""
+        array = self._check_width(np.asarray(feats, dtype=np.float32), where="features")
+        return self._image_embeddings(torch.from_numpy(array)).cpu().numpy()
+
+    def embed_spots(self, adata: AnnData) -> np.ndarray:
+        """Spot embeddings ``(n_spots, P)``: the whole section as one batch with its own graphs.
+
+        Needs the section's expression (panel genes), array coordinates and nuclear types.
+        """
+        name = section_name(adata, default="query")
         if list(adata.var_names) != self.var_names:
             missing = set(self.var_names) - set(adata.var_names)
             if missing:
@@ -393,105 +431,105 @@ class GR2ST:
                     f"(e.g. {sorted(missing)[:3]})"
                 )
             adata = adata[:, self.var_names]
-        self._features(adata)
-        return section_tensors(
-            adata,
-            feature_key=self.feature_key,
-            name=name,
-            n_positions=self.config.model.n_positions,
-            n_cell_types=self.config.model.n_cell_types,
-        )
-
-    @torch.no_grad()
-    def _image_embeddings(self, features: Tensor) -> Tensor:
-        self.module.eval()
-        chunks = [
-            self.module.embed_images(chunk.to(self.device))
-            for chunk in features.split(_IMAGE_CHUNK)
-        ]
-        return torch.cat(chunks)
-
-    @torch.no_grad()
-    def _spot_embeddings(self, sec: SectionTensors) -> Tensor:
-        self.module.eval()
-        s = sec.to(self.device)
-        return self.module.embed_spots(s.expression, s.positions, s.types)
-
-    def embed_images(self, adata: AnnData) -> np.ndarray:
-        """Image embeddings ``(n_spots, P)`` of a section's features (eval mode)."""
-        return self._image_embeddings(self._features(adata)[0]).cpu().numpy()
-
-    def embed_spots(self, adata: AnnData) -> np.ndarray:
-        """Spot embeddings ``(n_spots, P)``: the whole section as one batch with its own graphs.
-
-        Needs the section's expression (panel genes), array coordinates and nuclear types.
-        """
-        return self._spot_embeddings(self._section(adata)).cpu().numpy()
+        arrays = self._arrays(adata, self.config, name=name, feature_key=self.feature_key)
+        self._check_width(arrays.features, where=f"section {name!r}")
+        return self._spot_embeddings(arrays).cpu().numpy()
 
     def _build_bank(self) -> _Bank:
-        keys = [self._spot_embeddings(t).cpu() for t in self._train_data]
-        values = [t.expression for t in self._train_data]
+        keys = [self._spot_embeddings(a).cpu() for a in self._train_data]
         groups = [
-            torch.full((t.n_spots,), i, dtype=torch.long) for i, t in enumerate(self._train_data)
+            torch.full((a.n_spots,), i, dtype=torch.long) for i, a in enumerate(self._train_data)
         ]
-        return _Bank(keys=torch.cat(keys), values=torch.cat(values), groups=torch.cat(groups))
+        return _Bank(
+            keys=torch.cat(keys),
+            panel=torch.from_numpy(np.concatenate([a.expression for a in self._train_data])),
+            groups=torch.cat(groups),
+            all_genes=[],
+            all_values=None,
+        )
 
     # ------------------------------------------------------------------ prediction
-    def _values(self, values: Sequence[AnnData]) -> tuple[Tensor, list[str]]:
-        """Stack alternative retrieval values, one AnnData per training section."""
-        if len(values) != len(self._train_sections):
-            raise GR2STDataError(
-                f"values: expected one AnnData per training section ({len(self._train_sections)}), "
-                f"got {len(values)}"
-            )
-        genes = [str(v) for v in values[0].var_names]
-        blocks = []
-        for (name, obs_names), adata in zip(self._train_sections, values, strict=True):
-            where = f"values for section {name!r}"
-            if [str(o) for o in adata.obs_names] != obs_names:
-                raise GR2STDataError(f"{where}: obs_names must equal the training section's spots")
-            if [str(v) for v in adata.var_names] != genes:
-                raise GR2STDataError(f"{where}: var_names differ from the first values section")
-            blocks.append(torch.from_numpy(dense_expression(adata, where=where)))
-        return torch.cat(blocks), genes
+    def resolve_genes(self, genes: str | Sequence[str] | None) -> list[str]:
+        """``None``/``"panel"``, ``"all"`` or gene names (checked against the banks).
 
-    def predict(
+        Examples
+        --------
+        >>> model.resolve_genes("ERBB2,GAPDH")  # doctest: +SKIP
+        ['ERBB2', 'GAPDH']
+        """
+        if genes is None:
+            return list(self.var_names)
+        if isinstance(genes, str):
+            if genes == "panel":
+                return list(self.var_names)
+            if genes == "all":
+                if not self.all_genes:
+                    raise GR2STConfigError(
+                        "genes: 'all' needs an all-genes bank (save with all_genes=...)"
+                    )
+                return self.all_genes
+            genes = [g.strip() for g in genes.split(",") if g.strip()]
+        chosen = list(genes)
+        if not chosen:
+            raise GR2STConfigError("genes: expected 'panel', 'all' or gene names")
+        known = set(self.all_genes) | set(self.var_names)
+        unknown = [g for g in chosen if g not in known]
+        if unknown:
+            raise GR2STConfigError(
+                f"genes: {unknown[:5]} are not in the model (neither panel nor measured in every "
+                f"training section; {len(known)} genes available)"
+            )
+        if len(set(chosen)) != len(chosen):
+            raise GR2STConfigError(f"genes: repeated names in {chosen}")
+        return chosen
+
+    def bank_values(self, genes: Sequence[str]) -> Tensor:
+        """Dense float32 ``(n_bank_spots, len(genes))`` log-normalised bank expression."""
+        bank = self._require_bank("bank_values")
+        if list(genes) == self.var_names:
+            return bank.panel
+        panel_pos = {g: i for i, g in enumerate(self.var_names)}
+        all_pos = {g: i for i, g in enumerate(bank.all_genes)}
+        out = np.empty((bank.panel.shape[0], len(genes)), np.float32)
+        from_all = [i for i, g in enumerate(genes) if g in all_pos]
+        if from_all and bank.all_values is not None:
+            cols = [all_pos[genes[i]] for i in from_all]
+            out[:, from_all] = bank.all_values[:, cols].toarray()
+        for i, g in enumerate(genes):
+            if g not in all_pos:
+                out[:, i] = bank.panel[:, panel_pos[g]].numpy()
+        return torch.from_numpy(out)
+
+    def _require_bank(self, what: str) -> _Bank:
+        if self._bank is None:
+            raise GR2STConfigError(f"GR2ST.{what}: the model is not trained; call .train() first")
+        return self._bank
+
+    def retrieve_embeddings(
         self,
-        adata: AnnData,
+        embeddings: np.ndarray | Tensor,
         *,
-        values: Sequence[AnnData] | None = None,
+        values: Tensor,
+        genes: list[str],
+        obs_names: Sequence[str],
         top_k: int | None = None,
     ) -> Prediction:
-        """Predict expression of a section from its image features by retrieval.
+        """Predict ``values`` (one row per bank spot) for image embeddings.
 
-        The section's image embeddings query the training spots' embeddings: the
-        ``top_k`` most cosine-similar, weighted ``∝ 1/L1²``, give the prediction.
-
-        Parameters
-        ----------
-        adata
-            Section with ``obsm[feature_key]``; nothing else is needed (no expression,
-            coordinates or nuclear types).
-        values
-            What to predict: by default the training sections' panel expression; or one
-            AnnData per training section (same spots, in order) with any genes, e.g. the
-            whole transcriptome.
-        top_k
-            Neighbours per spot (default ``config.predict.top_k``).
+        The ``top_k`` training spots most cosine-similar to each embedding, weighted
+        ``∝ 1/L1²``, give the weighted mean, weighted spread and provenance; chunked so
+        memory stays proportional to the number of spots.
         """
-        if self._bank is None:
-            raise GR2STConfigError("GR2ST.predict: the model is not trained; call .train() first")
-        features, _ = self._features(adata)
-        query = self._image_embeddings(features)
-        vals, genes = (
-            (self._bank.values, self.var_names) if values is None else self._values(values)
-        )
+        bank = self._require_bank("predict")
+        k = min(self.config.predict.top_k if top_k is None else top_k, int(bank.keys.shape[0]))
+        chunk = max(1, min(128, _RETRIEVAL_CHUNK_BYTES // (4 * k * max(1, len(genes)))))
         res = retrieve(
-            query,
-            self._bank.keys,
-            vals,
-            top_k=self.config.predict.top_k if top_k is None else top_k,
-            key_groups=self._bank.groups,
+            embeddings,
+            bank.keys,
+            values,
+            top_k=k,
+            chunk_size=chunk,
+            key_groups=bank.groups,
             n_groups=len(self._train_sections),
             device=self.device,
         )
@@ -500,80 +538,235 @@ class GR2ST:
             mean=res.mean,
             std=res.std,
             provenance=res.provenance,
-            var_names=genes,
-            obs_names=[str(o) for o in adata.obs_names],
+            var_names=list(genes),
+            obs_names=[str(o) for o in obs_names],
             train_sections=self.train_section_names,
         )
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write the model to folder ``path``: weights, retrieval bank and config.
+    def predict(
+        self,
+        adata: AnnData,
+        *,
+        values: Sequence[AnnData] | None = None,
+        genes: str | Sequence[str] | None = None,
+        top_k: int | None = None,
+    ) -> Prediction:
+        """Predict expression of a section from its image features by retrieval.
 
-        ``model.safetensors`` and ``bank.safetensors`` hold the tensors and
-        ``config.json`` the configuration, genes and training-section spots; each file is
-        written atomically and ``config.json`` last.
+        Parameters
+        ----------
+        adata
+            Section with ``obsm[feature_key]``; nothing else is needed (no expression,
+            coordinates or nuclear types).
+        values
+            What to predict instead of the bank's expression: one AnnData per training
+            section (same spots, in order) with any genes, e.g. the whole transcriptome.
+        genes
+            Genes to predict from the banks: ``"panel"`` (default), ``"all"`` (needs the
+            all-genes bank of a saved bundle) or names.
+        top_k
+            Neighbours per spot (default ``config.predict.top_k``).
         """
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        with atomic_path(folder / _WEIGHTS_FILE) as tmp:
-            save_file(weights, str(tmp))
-        if self._bank is not None:
-            bank = {
-                "keys": self._bank.keys,
-                "values": self._bank.values.contiguous(),
-                "groups": self._bank.groups,
-            }
-            with atomic_path(folder / _BANK_FILE) as tmp:
-                save_file(bank, str(tmp))
-        meta = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
+        self._require_bank("predict")
+        query = self._image_embeddings(self._features(adata))
+        if values is not None:
+            vals, chosen = self._values(values)
+        else:
+            chosen = self.resolve_genes(genes)
+            vals = self.bank_values(chosen)
+        return self.retrieve_embeddings(
+            query, values=vals, genes=chosen, obs_names=adata.obs_names, top_k=top_k
+        )
+
+    def predict_features(
+        self,
+        feats: np.ndarray,
+        *,
+        genes: str | Sequence[str] | None = None,
+        obs_names: Sequence[str] | None = None,
+        top_k: int | None = None,
+    ) -> Prediction:
+        """Predict from an ``(N, image_dim)`` feature array (features already extracted)."""
+        chosen = self.resolve_genes(genes)
+        query = self.embed_features(feats)
+        names = [str(i) for i in range(len(query))] if obs_names is None else obs_names
+        return self.retrieve_embeddings(
+            query, values=self.bank_values(chosen), genes=chosen, obs_names=names, top_k=top_k
+        )
+
+    def _aligned(self, sections: Sequence[AnnData], *, what: str) -> list[str]:
+        """Check one AnnData per training section, with its spots and common genes.
+
+        Returns the gene names.
+        """
+        if len(sections) != len(self._train_sections):
+            raise GR2STDataError(
+                f"{what}: expected one AnnData per training section "
+                f"({len(self._train_sections)}), got {len(sections)}"
+            )
+        genes = [str(v) for v in sections[0].var_names]
+        for (name, obs_names), adata in zip(self._train_sections, sections, strict=True):
+            where = f"{what} for section {name!r}"
+            if [str(o) for o in adata.obs_names] != obs_names:
+                raise GR2STDataError(f"{where}: obs_names must equal the training section's spots")
+            if [str(v) for v in adata.var_names] != genes:
+                raise GR2STDataError(f"{where}: var_names differ from the first section's")
+        return genes
+
+    def _values(self, values: Sequence[AnnData]) -> tuple[Tensor, list[str]]:
+        """Stack alternative retrieval values, one AnnData per training section."""
+        genes = self._aligned(values, what="values")
+        blocks = [
+            torch.from_numpy(dense(a.X, where=f"values for section {name!r}"))
+            for (name, _), a in zip(self._train_sections, values, strict=True)
+        ]
+        return torch.cat(blocks), genes
+
+    # ------------------------------------------------------------------ persistence
+    def save(
+        self,
+        path: str | Path,
+        *,
+        all_genes: Sequence[AnnData] | None = None,
+        image: ImageSettings | None = None,
+        command: Sequence[str] | None = None,
+    ) -> Path:
+        """Write the trained model as a bundle folder (see :mod:`gr2st.models.bundle`).
+
+        Parameters
+        ----------
+        path
+            The bundle folder; an existing one is replaced only once the new one is
+            complete.
+        all_genes
+            The training sections (same spots, in order) log-normalised over every gene
+            measured in all of them with the panel library size
+            (``prepare_section(…, genes=common_genes(…), library_genes=panel)``): lets
+            the bundle predict any of those genes.
+        image
+            How the image features were made (encoder, patch size, stain, nuclei); a
+            bundle without them predicts from features only (``gr2st train`` records
+            them).
+        command
+            Command line recorded in the bundle (default ``sys.argv``).
+
+        Returns
+        -------
+        pathlib.Path
+            The bundle folder.
+        """
+        bank = self._require_bank("save")
+        tensors = {"keys": bank.keys, "panel": bank.panel, "groups": bank.groups}
+        all_names: list[str] = []
+        nnz = 0
+        matrix: sp.csr_matrix | None = bank.all_values
+        if all_genes is not None:
+            all_names, matrix = self._all_genes_matrix(all_genes)
+        elif matrix is not None:
+            all_names = bank.all_genes
+        if matrix is not None:
+            nnz = int(matrix.nnz)
+            tensors |= _csr_tensors(matrix)
+        meta: dict[str, Any] = {
+            "method": "gr2st",
+            "profile": self.profile,
             "config": self.config.to_dict(),
-            "var_names": self.var_names,
-            "image_dim": self.image_dim,
-            "feature_key": self.feature_key,
             "seed": self.seed,
             "history": self.history,
-            "trained": self._bank is not None,
-            "train_sections": [{"name": n, "obs_names": o} for n, o in self._train_sections],
+            "feature_key": self.feature_key,
+            "image_dim": self.image_dim,
+            **(image.to_meta() if image is not None else {"encoder": None}),
+            "train_sections": [
+                {"name": n, "n_spots": len(o), "obs_names": o} for n, o in self._train_sections
+            ],
+            "genes": {"panel": list(self.var_names), "all": all_names, "library": "panel"},
+            "bank": {
+                "n_spots": int(bank.keys.shape[0]),
+                "embedding_dim": int(bank.keys.shape[1]),
+                "panel_values": "dense float32",
+                "all_values": "CSR float32" if all_names else None,
+                "all_nnz": nnz,
+            },
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": list(sys.argv if command is None else command),
         }
-        with atomic_path(folder / _CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps(meta, indent=1))
-        return folder
+        weights = {k: v for k, v in self.module.state_dict().items()}
+        return write_bundle(path, meta=meta, weights=weights, bank=tensors)
+
+    def _all_genes_matrix(self, sections: Sequence[AnnData]) -> tuple[list[str], sp.csr_matrix]:
+        names = self._aligned(sections, what="all_genes")
+        blocks = [sp.csr_matrix(a.X, dtype=np.float32) for a in sections]
+        matrix = sp.vstack(blocks, format="csr")
+        matrix.eliminate_zeros()
+        return names, matrix
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto") -> GR2ST:
-        """Read a model written by :meth:`save` (ready to embed and predict, not to train)."""
+        """Read a bundle written by :meth:`save` (ready to embed and predict, not to train).
+
+        Every file is checked first (see :func:`gr2st.models.bundle.read_bundle`).
+        """
         folder = Path(path)
-        meta_path = folder / _CONFIG_FILE
-        if not meta_path.is_file():
-            raise GR2STConfigError(f"{meta_path}: missing; not a saved GR2ST model")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GR2STConfigError(f"{meta_path}: invalid JSON ({exc.msg})") from None
-        if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
-            raise GR2STConfigError(
-                f"{meta_path}: expected format {_FORMAT!r} version {_FORMAT_VERSION}, got "
-                f"{meta.get('format')!r} version {meta.get('format_version')!r}"
-            )
+        meta, weights, bank = read_bundle(folder)
+        config = config_from_dict(GR2STConfig, meta["config"], owner=f"{folder}/bundle.json")
         model = cls.__new__(cls)
         model._train_data = []
+        sections = [
+            (str(s["name"]), [str(o) for o in s.get("obs_names") or []])
+            for s in meta["train_sections"]
+        ]
         model._setup(
-            config=GR2STConfig.from_dict(meta["config"]),
-            var_names=list(meta["var_names"]),
+            config=config,
+            profile=str(meta.get("profile", "custom")),
+            var_names=list(meta["genes"]["panel"]),
             image_dim=int(meta["image_dim"]),
             feature_key=str(meta["feature_key"]),
-            seed=int(meta["seed"]),
+            seed=int(meta.get("seed", 0)),
             device=device,
-            train_sections=[(s["name"], list(s["obs_names"])) for s in meta["train_sections"]],
+            train_sections=sections,
         )
-        model.module.load_state_dict(
-            load_file(str(folder / _WEIGHTS_FILE), device=str(model.device))
+        try:
+            model.module.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[:2]
+            raise GR2STDataError(
+                f"{folder}/weights.safetensors: weights do not fit the network in bundle.json "
+                f"({' '.join(line.strip() for line in first)})"
+            ) from None
+        model.module.to(model.device).eval()
+        model.history = [float(v) for v in meta.get("history", [])]
+        model.image_settings = ImageSettings.from_meta(meta)
+        all_genes = list(meta["genes"]["all"] or [])
+        all_values = None
+        if all_genes:
+            all_values = sp.csr_matrix(
+                tuple(bank[k].numpy() for k in ALL_GENES_BANK),
+                shape=(int(bank["keys"].shape[0]), len(all_genes)),
+            )
+        model._bank = _Bank(
+            keys=bank["keys"],
+            panel=bank["panel"],
+            groups=bank["groups"],
+            all_genes=all_genes,
+            all_values=all_values,
         )
-        model.history = [float(v) for v in meta["history"]]
-        if meta["trained"]:
-            bank = load_file(str(folder / _BANK_FILE))
-            model._bank = _Bank(keys=bank["keys"], values=bank["values"], groups=bank["groups"])
+        model.meta = meta
+        model.path = folder
         return model
+
+
+def _named(adata: AnnData, name: str) -> AnnData:
+    """``adata`` with ``obs[SECTION]`` set to ``name`` when it has none."""
+    if SECTION in adata.obs:
+        return adata
+    named = adata.copy()
+    named.obs[SECTION] = name
+    return named
+
+
+def _csr_tensors(matrix: sp.csr_matrix) -> dict[str, Tensor]:
+    return {
+        "all_data": torch.from_numpy(matrix.data.astype(np.float32)),
+        "all_indices": torch.from_numpy(matrix.indices.astype(np.int32)),
+        "all_indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+    }

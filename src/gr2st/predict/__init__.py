@@ -25,16 +25,18 @@ from gr2st.predict.slide import (
     measured_expression,
     plot_genes,
     predict_spots,
-    resolve_image,
     write_prediction,
 )
 from gr2st.predict.spots import (
     DEFAULT_PITCH_UM,
     QuerySpots,
+    check_tissue,
     detect_tissue,
     grid_spots,
     hex_lattice,
+    load_query,
     read_spots_csv,
+    resolve_image,
     spots_from_section,
 )
 from gr2st.predict.train import DEFAULT_PANEL, train_bundle
@@ -47,10 +49,12 @@ __all__ = [
     "Bundle",
     "BundleSettings",
     "QuerySpots",
+    "check_tissue",
     "detect_tissue",
     "grid_spots",
     "hex_lattice",
     "load_bundle",
+    "load_query",
     "measured_expression",
     "plot_genes",
     "predict_spots",

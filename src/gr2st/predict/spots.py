@@ -1,5 +1,9 @@
 """Where to predict on a slide: spots from a CSV, a section, or a grid over the tissue.
 
+:func:`load_query` turns the command-line inputs (``--spots``, ``--visium``, ``--h5ad``,
+``--spatialdata``, ``--grid``) into :class:`QuerySpots` and the image to read; every
+input kind also gets the tissue check of :func:`check_tissue`.
+
 Grid
 ----
 ``grid_spots`` tiles the tissue with spots on a **hexagonal** lattice (Visium's
@@ -12,6 +16,7 @@ tissue.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +31,18 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
+    HAS_COUNTS,
     IMAGE_PATH,
     MICRONS_PER_PIXEL,
+    SECTION,
     SPATIAL,
     SPOT_DIAMETER_PX,
     UNS,
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.image.slide import Slide
+from gr2st.image.slide import Slide, open_slide
+
+log = logging.getLogger(__name__)
 
 #: CSV columns of ``--spots``: centre in full-resolution pixels, optional spot id.
 CSV_COLUMNS = ("x", "y")
@@ -60,15 +69,18 @@ class QuerySpots:
     obs
         One row per spot, indexed by spot id (may hold array coordinates).
     source
-        ``"spots"``, ``"visium"``, ``"h5ad"`` or ``"grid"``.
+        ``"spots"``, ``"visium"``, ``"h5ad"``, ``"hest"``, ``"spatialdata"`` or ``"grid"``.
     measured
-        The section read from Visium/h5ad (raw counts in ``X``), else None.
+        The section read from the input when it holds raw counts, else None.
     image
-        The image the section names (Visium/h5ad), else None.
+        The image the section names, else None.
     mpp
-        Microns per pixel known from the input (Visium/h5ad metadata, grid), else None.
+        Microns per pixel known from the input (its spot geometry or metadata, grid),
+        else None.
     spot_diameter_px
         Spot diameter in full-resolution pixels when the input defines one.
+    name
+        The section's name when the input has one (the library id of the prediction).
     """
 
     centers: np.ndarray
@@ -78,6 +90,7 @@ class QuerySpots:
     image: Path | None = None
     mpp: float | None = None
     spot_diameter_px: float | None = None
+    name: str | None = None
 
     @property
     def n_spots(self) -> int:
@@ -145,7 +158,7 @@ def read_spots_csv(path: str | Path) -> QuerySpots:
 
 
 def spots_from_section(adata: AnnData, *, source: str) -> QuerySpots:
-    """The spots of a section read by :mod:`gr2st.io` (Visium, h5ad), with its counts.
+    """The spots of a section read by :mod:`gr2st.io`, with its counts when it has them.
 
     Examples
     --------
@@ -160,14 +173,16 @@ def spots_from_section(adata: AnnData, *, source: str) -> QuerySpots:
     image = meta.get(IMAGE_PATH)
     mpp = meta.get(MICRONS_PER_PIXEL)
     diameter = meta.get(SPOT_DIAMETER_PX)
+    names = adata.obs[SECTION].astype(str).unique() if SECTION in adata.obs else []
     return QuerySpots(
         centers=np.asarray(adata.obsm[SPATIAL], dtype=np.float64),
         obs=adata.obs.copy(),
         source=source,
-        measured=adata,
+        measured=adata if meta.get(HAS_COUNTS, True) else None,
         image=None if image is None else Path(str(image)),
         mpp=None if mpp is None else float(mpp),
         spot_diameter_px=None if diameter is None else float(diameter),
+        name=str(names[0]) if len(names) == 1 else None,
     )
 
 
@@ -217,7 +232,7 @@ def hex_lattice(width: float, height: float, pitch: float) -> tuple[np.ndarray, 
     --------
     >>> c, a = hex_lattice(40, 40, 20)
     >>> c.round(2).tolist(), a.tolist()
-    [[10.0, 10.0], [30.0, 10.0], [20.0, 27.32]], [[0, 0], [2, 0], [1, 1]]
+    ([[10.0, 10.0], [30.0, 10.0], [20.0, 27.32]], [[0, 0], [2, 0], [1, 1]])
     """
     if not pitch > 0:
         raise GR2STConfigError(f"grid pitch must be positive, got {pitch}")
@@ -303,3 +318,154 @@ def grid_spots(
         mpp=float(resolution),
         spot_diameter_px=float(pitch_px),
     )
+
+
+def check_tissue(
+    thumbnail: np.ndarray,
+    scale: float,
+    centers: np.ndarray,
+    *,
+    spot_diameter_px: float,
+    image: str | Path,
+) -> np.ndarray:
+    """Which spots lie on tissue; raise when the image or every spot is blank.
+
+    Tissue is found on the thumbnail by :func:`detect_tissue`; a spot is on tissue when
+    tissue lies within its radius of its centre. A few off-tissue spots are allowed (a
+    warning gives their number); none on tissue means the spots do not belong to the
+    image, or the image is blank, and is an error, as is an image without tissue.
+
+    Parameters
+    ----------
+    thumbnail, scale
+        The slide's thumbnail and thumbnail pixels per full-resolution pixel.
+    centers
+        ``(N, 2)`` spot centres ``(x, y)`` in full-resolution pixels.
+    spot_diameter_px
+        Spot diameter in full-resolution pixels.
+    image
+        The slide, for messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` bool, True for spots on tissue.
+
+    Examples
+    --------
+    >>> img = np.full((100, 100, 3), 245, np.uint8)
+    >>> img[:, :50] = (200, 120, 170)
+    >>> check_tissue(img, 1.0, np.array([[20.0, 50.0], [80.0, 50.0]]),
+    ...              spot_diameter_px=10, image="he.png").tolist()
+    [True, False]
+    """
+    mask = detect_tissue(thumbnail)
+    if not mask.any():
+        raise GR2STDataError(
+            f"{image}: no tissue detected (the image is blank or glass only); "
+            "check that --image is the H&E slide"
+        )
+    to_tissue = ndimage.distance_transform_edt(~mask)
+    points = np.asarray(centers, dtype=np.float64) * scale
+    ty = np.clip(points[:, 1].astype(np.int64), 0, mask.shape[0] - 1)
+    tx = np.clip(points[:, 0].astype(np.int64), 0, mask.shape[1] - 1)
+    on = to_tissue[ty, tx] <= max(1.0, 0.5 * spot_diameter_px * scale)
+    if not on.any():
+        raise GR2STDataError(
+            f"{image}: none of the {len(on):,} spots lies on the detected tissue; check that "
+            "the spots belong to this image (and are in its full-resolution pixels)"
+        )
+    if not on.all():
+        log.warning(
+            "%s: %d of %d spots lie off the detected tissue (obs['in_tissue'] is False); "
+            "their predictions are extrapolations",
+            image,
+            int((~on).sum()),
+            len(on),
+        )
+    return np.asarray(on, dtype=bool)
+
+
+def load_query(
+    *,
+    spots: str | Path | None = None,
+    visium: str | Path | None = None,
+    h5ad: str | Path | None = None,
+    spatialdata: str | Path | None = None,
+    grid: bool = False,
+    image: str | Path | None = None,
+    mpp: float | None = None,
+    pitch_um: float = DEFAULT_PITCH_UM,
+    library_id: str | None = None,
+    platform: str | None = None,
+) -> tuple[QuerySpots, Path, tuple[np.ndarray, float] | None]:
+    """The spots of exactly one input, the image to read, and the grid's thumbnail.
+
+    ``h5ad`` may be a section in gr2st's shape, any scanpy/squidpy spatial AnnData
+    (:func:`gr2st.io.read_anndata_spatial`), or ``st/<id>.h5ad`` of a HEST folder (read
+    with its metadata and whole-slide image by :func:`gr2st.io.read_hest`). Counts are
+    not required.
+
+    Returns
+    -------
+    query, image, thumbnail
+        The spots, the slide to read (``image`` or the one the input names) and, for the
+        grid, the thumbnail it was computed on (else None).
+
+    Raises
+    ------
+    GR2STConfigError
+        Not exactly one input, or a grid without an image.
+    """
+    from gr2st.io import read_h5ad, read_hest, read_visium
+
+    given = {"--spots": spots, "--visium": visium, "--h5ad": h5ad, "--spatialdata": spatialdata}
+    chosen = [name for name, v in given.items() if v is not None] + (["--grid"] if grid else [])
+    if len(chosen) != 1:
+        raise GR2STConfigError(
+            "give exactly one of --spots, --visium, --h5ad, --spatialdata, --grid "
+            f"(got {chosen or 'none'})"
+        )
+    thumbnail = None
+    if spots is not None:
+        query = read_spots_csv(spots)
+    elif visium is not None:
+        query = spots_from_section(read_visium(visium, image=image), source="visium")
+    elif h5ad is not None:
+        path = Path(h5ad)
+        hest_root = path.parent.parent
+        if path.parent.name == "st" and (hest_root / "metadata" / f"{path.stem}.json").is_file():
+            section = read_hest(hest_root, path.stem, require_counts=False)
+            query = spots_from_section(section, source="hest")
+        else:
+            section = read_h5ad(
+                path,
+                require_counts=False,
+                image=image,
+                mpp=mpp,
+                library_id=library_id,
+                platform=platform,
+            )
+            query = spots_from_section(section, source="h5ad")
+    elif spatialdata is not None:
+        from gr2st.io.spatialdata import read_spatialdata
+
+        section = read_spatialdata(
+            spatialdata, image=image, mpp=mpp, table=library_id, platform=platform
+        )
+        query = spots_from_section(section, source="spatialdata")
+    else:
+        if image is None:
+            raise GR2STConfigError("--grid needs --image SLIDE")
+        with open_slide(image) as slide:
+            thumbnail = slide.thumbnail(THUMBNAIL_PX)
+            query = grid_spots(slide, pitch_um=pitch_um, mpp=mpp, thumbnail=thumbnail)
+    return query, resolve_image(query, image), thumbnail
+
+
+def resolve_image(spots: QuerySpots, image: str | Path | None) -> Path:
+    """The image to read: the given one, else the one the input (Visium/h5ad) names."""
+    chosen = Path(image) if image is not None else spots.image
+    if chosen is None:
+        raise GR2STDataError(f"{spots.source}: no image; pass --image SLIDE (the input names none)")
+    return chosen

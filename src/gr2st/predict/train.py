@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from anndata import AnnData
 
-from gr2st._constants import feature_key
-from gr2st.encoders import DEFAULT_ENCODER, Encoder, get_encoder, prepare_image_inputs
+from gr2st._constants import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    DEFAULT_ENCODER,
+    DEFAULT_NUCLEI,
+    DEFAULT_PANEL,
+    DEFAULT_PATCH_PX,
+    DEFAULT_STAIN,
+    feature_key,
+)
+from gr2st.encoders import Encoder, get_encoder, prepare_image_inputs
 from gr2st.encoders.extract import StainOption, resolve_stain
 from gr2st.errors import GR2STConfigError
 from gr2st.genes import common_genes, get_panel, prepare_sections
 from gr2st.models import GR2ST
 from gr2st.predict.bundle import BUNDLE_METHODS, BundleSettings, save_bundle
-
-#: Default gene panel of a bundle.
-DEFAULT_PANEL = "her2st-785"
 
 
 def train_bundle(
@@ -28,15 +34,17 @@ def train_bundle(
     profile: str = "default",
     overrides: Sequence[str] = (),
     encoder: Encoder | str = DEFAULT_ENCODER,
-    nuclei: str = "classical",
-    stain: StainOption = "reinhard",
-    size_px: int = 224,
+    nuclei: str = DEFAULT_NUCLEI,
+    stain: StainOption = DEFAULT_STAIN,
+    size_px: int = DEFAULT_PATCH_PX,
     seed: int = 0,
     device: str = "auto",
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
     command: Sequence[str] | None = None,
+    report: Callable[[str], None] | None = None,
+    checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
 ) -> Path:
     """Compute image inputs, train a model on ``sections`` and write a bundle to ``out``.
 
@@ -52,13 +60,20 @@ def train_bundle(
     method
         Only ``"gr2st"`` is supported.
     profile, overrides, seed, device
-        As in :class:`~gr2st.models.GR2ST`.
+        As in :class:`~gr2st.models.GR2ST` (profile ``default`` or ``paper``).
     encoder, nuclei, stain, size_px, cache_dir, batch_size
         As in :func:`~gr2st.encoders.prepare_image_inputs`.
     progress
         Show progress bars.
+    checkpoint_every
+        Seconds between training checkpoints, kept in ``.<out name>.train`` beside
+        ``out`` until the bundle is written: an interrupted run (Ctrl-C, a crash) started
+        again with the same inputs resumes where it stopped.
     command
         Command line recorded in the bundle.
+    report
+        Called with one line per stage step ("features: 3/6 sections", "training: epoch
+        20/100", …), e.g. ``print`` when progress bars are off.
 
     Returns
     -------
@@ -79,6 +94,8 @@ def train_bundle(
         raise GR2STConfigError("train: expected at least one section")
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, device=device)
     normalizer = resolve_stain(stain)
+    say = report or (lambda line: None)
+    done = iter(range(1, len(sections) + 1))
     prepare_image_inputs(
         sections,
         encoder=enc,
@@ -88,11 +105,18 @@ def train_bundle(
         cache_dir=cache_dir,
         batch_size=batch_size,
         progress=progress,
+        on_section=lambda r: say(f"features: {next(done)}/{len(sections)} sections ({r.section})"),
     )
     genes = get_panel(panel) if isinstance(panel, str | Path) else list(panel)
+    say(f"normalising: {len(sections)} sections")
     train = prepare_sections(sections, genes=genes, progress=progress)
+    # Same library genes, same dropped spots: they were reported just above.
     everything = prepare_sections(
-        sections, genes=common_genes(sections), library_genes=genes, progress=progress
+        sections,
+        genes=common_genes(sections),
+        library_genes=genes,
+        progress=progress,
+        log_dropped=False,
     )
     model = GR2ST(
         train,
@@ -102,10 +126,24 @@ def train_bundle(
         seed=seed,
         device=device,
     )
-    model.train(progress=progress)
-    settings = BundleSettings(
-        encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei, profile=profile
+    epochs = model.config.train.epochs
+
+    def epoch_line(epoch: int, loss: float) -> None:
+        # About ten lines per run: enough to see it move, few enough to read.
+        if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+            say(f"training: epoch {epoch}/{epochs} (loss {loss:.4f})")
+
+    work = Path(out).parent / f".{Path(out).name}.train"
+    model.train(
+        progress=progress,
+        on_epoch_end=epoch_line,
+        checkpoint_dir=work,
+        checkpoint_every=checkpoint_every,
     )
-    return save_bundle(
+    say("writing the bundle")
+    settings = BundleSettings(encoder=enc, size_px=size_px, stain=normalizer, nuclei=nuclei)
+    folder = save_bundle(
         model, out, sections=train, all_genes=everything, settings=settings, command=command
     )
+    shutil.rmtree(work, ignore_errors=True)
+    return folder

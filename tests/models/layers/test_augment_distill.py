@@ -54,11 +54,15 @@ def test_augmentation_is_per_patch_and_seeded():
     assert len(ratios) > 32
 
 
-def test_augmentation_validation():
-    with pytest.raises(GR2STConfigError, match="demo: augment hflip must be in"):
-        Augmentation(hflip=1.5).validate("demo")
-    with pytest.raises(GR2STConfigError, match="demo: augment rotation must be >= 0"):
-        Augmentation(rotation=-1).validate("demo")
+def test_augmentation_settings_are_checked_by_the_pixel_config():
+    from gr2st.config import apply_overrides
+    from gr2st.methods.pixels import PixelConfig
+
+    with pytest.raises(GR2STConfigError, match=r"demo: aug_hflip must be in \[0, 1\], got 1.5"):
+        apply_overrides(PixelConfig(), ["aug_hflip=1.5"], owner="demo")
+    with pytest.raises(GR2STConfigError, match=r"demo: aug_rotation must be >= 0, got -1\.0"):
+        apply_overrides(PixelConfig(), ["aug_rotation=-1"], owner="demo")
+    assert apply_overrides(PixelConfig(), ["aug_hflip=0.5"], owner="demo").augmentation.active
 
 
 def test_distillation_fuses_with_softmax_weights():

@@ -78,7 +78,7 @@ def test_block_is_pre_norm_residual():
 
 def test_decoder_uses_context_and_mask():
     torch.manual_seed(4)
-    block = DecoderBlock(8, heads=2, dim_head=4, mlp_dim=16).eval()
+    block = DecoderBlock(8, heads=2, mlp_dim=16).eval()
     x, ctx = torch.randn(5, 8), torch.randn(5, 8)
     out = block(x, ctx)
     assert not torch.allclose(out, block(x, torch.randn(5, 8)))
@@ -87,7 +87,7 @@ def test_decoder_uses_context_and_mask():
     x2, ctx2 = x.clone(), ctx.clone()
     x2[1:], ctx2[1:] = torch.randn(4, 8), torch.randn(4, 8)
     torch.testing.assert_close(block(x, ctx, mask=eye)[0], block(x2, ctx2, mask=eye)[0])
-    dec = TransformerDecoder(8, depth=3, heads=2, dim_head=4, mlp_dim=16)
+    dec = TransformerDecoder(8, depth=3, heads=2, mlp_dim=16)
     assert dec(x, ctx).shape == (5, 8)
     assert len(dec.blocks) == 3
 

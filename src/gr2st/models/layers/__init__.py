@@ -1,4 +1,4 @@
-"""Building blocks shared by GR2ST and the learned baselines."""
+"""``nn.Module`` building blocks shared by GR2ST and the learned baselines."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ from gr2st.models.layers.contrastive import clip_binary_cross_entropy, clip_cros
 from gr2st.models.layers.distillation import ViewDistillation
 from gr2st.models.layers.knowledge_graph import KnowledgeGraphAttention
 from gr2st.models.layers.projection import ProjectionHead
-from gr2st.models.layers.training import (
-    EpochCheckpoint,
-    SectionArrays,
-    fingerprint,
-    section_arrays,
-    spot_positions,
-)
 from gr2st.models.layers.transformer import (
     Attention,
+    CrossAttention,
     DecoderBlock,
     FeedForward,
     TransformerBlock,
@@ -28,12 +22,11 @@ from gr2st.models.layers.zinb import ZINBHead, size_factors, zinb_nll
 __all__ = [
     "Attention",
     "Augmentation",
+    "CrossAttention",
     "DecoderBlock",
-    "EpochCheckpoint",
     "FeedForward",
     "KnowledgeGraphAttention",
     "ProjectionHead",
-    "SectionArrays",
     "TransformerBlock",
     "TransformerDecoder",
     "TransformerEncoder",
@@ -42,10 +35,7 @@ __all__ = [
     "augment_patches",
     "clip_binary_cross_entropy",
     "clip_cross_entropy",
-    "fingerprint",
     "random_attention_mask",
-    "section_arrays",
     "size_factors",
-    "spot_positions",
     "zinb_nll",
 ]

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gr2st.errors import GR2STConfigError
-
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -45,15 +43,6 @@ class Augmentation:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
-
-    def validate(self, owner: str) -> None:
-        """Raise :class:`GR2STConfigError` naming the first invalid field."""
-        for name in ("hflip", "vflip", "grayscale"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise GR2STConfigError(f"{owner}: augment {name} must be in [0, 1]")
-        for name in ("rotation", "brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise GR2STConfigError(f"{owner}: augment {name} must be >= 0")
 
     @property
     def active(self) -> bool:

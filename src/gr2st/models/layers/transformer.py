@@ -1,4 +1,4 @@
-"""Pre-norm transformer blocks over the spots of a batch (encoder and masked decoder).
+"""Pre-norm transformer blocks over the spots of a batch (encoder and Reg2ST's decoder).
 
 Spots are tokens: an input of shape ``(n_spots, dim)`` is one sequence, an input of
 shape ``(batch, n_spots, dim)`` several. Attention masks are boolean ``(n, n)``
@@ -150,44 +150,109 @@ class TransformerEncoder(nn.Module):
         return x
 
 
-class DecoderBlock(nn.Module):
-    """Pre-norm decoder block: masked self-attention, cross-attention to a context, MLP.
+class CrossAttention(nn.Module):
+    """Multi-head attention from ``x`` to ``context`` with biased projections.
 
-    ``x + SelfAttn(LN(x))``, then ``x + CrossAttn(LN(x), LN(context))``, then
-    ``x + FF(LN(x))``; the same ``mask`` restricts both attentions (tokens and context
-    are aligned spot by spot).
+    Reg2ST's attention: query, key, value and output projections are ``dim → dim``
+    linear layers with a bias, each head is ``dim / heads`` wide, and dropout acts on
+    the attention weights (training only).
+
+    Parameters
+    ----------
+    dim
+        Token width (input and output); a multiple of ``heads``.
+    heads
+        Number of heads.
+    dropout
+        Dropout on the attention weights.
+    head_merge_quirk
+        **quirk** of Reg2ST's code: the per-head outputs, laid out ``(heads, n, d)``,
+        are viewed as ``(n, heads · d)`` without moving the head axis back, so row ``i``
+        holds consecutive chunks of that layout (for ``i < n / heads``: head 0 of spots
+        ``heads · i … heads · i + heads − 1``), not spot ``i``'s heads. ``False`` merges
+        the heads of each spot (standard attention).
 
     Examples
     --------
-    >>> block = DecoderBlock(16, heads=2, dim_head=8, mlp_dim=32)
+    >>> CrossAttention(8, heads=2)(torch.randn(5, 8), torch.randn(5, 8)).shape
+    torch.Size([5, 8])
+    """
+
+    def __init__(
+        self, dim: int, *, heads: int, dropout: float = 0.0, head_merge_quirk: bool = False
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise GR2STConfigError(f"CrossAttention: dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.head_merge_quirk = head_merge_quirk
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        return t.unflatten(-1, (self.heads, -1)).transpose(-3, -2)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        q = self._split_heads(self.to_q(x))
+        k = self._split_heads(self.to_k(context))
+        v = self._split_heads(self.to_v(context))
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if self.head_merge_quirk:
+            return self.to_out(out.reshape(*out.shape[:-3], out.shape[-2], -1))
+        return self.to_out(out.transpose(-3, -2).flatten(-2))
+
+
+class DecoderBlock(nn.Module):
+    """Reg2ST's decoder block: cross-attention to a context, then an MLP, both pre-norm.
+
+    ``x + Dropout(CrossAttn(LN(x), context))`` then ``x + Dropout(MLP(LN(x)))`` with
+    ``MLP = Linear → GELU → Dropout → Linear``. The context enters the attention as it
+    is (no norm), and the block has no self-attention: the published block defines one
+    but its call is commented out. ``mask`` restricts which context spots each spot sees;
+    ``head_merge_quirk`` is :class:`CrossAttention`'s.
+
+    Examples
+    --------
+    >>> block = DecoderBlock(16, heads=2, mlp_dim=32)
     >>> block(torch.randn(5, 16), torch.randn(5, 16)).shape
     torch.Size([5, 16])
     """
 
     def __init__(
-        self, dim: int, *, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.0
+        self,
+        dim: int,
+        *,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        head_merge_quirk: bool = False,
     ) -> None:
         super().__init__()
-        self.self_norm = nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
         self.cross_norm = nn.LayerNorm(dim)
-        self.context_norm = nn.LayerNorm(dim)
-        self.cross_attn = Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+        self.cross_attn = CrossAttention(
+            dim, heads=heads, dropout=dropout, head_merge_quirk=head_merge_quirk
+        )
         self.ff_norm = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, mlp_dim, dropout=dropout)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.self_attn(self.self_norm(x), mask=mask)
-        x = x + self.cross_attn(self.cross_norm(x), self.context_norm(context), mask=mask)
-        return x + self.ff(self.ff_norm(x))
+        x = x + self.dropout(self.cross_attn(self.cross_norm(x), context, mask))
+        return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
 class TransformerDecoder(nn.Module):
-    """A stack of ``depth`` :class:`DecoderBlock` s sharing one context and one mask.
+    """``depth`` :class:`DecoderBlock` s sharing one context and one mask, then a LayerNorm.
 
     Examples
     --------
-    >>> dec = TransformerDecoder(16, depth=2, heads=2, dim_head=8, mlp_dim=32)
+    >>> dec = TransformerDecoder(16, depth=2, heads=2, mlp_dim=32)
     >>> dec(torch.randn(5, 16), torch.randn(5, 16)).shape
     torch.Size([5, 16])
     """
@@ -198,20 +263,27 @@ class TransformerDecoder(nn.Module):
         *,
         depth: int,
         heads: int,
-        dim_head: int,
         mlp_dim: int,
         dropout: float = 0.0,
+        head_merge_quirk: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            DecoderBlock(dim, heads=heads, dim_head=dim_head, mlp_dim=mlp_dim, dropout=dropout)
+            DecoderBlock(
+                dim,
+                heads=heads,
+                mlp_dim=mlp_dim,
+                dropout=dropout,
+                head_merge_quirk=head_merge_quirk,
+            )
             for _ in range(depth)
         )
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
         for block in self.blocks:
             x = block(x, context, mask=mask)
-        return x
+        return self.norm(x)
 
 
 def random_attention_mask(

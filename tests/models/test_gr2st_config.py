@@ -4,12 +4,18 @@ import dataclasses
 
 import pytest
 
+from gr2st.config import apply_overrides as apply_config_overrides
 from gr2st.errors import GR2STConfigError
-from gr2st.models import GR2STConfig, apply_overrides, get_profile
+from gr2st.models import GR2STConfig, get_profile
 
 
-def test_reference_profile_is_the_published_recipe() -> None:
-    cfg = get_profile("reference")
+def apply_overrides(config: GR2STConfig, overrides: list[str]) -> GR2STConfig:
+    return apply_config_overrides(config, overrides, owner="gr2st")
+
+
+def test_paper_profile_is_the_published_recipe() -> None:
+    assert get_profile("reference") == get_profile("paper")
+    cfg = get_profile("paper")
     m, t = cfg.model, cfg.train
     assert (m.proj_dim, m.heads, m.dropout, m.temperature) == (256, 8, 0.1, 1.0)
     assert (m.k_dynamic, m.k_spatial, m.same_type_bonus, m.fusion) == (20, 20, 0.3, "sum")
@@ -21,14 +27,15 @@ def test_reference_profile_is_the_published_recipe() -> None:
     assert m.use_cell_type
     assert m.use_position
     assert (t.epochs, t.batch_size, t.lr, t.weight_decay) == (100, 2048, 1e-4, 1e-3)
-    assert t.optimiser_per_epoch
+    assert t.optimizer_per_epoch
+    assert t.precision == "fp32"
     assert t.average_last == 1
     assert t.feature_noise == 0.0
     assert cfg.predict.top_k == 200
 
 
 def test_default_profile_differs_only_where_documented() -> None:
-    ref, ours = get_profile("reference"), get_profile("default")
+    ref, ours = get_profile("paper"), get_profile("default")
     assert ours.train == ref.train
     assert ours.predict == ref.predict
     diff = {
@@ -69,24 +76,25 @@ def test_overrides_coerce_types_and_leave_the_original_unchanged() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.nope=1", r"unknown field 'model.nope'; known: dropout"),
-        ("nope=1", r"unknown field 'nope'"),
-        ("solver.lr=1", r"unknown section 'solver'"),
-        ("train.epochs", r"expected 'section.field=value'"),
-        ("train.epochs=2.5", r"train.epochs: expected an integer, got '2.5'"),
-        ("train.epochs=many", r"train.epochs: expected an integer"),
-        ("train.lr=fast", r"train.lr: expected a number"),
-        ("model.use_spatial=maybe", r"model.use_spatial: expected a boolean"),
-        ("model.fusion=product", r"model.fusion: expected one of \['sum', 'concat'"),
-        ("model.dropout=1.0", r"model.dropout: expected a value in \[0, 1\)"),
-        ("train.epochs=0", r"train.epochs: expected a positive value"),
-        ("model.temperature=-1", r"model.temperature: expected a positive value"),
-        ("train.average_last=500", r"train.average_last: expected at most train.epochs"),
+        ("model.nope=1", r"gr2st: unknown override 'model.nope'; known: model.dropout"),
+        ("nope=1", r"unknown override 'nope'"),
+        ("solver.lr=1", r"unknown override 'solver.lr'"),
+        ("train.epochs", r"expected key=value"),
+        ("train.epochs=2.5", r"gr2st: train.epochs='2.5': expected an integer"),
+        ("train.epochs=many", r"train.epochs='many': expected an integer"),
+        ("train.lr=fast", r"train.lr='fast': expected a number"),
+        ("model.use_spatial=maybe", r"model.use_spatial='maybe': expected a boolean"),
+        ("model.fusion=product", r"model.fusion='product': expected one of sum, concat, max"),
+        ("model.dropout=1.0", r"gr2st: model.dropout must be in \[0, 1\), got 1.0"),
+        ("train.epochs=0", r"gr2st: train.epochs must be > 0, got 0"),
+        ("model.temperature=-1", r"model.temperature must be > 0, got -1.0"),
+        ("train.precision=fp8", r"train.precision='fp8': expected one of fp32, tf32, bf16"),
+        ("train.average_last=500", r"gr2st: train.average_last: expected at most train.epochs"),
     ],
 )
 def test_bad_overrides_raise_a_clear_error(override: str, message: str) -> None:
     with pytest.raises(GR2STConfigError, match=message):
-        apply_overrides(get_profile("reference"), [override])
+        apply_overrides(get_profile("paper"), [override])
 
 
 def test_at_least_one_branch_is_required() -> None:
@@ -95,14 +103,14 @@ def test_at_least_one_branch_is_required() -> None:
 
 
 def test_unknown_profile() -> None:
-    with pytest.raises(GR2STConfigError, match="unknown GR2ST profile 'paper'; known: default"):
-        get_profile("paper")
+    with pytest.raises(GR2STConfigError, match="gr2st: no profile 'cpu'; it has: paper, default"):
+        get_profile("cpu")
 
 
 def test_dict_round_trip() -> None:
     cfg = apply_overrides(get_profile("default"), ["model.fusion=max", "train.feature_noise=0.1"])
     assert GR2STConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(GR2STConfigError, match="unknown section"):
+    with pytest.raises(GR2STConfigError, match=r"unknown setting\(s\) \['extra'\]"):
         GR2STConfig.from_dict({**cfg.to_dict(), "extra": {}})
     assert dataclasses.is_dataclass(cfg)
     assert cfg.to_json().startswith('{"model"')

@@ -1,0 +1,218 @@
+"""Reader for the legacy Spatial Transcriptomics (ST) layout (Ståhl et al., Science 2016).
+
+A legacy-ST section is three files:
+
+- a **count table**, tab-separated (optionally gzipped), spots × genes, rows named
+  ``"<x>x<y>"`` after the spot's array position (the original ST pipeline writes
+  fractional positions such as ``"16.92x9.015"``; they are rounded); a genes × spots
+  table (spot ids in the header) is read transposed;
+- a **spot-detector table** (the ST Spot Detector's alignment output), tab-separated,
+  with at least the columns ``x y pixel_x pixel_y`` (array position and spot centre
+  in full-resolution pixels), usually also ``new_x new_y`` (refined array position)
+  and ``selected`` (1 = under the tissue; rows with 0 are dropped);
+- the **H&E image** the pixel positions refer to.
+
+HER2ST (:mod:`gr2st.io.her2st`) and cSCC (:mod:`gr2st.io.cscc`) are this layout with
+their own file names.
+
+Spot geometry
+-------------
+The ST array has 100 µm spots on a square grid with a 200 µm centre-to-centre pitch
+(Ståhl et al., Science 2016; the HER2ST paper uses the same slides). The image
+resolution is measured per section from the spot table: the median pixel distance
+between array neighbours divided by 200 µm. This gives ≈0.69 µm/px (≈290 px pitch,
+≈145 px spot diameter) for HER2ST patients B-H, matching the data's README, and
+≈0.92 µm/px for patient A, whose images were scanned at another scale, which is why a
+single constant would be wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from gr2st._constants import (
+    ARRAY_X,
+    ARRAY_Y,
+    IMAGE_PATH,
+    MICRONS_PER_PIXEL,
+    PATIENT,
+    SECTION,
+    SOURCE_FORMAT,
+    SPATIAL,
+    SPOT_DIAMETER_PX,
+    UNS,
+)
+from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.io._validate import (
+    examples,
+    numeric_columns,
+    pixels_per_grid_unit,
+    read_count_table,
+    read_table,
+    spot_ids,
+    unique_ids,
+    validate_section,
+)
+
+log = logging.getLogger(__name__)
+
+#: Centre-to-centre distance of neighbouring ST spots (µm).
+ST_PITCH_UM: Final = 200.0
+#: Diameter of an ST spot (µm).
+ST_SPOT_DIAMETER_UM: Final = 100.0
+
+_SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
+_ST_ID = re.compile(r"^(-?\d+(?:\.\d*)?)x(-?\d+(?:\.\d*)?)$")
+
+
+def read_st_legacy(
+    counts: str | Path,
+    spots: str | Path,
+    *,
+    image: str | Path | None = None,
+    section: str | None = None,
+    patient: str | None = None,
+    source_format: str = "st",
+    pitch_um: float = ST_PITCH_UM,
+    spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+) -> AnnData:
+    """Read one legacy-ST section from its count table, spot-detector table and image.
+
+    Count rows and spot-table rows are joined on ``f"{round(x)}x{round(y)}"`` (inner
+    join, in count-table order); spots present in only one of the two files, and
+    spot-table rows with ``selected == 0``, are dropped (logged at INFO level).
+
+    Parameters
+    ----------
+    counts
+        Count table (see the module docstring).
+    spots
+        Spot-detector table with at least the columns ``x y pixel_x pixel_y``.
+    image
+        Full-resolution H&E image the pixel positions refer to, or ``None``.
+    section
+        Section name; default: the count table's file name up to its first dot.
+    patient
+        Patient id; default: the section name.
+    source_format
+        Stored as ``uns["gr2st"]["source_format"]``.
+    pitch_um, spot_diameter_um
+        Physical spot pitch and diameter of the array, used to turn the measured pixel
+        pitch into µm/px and the spot diameter in pixels.
+
+    Returns
+    -------
+    AnnData
+        One section in gr2st's shape: ``obs_names`` = the rounded ``"<x>x<y>"`` ids,
+        ``obs[array_x/array_y]`` = the spot table's ``x, y`` (as given),
+        ``obsm["spatial"]`` = ``pixel_x, pixel_y``.
+
+    Raises
+    ------
+    GR2STDataError
+        Missing or unreadable file, missing column, duplicate or unmatched spot ids,
+        non-numeric counts, or a spot centre outside the image.
+    GR2STConfigError
+        A non-positive ``pitch_um`` or ``spot_diameter_um``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gr2st.datasets import synthetic, write_her2st_layout
+    >>> sec = synthetic(n_sections=1, n_genes=5, grid=(3, 3))[0]
+    >>> sec.obs["section"] = "A1"
+    >>> root = write_her2st_layout([sec], tempfile.mkdtemp())
+    >>> adata = read_st_legacy(root / "ST-cnts/A1.tsv.gz", root / "ST-spotfiles/A1_selection.tsv")
+    >>> adata.shape, adata.obs["section"].iloc[0]
+    ((9, 5), 'A1')
+    """
+    if not (pitch_um > 0 and spot_diameter_um > 0):
+        raise GR2STConfigError(
+            f"pitch_um and spot_diameter_um must be positive; got {pitch_um} and {spot_diameter_um}"
+        )
+    counts, spots = Path(counts), Path(spots)
+    section = section or counts.name.split(".")[0]
+    matrix, ids, genes = _read_st_counts(counts)
+    table = read_table(spots, what="spot table", columns=_SPOT_COLUMNS)
+    numeric_columns(table, _SPOT_COLUMNS, path=spots, what="spot table")
+    if "selected" in table.columns:
+        selected = pd.to_numeric(table["selected"], errors="coerce").to_numpy(dtype=float) != 0
+        if not selected.all():
+            log.info(
+                "%s: %d spot-table rows not selected; dropped", section, int((~selected).sum())
+            )
+            table = table[selected]
+    table.index = spot_ids(table["x"], table["y"])
+    unique_ids(table.index, path=spots, what="spot table")
+
+    keep = ids.isin(table.index)
+    if not keep.any():
+        raise GR2STDataError(
+            f"{counts}: none of its {len(ids)} spot ids matches the spot table {spots} "
+            f"(count ids e.g. {examples(ids, n=2)}; spot-table ids e.g. "
+            f"{examples(table.index, n=2)})"
+        )
+    if not keep.all() or len(table) > keep.sum():
+        log.info(
+            "%s: %d count rows lack a spot-table row, %d spot-table rows lack counts; dropped",
+            section,
+            int((~keep).sum()),
+            len(table) - int(keep.sum()),
+        )
+    ids = ids[keep]
+    joined = table.loc[ids]
+    obs = pd.DataFrame(
+        {
+            SECTION: section,
+            PATIENT: patient or section,
+            ARRAY_X: joined["x"].to_numpy(dtype=float),
+            ARRAY_Y: joined["y"].to_numpy(dtype=float),
+        },
+        index=ids,
+    )
+    adata = AnnData(X=matrix[np.flatnonzero(keep)], obs=obs, var=pd.DataFrame(index=genes))
+    adata.obsm[SPATIAL] = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+
+    px_per_pitch = pixels_per_grid_unit(
+        table[["x", "y"]].to_numpy(dtype=float),
+        table[["pixel_x", "pixel_y"]].to_numpy(dtype=float),
+        source=spots,
+    )
+    microns_per_pixel = pitch_um / px_per_pitch
+    adata.uns[UNS] = {
+        IMAGE_PATH: None if image is None else str(image),
+        SPOT_DIAMETER_PX: spot_diameter_um / microns_per_pixel,
+        MICRONS_PER_PIXEL: microns_per_pixel,
+        SOURCE_FORMAT: source_format,
+    }
+    validate_section(adata, source=counts)
+    return adata
+
+
+def _read_st_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
+    """Counts with rounded ``"<x>x<y>"`` spot ids; a genes × spots table is transposed."""
+    matrix, rows, columns = read_count_table(path)
+    if not _all_st_ids(rows) and _all_st_ids(columns):
+        matrix, rows, columns = sp.csr_matrix(matrix.T), columns, rows
+    if not _all_st_ids(rows):
+        bad = [r for r in rows if not _ST_ID.match(r)]
+        raise GR2STDataError(
+            f"{path}: {len(bad)} row name(s) are not ST spot ids '<x>x<y>' "
+            f"(e.g. {examples(bad, n=3)}); expected one row (or column) per spot"
+        )
+    parts = rows.str.extract(_ST_ID).to_numpy(dtype=float)
+    ids = spot_ids(parts[:, 0], parts[:, 1])
+    unique_ids(ids, path=path, what="count table (after rounding the spot ids)")
+    return matrix, ids, columns
+
+
+def _all_st_ids(names: pd.Index) -> bool:
+    return bool(len(names)) and all(_ST_ID.match(str(n)) for n in names)
