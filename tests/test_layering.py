@@ -35,11 +35,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     # features
     "encoders": BASE | {"image"},
     # models
-    "models": BASE | {"graph", "retrieval", "training"},
+    # (evaluation: early stopping scores a validation section)
+    "models": BASE | {"evaluation", "graph", "retrieval", "training"},
     "methods": BASE
     | {"encoders", "evaluation", "graph", "image", "models", "retrieval", "training"},
     # what users run
-    "benchmark": BASE | {"evaluation", "genes", "image", "methods", "training"},
+    "benchmark": BASE | {"evaluation", "genes", "graph", "image", "methods", "training"},
     "predict": BASE | {"encoders", "genes", "image", "io", "models", "retrieval"},
 }
 

@@ -275,7 +275,7 @@ def test_profile_applies_to_learned_methods_and_is_never_a_silent_fallback(
     res = _run(sections, tmp_path, methods=["knn"], profile="paper")
     assert res["methods"]["knn"]["profile"] == "default"
     # A learned method without the profile fails before any fold, naming its profiles.
-    with pytest.raises(GR2STConfigError, match="gr2st: no profile 'fancy'; it has: paper, default"):
+    with pytest.raises(GR2STConfigError, match="'fancy'; it has: paper, paper-cscc, default"):
         _run(sections, tmp_path / "x", methods=["knn", "gr2st"], profile="fancy")
     assert not (tmp_path / "x" / "folds").exists()
 

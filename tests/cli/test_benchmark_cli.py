@@ -105,6 +105,28 @@ def test_cli_options_reach_the_fold_loop(h5ad_dir: Path, tmp_path: Path) -> None
     assert res["methods"]["knn"]["folds"]["P0"]["config"]["top_k"] == 9
 
 
+def test_grid_and_inner_selection_reach_results_json(h5ad_dir: Path, tmp_path: Path) -> None:
+    code, _, exc = _invoke(
+        "--data", str(h5ad_dir), "--methods", "knn,mean", "--encoder", "toy",
+        "--grid", "smooth.weight=0,0.5", "--grid", "knn:top_k=5,50", "--select", "inner",
+        "--inner-folds", "1", "--panel", str(tmp_path / "panel.txt"), "--no-progress",
+        "--no-figures", "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, exc
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    for fold in ("S0", "S1", "S2"):
+        selection = res["methods"]["knn"]["folds"][fold]["selection"]
+        assert len(selection["inner_mean_pcc"]) == 4
+        assert selection["inner_folds"] == [next(s for s in ("S0", "S1", "S2") if s != fold)]
+        assert selection["chosen"]["top_k"] in ("5", "50")
+    _, _, exc = _invoke(
+        "--data", str(h5ad_dir), "--methods", "knn", "--encoder", "toy", "--select", "best",
+        "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert isinstance(exc, GR2STConfigError)
+    assert "--select: expected one of none, inner, got 'best'" in str(exc)
+
+
 def test_cli_errors(h5ad_dir: Path, tmp_path: Path) -> None:
     _, _, exc = _invoke("--data", str(h5ad_dir), "--methods", "nope")
     assert isinstance(exc, GR2STConfigError)

@@ -87,3 +87,20 @@ def test_worker_processes_write_the_in_process_results(synthetic_her2st: Path, t
             assert sorted(a.files) == sorted(b.files)
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_feature_options_compose_the_encoder_and_its_cache_entries(
+    synthetic_her2st: Path, tmp_path: Path
+):
+    cache = tmp_path / "cache"
+    base = ["--data", str(synthetic_her2st), "--size", "32", "--cache", str(cache)]
+    base += ["--nuclei", "none", "--backend", "torch", "--no-progress"]
+    result = _run(*base, "--tta", "2", "--context", "64")
+    assert result.exit_code == 0, result.output
+    assert "encoder efficientnet-lite0-tta2-ctx2x;" in result.output.splitlines()[0]
+    assert len(list(cache.rglob("features-*.npz"))) == 2
+    again = _run(*base, "--tta", "2", "--context", "64", "--sections", "C2")
+    assert "from cache: features" in again.output
+    bad = _run(*base, "--context", "16")
+    assert isinstance(bad.exception, GR2STConfigError)
+    assert "--context 16: expected a side larger than the patch (32 px)" in str(bad.exception)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gr2st.errors import GR2STDataError
-from gr2st.graph import functional_topk_graph, knn, spatial_knn_graph
+from gr2st.graph import cdist_topk_graph, functional_topk_graph, knn, spatial_knn_graph
 
 
 def naive_spatial(pos: np.ndarray, k: int) -> np.ndarray:
@@ -159,3 +159,19 @@ def test_functional_graph_in_row_blocks_equals_one_matrix(
     monkeypatch.setattr(knn, "FUNCTIONAL_BLOCK", block)
     got = functional_topk_graph(h, t, types, k=11, tau=0.7, same_type_bonus=0.3)
     assert torch.equal(got, expected)
+
+
+def test_cdist_topk_graph_is_the_published_construction() -> None:
+    rng = np.random.default_rng(0)
+    pos = torch.from_numpy(rng.integers(0, 12, size=(60, 2)).astype(np.float32))
+    edges = cdist_topk_graph(pos, k=6)
+    expected = torch.topk(-torch.cdist(pos, pos), 6, dim=-1).indices
+    assert torch.equal(edges[1].reshape(60, 6), expected)
+    assert torch.equal(edges[0], torch.arange(60).repeat_interleave(6))
+    # Same neighbour distances as the index tie-break: only tied spots may differ.
+    exact = spatial_knn_graph(pos, k=6)[1].reshape(60, 6)
+    d = torch.cdist(pos.double(), pos.double())
+    rows = torch.arange(60)[:, None]
+    torch.testing.assert_close(
+        d[rows, expected].sort(1).values, d[rows, exact].sort(1).values, rtol=0, atol=1e-4
+    )

@@ -60,9 +60,9 @@ def _method(profile: str = "default", **kwargs: object) -> GR2STMethod:
 
 def test_registered_with_both_profiles() -> None:
     assert METHODS.get("gr2st") is GR2STMethod
-    assert list(GR2STMethod.profiles) == ["paper", "default"]
+    assert list(GR2STMethod.profiles) == ["paper", "paper-cscc", "default"]
     assert GR2STMethod(feature_key=FEATURE_KEY, profile="reference").profile == "paper"
-    with pytest.raises(GR2STConfigError, match="gr2st: no profile 'cpu'; it has: paper, default"):
+    with pytest.raises(GR2STConfigError, match="'cpu'; it has: paper, paper-cscc, default"):
         GR2STMethod(feature_key=FEATURE_KEY, profile="cpu")
     with pytest.raises(GR2STConfigError, match=r"gr2st: unknown override .model\.colour."):
         GR2STMethod(feature_key=FEATURE_KEY, overrides=["model.colour=red"])

@@ -43,7 +43,9 @@ def test_default_profile_differs_only_where_documented() -> None:
         for f in dataclasses.fields(ref.model)
         if getattr(ref.model, f.name) != getattr(ours.model, f.name)
     }
-    assert diff == {"n_positions", "position_rounding", "dropout"}
+    assert diff == {"n_positions", "position_rounding", "dropout", "knn_ties"}
+    assert ref.model.knn_ties == "cdist"
+    assert ours.model.knn_ties == "index"
     assert ours.model.n_positions == 1024
     assert ours.model.dropout == 0.3
     assert ours.model.position_rounding == "round"
@@ -103,7 +105,7 @@ def test_at_least_one_branch_is_required() -> None:
 
 
 def test_unknown_profile() -> None:
-    with pytest.raises(GR2STConfigError, match="gr2st: no profile 'cpu'; it has: paper, default"):
+    with pytest.raises(GR2STConfigError, match="'cpu'; it has: paper, paper-cscc, default"):
         get_profile("cpu")
 
 
@@ -114,3 +116,16 @@ def test_dict_round_trip() -> None:
         GR2STConfig.from_dict({**cfg.to_dict(), "extra": {}})
     assert dataclasses.is_dataclass(cfg)
     assert cfg.to_json().startswith('{"model"')
+
+
+def test_paper_profile_has_the_published_cscc_retrieval_rule() -> None:
+    from gr2st.methods import METHODS
+
+    her2st, cscc = get_profile("paper"), get_profile("reference-cscc")
+    assert (her2st.predict.top_k, her2st.predict.distance) == (200, "l1")
+    assert (cscc.predict.top_k, cscc.predict.distance) == (600, "l2")
+    assert dataclasses.replace(cscc, predict=her2st.predict) == her2st
+    gr2st = METHODS.get("gr2st")
+    assert gr2st.profile_for("reference", "cSCC") == "paper-cscc"
+    assert gr2st.profile_for("paper", "her2st") == "paper"
+    assert METHODS.get("histogene").profile_for("paper", "cscc") == "paper"

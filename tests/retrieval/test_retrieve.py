@@ -8,14 +8,21 @@ from gr2st.errors import GR2STDataError
 from gr2st.retrieval import neighbour_weights, retrieve
 
 
-def naive(query: np.ndarray, keys: np.ndarray, values: np.ndarray, top_k: int, groups: np.ndarray):
-    """The reference's loop: cosine top-k, then 1/L1² weights per query."""
+def naive(
+    query: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    top_k: int,
+    groups: np.ndarray,
+    order: int = 1,
+):
+    """The reference's loop: cosine top-k, then 1/L1² (cSCC: 1/L2²) weights per query."""
     qn = query / np.linalg.norm(query, axis=1, keepdims=True)
     kn = keys / np.linalg.norm(keys, axis=1, keepdims=True)
     means, stds, provs = [], [], []
     for i in range(len(query)):
         idx = np.argsort(-(kn @ qn[i]), kind="stable")[:top_k]
-        l1 = np.linalg.norm(keys[idx] - query[i], axis=1, ord=1)
+        l1 = np.linalg.norm(keys[idx] - query[i], axis=1, ord=order)
         w = np.reciprocal(l1**2)
         w = w / w.sum()
         mean = np.average(values[idx], axis=0, weights=w)
@@ -128,3 +135,15 @@ def test_bad_input_is_rejected(data: tuple[np.ndarray, ...]) -> None:
         retrieve(query, keys, values, key_groups=groups[:5])
     with pytest.raises(GR2STDataError, match="key_groups: ids must be below n_groups=2"):
         retrieve(query, keys, values, key_groups=groups, n_groups=2)
+
+
+def test_l2_weights_equal_the_published_cscc_loop(data: tuple[np.ndarray, ...]) -> None:
+    query, keys, values, groups = data
+    res = retrieve(query, keys, values, top_k=60, key_groups=groups, device="cpu", distance="l2")
+    mean, std, _ = naive(query, keys, values, 60, groups, order=2)
+    np.testing.assert_allclose(res.mean, mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.std, std, rtol=1e-4, atol=1e-4)
+    l1 = retrieve(query, keys, values, top_k=60, device="cpu")
+    assert not np.allclose(l1.mean, res.mean)
+    with pytest.raises(GR2STDataError, match="distance: expected 'l1' or 'l2'"):
+        retrieve(query, keys, values, top_k=5, device="cpu", distance="cosine")

@@ -88,8 +88,9 @@ def build_results(
                 "seconds": meta["seconds"],
                 "config": meta["config"],
             }
-            if "training" in meta:
-                fold_info[fold.name]["training"] = meta["training"]
+            for extra in ("training", "selection"):
+                if extra in meta:
+                    fold_info[fold.name][extra] = meta[extra]
             for section in fold.test:
                 scores = meta["sections"][section]
                 per_section[section] = {

@@ -34,6 +34,7 @@ from gr2st._constants import CELL_TYPE, PATCHES, PATIENT
 from gr2st._utils.files import sha256_bytes
 from gr2st._utils.seed import seed_everything
 from gr2st.benchmark.report import build_results, write_outputs
+from gr2st.benchmark.selection import SELECTIONS, Choice, Selection, select_inner, smoothed
 from gr2st.benchmark.store import FoldRecord, FoldStore, to_jsonable
 from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
@@ -65,10 +66,11 @@ def fold_seed(seed: int, method: str, fold: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _profile_for(cls: type[Method[Any]], requested: str | None) -> str | None:
+def _profile_for(cls: type[Method[Any]], requested: str | None, dataset: str) -> str | None:
     """The profile asked of ``cls``: learned methods take ``--profile`` (and fail when
-    they lack it); the others have one set of settings."""
-    return requested if cls.learned else None
+    they lack it; ``paper`` may have a per-dataset variant); the others have one set of
+    settings."""
+    return cls.profile_for(requested, dataset) if cls.learned else None
 
 
 def _blind(adata: AnnData) -> AnnData:
@@ -165,6 +167,9 @@ def run_benchmark(
     figures: bool = True,
     figure_section: str | None = None,
     checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
+    grid: Mapping[str, Sequence[Choice]] | None = None,
+    select: str = "none",
+    inner_folds: int | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -211,6 +216,17 @@ def run_benchmark(
         Section of the spatial-map figure (default: the featured method's best).
     checkpoint_every
         Seconds between training checkpoints of a fold (``0``: every epoch).
+    grid
+        Candidate settings per method (:func:`gr2st.benchmark.selection.parse_grid`):
+        overrides and the spatial smoothing of its predictions. A method absent from it
+        runs as configured, unsmoothed.
+    select
+        ``"none"``: each method runs with its first candidate; ``"inner"``: each outer
+        fold picks the candidate with the best inner leave-one-section-out score on its
+        training sections only (recorded per fold in ``results.json``).
+    inner_folds
+        At most this many inner folds (the first training sections of the fold);
+        None: one per training section.
 
     Returns
     -------
@@ -232,6 +248,11 @@ def run_benchmark(
     method_names = list(dict.fromkeys(methods))
     if not method_names:
         raise GR2STConfigError("methods: expected at least one method name")
+    if select not in SELECTIONS:
+        raise GR2STConfigError(f"select: expected one of {SELECTIONS}, got {select!r}")
+    if inner_folds is not None and inner_folds < 1:
+        raise GR2STConfigError(f"inner_folds: expected a positive number, got {inner_folds!r}")
+    candidates = {name: list((grid or {}).get(name) or [Choice()]) for name in method_names}
     classes = {name: METHODS.get(name) for name in method_names}
     routed = route_overrides(overrides, method_names)
     settings: dict[str, Any] = {}
@@ -240,13 +261,14 @@ def run_benchmark(
         # Construct once up front so a bad profile or override fails before any fold
         # runs; the resolved settings also key the saved folds, so changed defaults
         # recompute.
-        method = cls(
-            feature_key=feature_key,
-            profile=_profile_for(cls, profile),
-            overrides=routed[name],
-            seed=seed,
-            progress=False,
-        )
+        for choice in candidates[name]:
+            method = cls(
+                feature_key=feature_key,
+                profile=_profile_for(cls, profile, dataset),
+                overrides=[*routed[name], *choice.overrides],
+                seed=seed,
+                progress=False,
+            )
         profiles[name] = method.profile
         settings[name] = to_jsonable(method.describe())
         if target_genes is not None and not cls.supports_values:
@@ -288,9 +310,27 @@ def run_benchmark(
                     overrides=routed[name],
                     settings=settings[name],
                     fold=[fold.name, list(fold.train), list(fold.test)],
+                    **_selection_fingerprint(candidates[name], select, inner_folds),
                 )
                 record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
                 if record is None:
+                    run_options: dict[str, Any] = {
+                        "feature_key": feature_key,
+                        "profile": profiles[name],
+                        "device": device,
+                        "progress": progress,
+                        "checkpoint_every": checkpoint_every,
+                    }
+                    selection = _select(
+                        classes[name],
+                        candidates[name],
+                        [prepared[s] for s in fold.train],
+                        select=select,
+                        inner_folds=inner_folds,
+                        overrides=routed[name],
+                        seed=fold_seed(seed, name, fold.name),
+                        **run_options,
+                    )
                     record = _run_fold(
                         classes[name],
                         name=name,
@@ -299,16 +339,13 @@ def run_benchmark(
                         targets=targets,
                         truths=truths,
                         genes=gene_names,
-                        feature_key=feature_key,
-                        profile=profiles[name],
                         overrides=routed[name],
+                        selection=selection,
                         seed=fold_seed(seed, name, fold.name),
-                        device=device,
                         workdir=out / "work" / name / fold.name,
                         fresh=not resume,
                         fingerprint=fingerprint,
-                        progress=progress,
-                        checkpoint_every=checkpoint_every,
+                        **run_options,
                     )
                     store.save(name, fold.name, record)
                     _remove_workdir(out / "work", name, fold.name)
@@ -345,6 +382,55 @@ def run_benchmark(
     return results
 
 
+def _selection_fingerprint(
+    choices: Sequence[Choice], select: str, inner_folds: int | None
+) -> dict[str, Any]:
+    """What of the selection settings a fold's result depends on (nothing by default, so
+    folds saved before selection existed still count)."""
+    if len(choices) == 1 and choices[0] == Choice():
+        return {}
+    labels = [c.label for c in choices]
+    if select == "none" or len(choices) == 1:
+        return {"choice": labels[0]}
+    return {"choices": labels, "select": select, "inner_folds": inner_folds}
+
+
+def _select(
+    cls: type[Method[Any]],
+    choices: Sequence[Choice],
+    train: Sequence[AnnData],
+    *,
+    select: str,
+    inner_folds: int | None,
+    overrides: Sequence[str],
+    seed: int,
+    feature_key: str,
+    profile: str,
+    device: str,
+    progress: bool,
+    checkpoint_every: float,
+) -> Selection:
+    """The candidate a fold runs with: the first, or the inner-CV winner."""
+    if select == "none" or len(choices) == 1:
+        return Selection(choice=choices[0], scores={}, inner_folds=[])
+
+    def fit_predict(extra: tuple[str, ...], inner: list[AnnData], test: AnnData) -> np.ndarray:
+        seed_everything(seed)
+        method = cls(
+            feature_key=feature_key,
+            profile=profile,
+            overrides=[*overrides, *extra],
+            seed=seed,
+            device=device,
+            progress=False,
+            checkpoint_every=checkpoint_every,
+        )
+        method.fit(inner)
+        return method.predict(test if cls.is_ceiling else _blind(test))
+
+    return select_inner(choices, train, fit_predict=fit_predict, max_folds=inner_folds)
+
+
 def _run_fold(
     cls: type[Method[Any]],
     *,
@@ -357,6 +443,7 @@ def _run_fold(
     feature_key: str,
     profile: str,
     overrides: Sequence[str],
+    selection: Selection,
     seed: int,
     device: str,
     workdir: Path,
@@ -372,10 +459,11 @@ def _run_fold(
     workdir.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint)
     seed_everything(seed)
+    choice = selection.choice
     method = cls(
         feature_key=feature_key,
         profile=profile,
-        overrides=overrides,
+        overrides=[*overrides, *choice.overrides],
         seed=seed,
         device=device,
         progress=progress,
@@ -390,7 +478,7 @@ def _run_fold(
             raw = method.predict(test)
         else:
             raw = method.predict_values(test, [targets[s] for s in fold.train])
-        pred = np.asarray(raw, dtype=np.float32)
+        pred = smoothed(np.asarray(raw, dtype=np.float32), prepared[section], choice)
         expected = truths[section].shape
         if pred.shape != expected:
             raise GR2STDataError(
@@ -423,4 +511,6 @@ def _run_fold(
     }
     if method.training_stats is not None:
         meta["training"] = method.training_stats.as_dict()
+    if choice != Choice() or selection.scores:
+        meta["selection"] = selection.describe()
     return FoldRecord(meta=meta, predictions=predictions, pcc=pcc)

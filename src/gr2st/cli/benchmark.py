@@ -10,7 +10,13 @@ import typer
 from anndata import AnnData
 from rich.console import Console
 
-from gr2st._constants import CELL_TYPE, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_PANEL, feature_key
+from gr2st._constants import (
+    CELL_TYPE,
+    DEFAULT_CHECKPOINT_SECONDS,
+    DEFAULT_PANEL,
+    DEFAULT_PATCH_PX,
+    feature_key,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
 
 #: Default data folder, relative to the working directory (the project's shared data).
@@ -290,7 +296,20 @@ def benchmark_command(
         help="Comma-separated sections, or 'all' (default: all imaged ones).",
     ),
     encoder: str | None = typer.Option(
-        None, "--encoder", metavar="NAME", help="Frozen image encoder (default efficientnet-lite0)."
+        None,
+        "--encoder",
+        metavar="NAME",
+        help="Frozen image encoder (default efficientnet-lite0); A+B concatenates encoders.",
+    ),
+    tta: int = typer.Option(
+        1, "--tta", metavar="VIEWS", help="Average the features of 1, 2, 4 or 8 flips/rotations."
+    ),
+    context: int | None = typer.Option(
+        None,
+        "--context",
+        min=1,
+        metavar="PX",
+        help="Also encode a larger patch of this side around each spot (e.g. 448).",
     ),
     size: int | None = typer.Option(
         None,
@@ -327,6 +346,28 @@ def benchmark_command(
         metavar="KEY=VALUE",
         help="Override key=value (every method) or method:key=value (one method); repeatable.",
     ),
+    grid: list[str] = typer.Option(
+        [],
+        "--grid",
+        metavar="[METHOD:]KEY=V1,V2",
+        help="Candidate values (repeatable): smooth.weight=0,0.5 and smooth.k=6 smooth every "
+        "method's predictions over each spot's nearest spots; other keys are overrides. "
+        "Without --select inner the first value is used.",
+    ),
+    select: str = typer.Option(
+        "none",
+        "--select",
+        metavar="MODE",
+        help="inner: each fold picks every method's --grid values by leave-one-section-out "
+        "on its training sections only (recorded in results.json); none: first values.",
+    ),
+    inner_folds: int | None = typer.Option(
+        None,
+        "--inner-folds",
+        min=1,
+        metavar="N",
+        help="With --select inner: at most N inner folds per outer fold (default: all).",
+    ),
     cache: Path | None = typer.Option(
         None,
         "--cache",
@@ -359,8 +400,10 @@ def benchmark_command(
     ),
 ) -> None:
     from gr2st.benchmark import render_table, run_benchmark
+    from gr2st.benchmark.selection import SELECTIONS, parse_grid
     from gr2st.encoders import (
         DEFAULT_ENCODER,
+        encoder_name,
         extract_patches,
         get_encoder,
         prepare_image_inputs,
@@ -369,13 +412,21 @@ def benchmark_command(
     from gr2st.methods.base import METHODS
 
     method_names = resolve_methods(methods)
+    if select not in SELECTIONS:
+        raise GR2STConfigError(f"--select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
+    candidates = parse_grid(grid, method_names)
     chosen = _split_list(sections)
     root = resolve_data_dir(data, sections=chosen, progress=progress)
     dataset, adatas = load_sections(root, chosen)
-    encoder_name = encoder or DEFAULT_ENCODER
-    key = feature_key(encoder_name)
+    name = encoder_name(
+        encoder or DEFAULT_ENCODER,
+        tta=tta,
+        context_px=context,
+        size_px=size or DEFAULT_PATCH_PX,
+    )
+    key = feature_key(name)
     if not _has_inputs(adatas, key, nuclei):
-        enc = get_encoder(encoder_name)
+        enc = get_encoder(name)
         key = feature_key(enc.name)
         prepare_image_inputs(
             adatas,
@@ -419,6 +470,9 @@ def benchmark_command(
         figures=figures,
         figure_section=figure_section,
         checkpoint_every=checkpoint_every,
+        grid=candidates,
+        select=select,
+        inner_folds=inner_folds,
     )
     console = Console()
     if not console.is_terminal:

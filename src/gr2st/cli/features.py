@@ -42,7 +42,19 @@ def features_command(
         None,
         "--encoder",
         help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2, or "
-        "hf:DIR_OR_HUB_ID[?pooling=mean] for a transformers backbone.",
+        "hf:DIR_OR_HUB_ID[?pooling=mean] for a transformers backbone; A+B concatenates the "
+        "features of several encoders.",
+    ),
+    tta: int = typer.Option(
+        1, "--tta", metavar="VIEWS", help="Average the features of 1, 2, 4 or 8 flips/rotations."
+    ),
+    context: int | None = typer.Option(
+        None,
+        "--context",
+        min=1,
+        metavar="PX",
+        help="Also encode a larger patch of this side around each spot (e.g. 448) and "
+        "concatenate its features.",
     ),
     backend: str = typer.Option(
         "auto", "--backend", help="EfficientNet backend: auto (ONNX on CPU), torch or onnx."
@@ -68,14 +80,20 @@ def features_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
-    from gr2st.encoders import DEFAULT_ENCODER, SectionReport, get_encoder, prepare_image_inputs
+    from gr2st.encoders import (
+        DEFAULT_ENCODER,
+        SectionReport,
+        encoder_name,
+        get_encoder,
+        prepare_image_inputs,
+    )
     from gr2st.encoders.efficientnet import user_cache_dir
     from gr2st.image.workers import default_workers
 
     root = resolve_data_dir(data)
     _, adatas = load_sections(root, _sections(sections))
-    name = encoder or DEFAULT_ENCODER
-    options = {} if name.startswith("hf:") else {"backend": backend}
+    name = encoder_name(encoder or DEFAULT_ENCODER, tta=tta, context_px=context, size_px=size)
+    options = {} if "hf:" in name else {"backend": backend}
     enc = get_encoder(name, device=device, **options)
     cache_dir = cache or user_cache_dir() / "features"
     n_workers = default_workers() if workers is None else workers

@@ -15,6 +15,7 @@ from gr2st.encoders import efficientnet as _efficientnet  # noqa: F401  (registe
 from gr2st.encoders import hf as _hf  # noqa: F401  (registers hf:)
 from gr2st.encoders.base import ENCODERS, Encoder, get_encoder, list_encoders
 from gr2st.encoders.cache import ArrayCache
+from gr2st.encoders.compose import Concatenated, ViewAveraged, WithContext, encoder_name
 from gr2st.encoders.efficientnet import EfficientNetLite
 from gr2st.encoders.extract import (
     DEFAULT_ENCODER,
@@ -29,10 +30,14 @@ __all__ = [
     "DEFAULT_ENCODER",
     "ENCODERS",
     "ArrayCache",
+    "Concatenated",
     "EfficientNetLite",
     "Encoder",
     "HFEncoder",
     "SectionReport",
+    "ViewAveraged",
+    "WithContext",
+    "encoder_name",
     "extract_features",
     "extract_patches",
     "get_encoder",

@@ -37,11 +37,20 @@ class Encoder(ABC):
         Length of one feature vector.
     input_size
         Side in pixels the patches are resized to before the network.
+    context
+        Side of the patch it is handed, as a multiple of the spot patch (above 1 for
+        encoders that look at the spot's surroundings too).
     """
+
+    def read_px(self, size_px: int) -> int:
+        """Side of the patch to read for a spot patch of ``size_px``."""
+        return size_px if self.context == 1 else round(size_px * self.context)
 
     name: str
     dim: int
     input_size: int
+    #: Side of the patch the encoder reads, as a multiple of the spot patch's side.
+    context: float = 1.0
 
     @property
     @abstractmethod
@@ -134,6 +143,10 @@ def get_encoder(name: str, *, device: str = "auto", **options: Any) -> Encoder:
     """
     if not isinstance(name, str) or not name:
         raise GR2STConfigError(f"encoder name must be a non-empty string, got {name!r}")
+    from gr2st.encoders.compose import compose_encoder, is_composed
+
+    if is_composed(name):
+        return compose_encoder(name, device=device, **options)
     prefix, sep, argument = name.partition(":")
     if sep:
         factory = ENCODERS.get(prefix)

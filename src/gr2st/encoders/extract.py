@@ -341,8 +341,11 @@ def _one_pass(
 ) -> np.ndarray | None:
     """Read every spot's patch once; encode it and/or measure its nuclei."""
     features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
+    if encoder is not None and nuclei is not None and encoder.context != 1:
+        raise AssertionError("an encoder with context reads other patches than the nuclei")
+    side = size if encoder is None else encoder.read_px(size)
     patches = iter_patches(
-        slide, spot_centers(adata), size_px=size, batch_size=batch_size, stain=stain, prefetch=True
+        slide, spot_centers(adata), size_px=side, batch_size=batch_size, stain=stain, prefetch=True
     )
     parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
     desc = f"{section_label(adata)} {' + '.join(parts)}"
@@ -375,10 +378,12 @@ def _pool_pass(
 ) -> np.ndarray | None:
     """:func:`_one_pass` with reading, stain and nuclei in the worker processes."""
     features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
+    if encoder is not None and nuclei is not None and encoder.context != 1:
+        raise AssertionError("an encoder with context reads other patches than the nuclei")
     batches = pool.batches(
         source,
         spot_centers(adata),
-        size_px=size,
+        size_px=size if encoder is None else encoder.read_px(size),
         batch_size=batch_size,
         stain=stain,
         nuclei=None if nuclei is None else nuclei.job(),
@@ -740,20 +745,26 @@ def _run(
         measure = _PatchNuclei(adata)
     if image is not None:
         pass_options: dict[str, Any] = {
-            "encoder": encoder if features is None else None,
-            "nuclei": measure,
             "size": plan.size,
             "stain": stain,
             "batch_size": batch_size,
             "progress": progress,
             "times": times,
         }
-        if isinstance(image, Slide):
-            computed = _one_pass(adata, image, **pass_options)
-        else:
+
+        def read_pass(enc: Encoder | None, nuclei: _PatchNuclei | None) -> np.ndarray | None:
+            if isinstance(image, Slide):
+                return _one_pass(adata, image, encoder=enc, nuclei=nuclei, **pass_options)
             assert pool is not None
-            computed = _pool_pass(adata, pool, image, **pass_options)
-        features = features if computed is None else computed
+            return _pool_pass(adata, pool, image, encoder=enc, nuclei=nuclei, **pass_options)
+
+        if features is None and measure is not None and encoder.context != 1:
+            # The context encoder reads larger patches than the nuclei: two passes.
+            features = read_pass(encoder, None)
+            read_pass(None, measure)
+        else:
+            computed = read_pass(encoder if features is None else None, measure)
+            features = features if computed is None else computed
     if features is None:
         raise AssertionError(f"section {name}: features neither cached nor computed")
     if plan.features is None and cache is not None:

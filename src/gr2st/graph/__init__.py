@@ -5,11 +5,17 @@ predictions over a section's spots."""
 from __future__ import annotations
 
 from gr2st.graph.grid import grid_adjacency, grid_graph
-from gr2st.graph.knn import functional_topk_graph, pruned_knn_graph, spatial_knn_graph
+from gr2st.graph.knn import (
+    cdist_topk_graph,
+    functional_topk_graph,
+    pruned_knn_graph,
+    spatial_knn_graph,
+)
 from gr2st.graph.smooth import SmoothConfig, neighbour_table, smooth_predictions
 
 __all__ = [
     "SmoothConfig",
+    "cdist_topk_graph",
     "functional_topk_graph",
     "grid_adjacency",
     "grid_graph",

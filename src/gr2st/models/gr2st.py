@@ -11,6 +11,7 @@ Typical use (``train_sections``/``test_section`` prepared AnnData with image fea
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,9 +27,11 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import SECTION
+from gr2st._utils.files import atomic_path
 from gr2st._utils.seed import resolve_device
 from gr2st.config import apply_overrides, config_from_dict
 from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.models.bundle import (
     ALL_GENES_BANK,
     ImageSettings,
@@ -91,6 +94,45 @@ class _Bank:
     groups: Tensor
     all_genes: list[str]
     all_values: sp.csr_matrix | None
+
+
+@dataclass
+class Validation:
+    """Epochs chosen by ``train.early_stopping``.
+
+    Attributes
+    ----------
+    section
+        The training section held out to validate (never a test section).
+    best_epochs
+        Epochs of the best validation score (the earliest on ties).
+    scores
+        Mean per-gene Pearson r of the retrieval on ``section``, by epochs trained.
+    """
+
+    section: str
+    best_epochs: int
+    scores: dict[int, float]
+
+
+_SCORES_FILE = "validation.json"
+
+
+def _read_scores(folder: Path, validation: Validation) -> Validation:
+    """Scores saved by an interrupted validation run of the same section."""
+    path = folder / _SCORES_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("section") == validation.section:
+            validation.scores.update({int(k): float(v) for k, v in saved["scores"].items()})
+    return validation
+
+
+def _write_scores(folder: Path, validation: Validation) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"section": validation.section, "scores": validation.scores}
+    with atomic_path(folder / _SCORES_FILE) as tmp:
+        tmp.write_text(json.dumps(payload))
 
 
 @contextmanager
@@ -271,6 +313,8 @@ class GR2ST:
             module = GR2STModule(n_genes=len(var_names), image_dim=image_dim, config=config.model)
         self.module = module.to(self.device).eval()
         self.history: list[float] = []
+        #: Epochs chosen on a validation section (``train.early_stopping``), once trained.
+        self.validation: Validation | None = None
         self.image_settings: ImageSettings | None = None
         self.training_stats: TrainingStats | None = None
         #: The bundle's metadata and folder, for a model read by :meth:`load`.
@@ -305,8 +349,66 @@ class GR2ST:
             "seed": self.seed,
             "feature_key": self.feature_key,
             "sections": self.train_section_names,
+            "validation": None if self.validation is None else self.validation.best_epochs,
         }
         return fingerprint(settings, arrays)
+
+    def _validate_epochs(
+        self, *, progress: bool, checkpoint_dir: Path | None, checkpoint_every: float
+    ) -> Validation:
+        """Train on all training sections but one and score retrieval on that one."""
+        if len(self._train_data) < 2:
+            raise GR2STConfigError(
+                "train.early_stopping needs at least two training sections (one validates)"
+            )
+        cfg = self.config.train
+        held = int(np.random.default_rng(self.seed).integers(len(self._train_data)))
+        val = self._train_data[held]
+        inner = GR2ST.__new__(GR2ST)
+        inner._setup(
+            config=self.config,
+            profile=self.profile,
+            var_names=self.var_names,
+            image_dim=self.image_dim,
+            feature_key=self.feature_key,
+            seed=self.seed,
+            device=str(self.device),
+            train_sections=[s for i, s in enumerate(self._train_sections) if i != held],
+        )
+        inner._train_data = [a for i, a in enumerate(self._train_data) if i != held]
+        progress_so_far = Validation(section=val.name, best_epochs=cfg.epochs, scores={})
+        if checkpoint_dir is not None:
+            progress_so_far = _read_scores(checkpoint_dir, progress_so_far)
+        # Set, so that the inner model does not validate in turn.
+        inner.validation = progress_so_far
+        truth = torch.from_numpy(val.expression)
+        query = torch.from_numpy(val.features)
+
+        def score(epoch: int, loss: float) -> None:
+            if epoch % cfg.validate_every and epoch != cfg.epochs:
+                return
+            inner._bank = inner._build_bank()
+            pred = inner.retrieve_embeddings(
+                inner._image_embeddings(query),
+                values=inner._bank.panel,
+                genes=inner.var_names,
+                obs_names=val.obs_names,
+            )
+            r = pearson_per_gene(pred.mean, truth.numpy())
+            progress_so_far.scores[epoch] = float(np.nanmean(r)) if np.isfinite(r).any() else 0.0
+            if checkpoint_dir is not None:
+                _write_scores(checkpoint_dir, progress_so_far)
+
+        inner.train(
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            on_epoch_end=score,
+        )
+        scores = progress_so_far.scores
+        # The earliest of the best scores: fewer epochs when it makes no difference.
+        best = max(sorted(scores), key=lambda e: scores[e])
+        return Validation(section=val.name, best_epochs=best, scores=dict(sorted(scores.items())))
 
     def train(
         self,
@@ -347,6 +449,15 @@ class GR2ST:
             raise GR2STConfigError(
                 "GR2ST.train: this model was loaded from disk without its training sections"
             )
+        if self.config.train.early_stopping and self.validation is None:
+            self.validation = self._validate_epochs(
+                progress=progress,
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "val",
+                checkpoint_every=checkpoint_every,
+            )
+        epochs = (
+            self.config.train.epochs if self.validation is None else self.validation.best_epochs
+        )
         cfg = self.config.train
         dev = self.device
         data = [
@@ -359,7 +470,7 @@ class GR2ST:
             for a in self._train_data
         ]
         trainer = Trainer(
-            epochs=cfg.epochs,
+            epochs=epochs,
             seed=self.seed,
             workdir=checkpoint_dir,
             run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
@@ -540,6 +651,7 @@ class GR2ST:
             key_groups=bank.groups,
             n_groups=len(self._train_sections),
             device=self.device,
+            distance=self.config.predict.distance,
         )
         assert res.provenance is not None
         return Prediction(

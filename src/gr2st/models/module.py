@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gr2st.graph import functional_topk_graph, spatial_knn_graph
+from gr2st.graph import cdist_topk_graph, functional_topk_graph, spatial_knn_graph
 from gr2st.models.config import ModelConfig
 from gr2st.models.gat import make_gat
 from gr2st.models.layers import ProjectionHead, clip_cross_entropy
@@ -98,7 +98,9 @@ class GR2STModule(nn.Module):
         s = expression
         if self.config.use_position:
             idx = self.position_index(pos)
-            s = s + self.x_embed(idx[:, 0]) + self.y_embed(idx[:, 1])
+            position = self.x_embed(idx[:, 0]) + self.y_embed(idx[:, 1])
+            scale = self.config.position_scale
+            s = s + (position if scale == 1 else scale * position)
         if self.config.use_cell_type:
             s = s + self.cell_type_embed(types)
         return s
@@ -112,6 +114,8 @@ class GR2STModule(nn.Module):
 
     def spatial_graph(self, pos: Tensor) -> Tensor:
         """Spatial k-NN graph of the array coordinates (see :func:`spatial_knn_graph`)."""
+        if self.config.knn_ties == "cdist":
+            return cdist_topk_graph(pos, k=self.config.k_spatial)
         return spatial_knn_graph(pos, k=self.config.k_spatial)
 
     def embed_spots(self, expression: Tensor, pos: Tensor, types: Tensor) -> Tensor:

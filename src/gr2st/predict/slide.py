@@ -156,19 +156,21 @@ def predict_spots(
         embeddings = np.empty(
             (spots.n_spots, int(bundle.meta["bank"]["embedding_dim"])), np.float32
         )
+        side = bundle.encoder.read_px(size)
         if workers > 0:
             pool = stack.enter_context(PatchWorkers(workers))
             batches: Iterator[tuple[np.ndarray, np.ndarray | None]] = (
                 (b.indices, b.patches)
                 for b in pool.batches(
-                    pool.open(image), spots.centers, size_px=size, batch_size=batch_size,
+                    pool.open(image), spots.centers, size_px=side, batch_size=batch_size,
                     stain=stain,
                 )
             )  # fmt: skip
         else:
             batches = iter_patches(
-                slide, spots.centers, size_px=size, batch_size=batch_size, stain=stain
-            )
+                slide, spots.centers, size_px=side, batch_size=batch_size, stain=stain,
+                prefetch=True,
+            )  # fmt: skip
         with tqdm(total=spots.n_spots, unit="spot", desc="predict", disable=not progress) as bar:
             for indices, patches in batches:
                 assert patches is not None

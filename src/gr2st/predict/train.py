@@ -126,6 +126,11 @@ def train_bundle(
         seed=seed,
         device=device,
     )
+    if model.config.train.ensemble > 1:
+        raise GR2STConfigError(
+            "train.ensemble: a bundle holds one model; ensembles are averaged by "
+            "`gr2st benchmark` only"
+        )
     epochs = model.config.train.epochs
 
     def epoch_line(epoch: int, loss: float) -> None:

@@ -83,13 +83,15 @@ def retrieve(
     eps: float = 1e-8,
     return_neighbours: bool = False,
     device: str | torch.device | None = None,
+    distance: str = "l1",
 ) -> RetrievalResult:
     """Predict ``values`` for each query from its ``top_k`` most similar keys.
 
     Keys are ranked by cosine similarity (both sides L2-normalised); the chosen keys get
     weights ``∝ 1 / L1²`` (L1 distance between the *unnormalised* vectors), normalised
-    to sum 1 — GR2ST's published retrieval rule. Queries are processed ``chunk_size`` at
-    a time, so memory stays ``O(chunk_size · (K + top_k · max(P, G)))``.
+    to sum 1 — GR2ST's published retrieval rule (its cSCC evaluation: ``1 / L2²``).
+    Queries are processed ``chunk_size`` at a time, so memory stays
+    ``O(chunk_size · (K + top_k · max(P, G)))``.
 
     Parameters
     ----------
@@ -114,6 +116,8 @@ def retrieve(
         Also return the neighbour indices and weights.
     device
         Where to compute (default: CUDA when present).
+    distance
+        ``"l1"`` or ``"l2"``: the distance in the weights.
 
     Returns
     -------
@@ -141,6 +145,8 @@ def retrieve(
         raise GR2STDataError(
             f"query/keys: expected the same width, got {q.shape[1]} and {k_all.shape[1]}"
         )
+    if distance not in ("l1", "l2"):
+        raise GR2STDataError(f"distance: expected 'l1' or 'l2', got {distance!r}")
     if top_k < 1 or chunk_size < 1:
         raise GR2STDataError(
             f"top_k/chunk_size: expected positive values, got {top_k}/{chunk_size}"
@@ -168,8 +174,9 @@ def retrieve(
         qc = q[rows]
         sim = torch.nn.functional.normalize(qc, dim=1) @ keys_unit.T
         idx = torch.topk(sim, k, dim=1).indices  # (c, k), most similar first
-        l1 = (k_all[idx] - qc[:, None, :]).abs().sum(-1)
-        w = neighbour_weights(l1, eps=eps)
+        diff = k_all[idx] - qc[:, None, :]
+        dist = diff.abs().sum(-1) if distance == "l1" else diff.square().sum(-1).sqrt()
+        w = neighbour_weights(dist, eps=eps)
         v = v_all[idx]  # (c, k, G)
         mean = torch.einsum("ck,ckg->cg", w, v)
         var = torch.einsum("ck,ckg->cg", w, (v - mean[:, None, :]).square())

@@ -115,6 +115,19 @@ class TrainingStats:
         """Checkpoint writing time over the whole fit time."""
         return self.checkpoint_seconds / self.seconds if self.seconds > 0 else 0.0
 
+    def __add__(self, other: TrainingStats) -> TrainingStats:
+        """The stats of two fits run one after the other (peak memory: the larger)."""
+        return TrainingStats(
+            epochs_run=self.epochs_run + other.epochs_run,
+            steps=self.steps + other.steps,
+            seconds=self.seconds + other.seconds,
+            checkpoint_seconds=self.checkpoint_seconds + other.checkpoint_seconds,
+            checkpoints=self.checkpoints + other.checkpoints,
+            resumed_from=self.resumed_from + other.resumed_from,
+            train_seconds=self.train_seconds + other.train_seconds,
+            peak_gpu_bytes=max(self.peak_gpu_bytes, other.peak_gpu_bytes),
+        )
+
     def as_dict(self) -> dict[str, float | int]:
         return {
             "epochs_run": self.epochs_run,

@@ -1,0 +1,212 @@
+"""Model selection without peeking: choices made by inner cross-validation on training sections.
+
+Every choice a method's result depends on — a hyperparameter override, the strength of
+the spatial smoothing of its predictions — can be given as a grid (``gr2st benchmark
+--grid``); with ``--select inner`` each outer fold picks, per method, the choice with
+the best mean per-gene Pearson r over an inner leave-one-section-out on its *training*
+sections only. The held-out section is never seen; the chosen values are recorded per
+fold in ``results.json``.
+
+Without ``--select inner`` the first value of every grid key is used (so a one-value grid
+is simply a fixed setting, e.g. ``--grid smooth.weight=0.5``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from gr2st._constants import SPATIAL
+from gr2st.config import apply_overrides, split_override
+from gr2st.errors import GR2STConfigError
+from gr2st.evaluation.metrics import pearson_per_gene
+from gr2st.graph import SmoothConfig, smooth_predictions
+from gr2st.sections import grid_coordinates, section_name, stack_expression
+
+#: Grid keys that post-process every method's predictions (the rest are overrides).
+SMOOTH_KEYS = ("smooth.weight", "smooth.k")
+SELECTIONS = ("none", "inner")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One candidate setting of a method in a fold.
+
+    Attributes
+    ----------
+    overrides
+        ``key=value`` overrides of the method (on top of the run's own).
+    smooth
+        Spatial smoothing of the predictions.
+    """
+
+    overrides: tuple[str, ...] = ()
+    smooth: SmoothConfig = field(default_factory=SmoothConfig)
+
+    def describe(self) -> dict[str, Any]:
+        """The chosen values, as recorded in ``results.json``."""
+        values: dict[str, Any] = dict(split_override(o) for o in self.overrides)
+        values["smooth.weight"] = self.smooth.weight
+        values["smooth.k"] = self.smooth.k
+        return values
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.describe().items())
+
+
+def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[Choice]]:
+    """``--grid`` items → each method's candidate choices (their Cartesian product).
+
+    ``smooth.weight=0,0.5`` and ``smooth.k=6`` apply to every method; ``key=v1,v2``
+    to every method too (as an override, which each method must accept);
+    ``method:key=v1,v2`` to one method. The first value of each key comes first, so the
+    first choice is the grid's default.
+
+    Examples
+    --------
+    >>> grid = parse_grid(["smooth.weight=0,0.5", "knn:top_k=50,200"], ["knn", "ridge"])
+    >>> [c.label for c in grid["knn"]][:2]
+    ['top_k=50, smooth.weight=0.0, smooth.k=6', 'top_k=50, smooth.weight=0.5, smooth.k=6']
+    >>> len(grid["knn"]), len(grid["ridge"])
+    (4, 2)
+    """
+    per_method: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
+    for item in items:
+        head, sep, values = item.partition("=")
+        target, colon, key = head.partition(":")
+        key, target = (key.strip(), target.strip()) if colon else (head.strip(), "")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not options:
+            raise GR2STConfigError(f"--grid {item!r}: expected [method:]key=value1,value2,…")
+        if target and target not in per_method:
+            raise GR2STConfigError(
+                f"--grid {item!r}: method {target!r} is not among the selected methods "
+                f"({', '.join(methods)})"
+            )
+        for name in [target] if target else methods:
+            per_method[name][key] = options
+    return {name: _product(keys) for name, keys in per_method.items()}
+
+
+def _product(keys: Mapping[str, list[str]]) -> list[Choice]:
+    smooth_keys = [k for k in keys if k in SMOOTH_KEYS]
+    override_keys = [k for k in keys if k not in SMOOTH_KEYS]
+    choices = []
+    for values in itertools.product(*(keys[k] for k in override_keys)):
+        overrides = tuple(f"{k}={v}" for k, v in zip(override_keys, values, strict=True))
+        for smooth_values in itertools.product(*(keys[k] for k in smooth_keys)):
+            settings = [
+                f"{k.split('.', 1)[1]}={v}" for k, v in zip(smooth_keys, smooth_values, strict=True)
+            ]
+            smooth = apply_overrides(SmoothConfig(), settings, owner="--grid smooth")
+            choices.append(Choice(overrides=overrides, smooth=smooth))
+    return choices or [Choice()]
+
+
+def spot_coordinates(adata: AnnData) -> np.ndarray:
+    """Where a section's spots are, for smoothing: pixel centres, else array coordinates."""
+    if SPATIAL in adata.obsm:
+        return np.asarray(adata.obsm[SPATIAL], dtype=np.float64)
+    return grid_coordinates(adata).astype(np.float64)
+
+
+def smoothed(pred: np.ndarray, test: AnnData, choice: Choice) -> np.ndarray:
+    """``pred`` of section ``test`` smoothed as ``choice`` says."""
+    return smooth_predictions(pred, spot_coordinates(test), choice.smooth)
+
+
+@dataclass
+class Selection:
+    """The outcome of an inner cross-validation.
+
+    Attributes
+    ----------
+    choice
+        The chosen candidate.
+    scores
+        Mean inner-validation PCC of every candidate (by label).
+    inner_folds
+        The held-out training section of each inner fold.
+    """
+
+    choice: Choice
+    scores: dict[str, float]
+    inner_folds: list[str]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "chosen": self.choice.describe(),
+            "inner_mean_pcc": self.scores,
+            "inner_folds": self.inner_folds,
+        }
+
+
+def select_inner(
+    choices: Sequence[Choice],
+    train: Sequence[AnnData],
+    *,
+    fit_predict: Callable[[tuple[str, ...], list[AnnData], AnnData], np.ndarray],
+    max_folds: int | None = None,
+) -> Selection:
+    """Pick the best of ``choices`` by leave-one-section-out over ``train`` only.
+
+    Parameters
+    ----------
+    choices
+        Candidates; on a tie (or when no inner fold is possible, with one training
+        section) the first wins.
+    train
+        The outer fold's training sections (prepared, with expression).
+    fit_predict
+        ``fit_predict(overrides, inner_train, inner_test) -> predictions``: fits the
+        method with ``overrides`` on ``inner_train`` and predicts ``inner_test`` (which
+        it receives without its expression). Called once per inner fold and distinct
+        overrides: the smoothing candidates reuse the same predictions.
+    max_folds
+        At most this many inner folds (holding out the first training sections in
+        turn); None: one per training section.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> from gr2st.genes import prepare_section
+    >>> secs = [prepare_section(s, genes=list(s.var_names))
+    ...         for s in synthetic(n_sections=3, n_genes=6, grid=(5, 5))]
+    >>> def mean_of_train(overrides, inner_train, test):
+    ...     return np.tile(stack_expression(inner_train).mean(0), (test.n_obs, 1))
+    >>> choices = parse_grid(["smooth.weight=0,0.5"], ["mean"])["mean"]
+    >>> sel = select_inner(choices, secs, fit_predict=mean_of_train, max_folds=2)
+    >>> sel.choice == choices[0], sel.inner_folds
+    (True, ['S0', 'S1'])
+    """
+    if len(train) < 2 or len(choices) == 1:
+        return Selection(choice=choices[0], scores={}, inner_folds=[])
+    totals: dict[str, list[float]] = {c.label: [] for c in choices}
+    folds = []
+    for i, held_out in enumerate(train[: max_folds or len(train)]):
+        inner = [a for j, a in enumerate(train) if j != i]
+        folds.append(section_name(held_out))
+        truth = stack_expression([held_out])
+        cache: dict[tuple[str, ...], np.ndarray] = {}
+        for choice in choices:
+            if choice.overrides not in cache:
+                cache[choice.overrides] = np.asarray(
+                    fit_predict(choice.overrides, inner, held_out), dtype=np.float32
+                )
+            pred = smoothed(cache[choice.overrides], held_out, choice)
+            r = pearson_per_gene(pred, truth)
+            totals[choice.label].append(float(np.nanmean(r)) if np.isfinite(r).any() else 0.0)
+    scores = {label: float(np.mean(v)) for label, v in totals.items()}
+    best = max(choices, key=lambda c: (_finite(scores[c.label]), -choices.index(c)))
+    return Selection(choice=best, scores=scores, inner_folds=folds)
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf

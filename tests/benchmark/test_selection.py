@@ -1,0 +1,141 @@
+"""Model selection by inner cross-validation and prediction smoothing in the fold loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from anndata import AnnData
+
+from gr2st._constants import feature_key
+from gr2st.benchmark import run_benchmark
+from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coordinates
+from gr2st.errors import GR2STConfigError
+from gr2st.evaluation.metrics import pearson_per_gene
+from gr2st.genes import prepare_section
+from gr2st.graph import SmoothConfig, smooth_predictions
+from gr2st.methods import METHODS
+
+FEATURES = feature_key("toy")  # filled by the `sections` fixture (conftest.py)
+
+
+def _run(sections: list[AnnData], out: Path, **options: Any) -> dict[str, Any]:
+    options.setdefault("genes", list(sections[0].var_names))
+    return run_benchmark(
+        sections,
+        feature_key=FEATURES,
+        out_dir=out,
+        progress=False,
+        device="cpu",
+        figures=False,
+        **options,
+    )
+
+
+def _predictions(out: Path, method: str, section: str) -> np.ndarray:
+    with np.load(out / "folds" / method / f"{section}.npz") as saved:
+        return saved["pred_0"]
+
+
+def test_parse_grid_routes_keys_and_rejects_malformed_items() -> None:
+    grid = parse_grid(["smooth.weight=0,0.5", "knn:top_k=10,20,30"], ["knn", "ridge"])
+    assert len(grid["knn"]) == 6
+    assert len(grid["ridge"]) == 2
+    assert grid["knn"][0] == Choice(overrides=("top_k=10",), smooth=SmoothConfig(weight=0.0))
+    assert grid["ridge"][1].smooth == SmoothConfig(weight=0.5)
+    with pytest.raises(GR2STConfigError, match="method 'gr2st' is not among"):
+        parse_grid(["gr2st:model.dropout=0.1"], ["knn"])
+    with pytest.raises(GR2STConfigError, match="expected \\[method:\\]key=value1"):
+        parse_grid(["smooth.weight"], ["knn"])
+    with pytest.raises(GR2STConfigError, match="weight"):
+        parse_grid(["smooth.weight=1.5"], ["knn"])
+
+
+def test_smoothing_is_applied_to_every_fold_prediction(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    _run(sections, tmp_path / "plain", methods=["knn"])
+    grid = parse_grid(["smooth.weight=0.5", "smooth.k=4"], ["knn"])
+    res = _run(sections, tmp_path / "smooth", methods=["knn"], grid=grid)
+    for adata in sections:
+        name = str(adata.obs["section"].iloc[0])
+        expected = smooth_predictions(
+            _predictions(tmp_path / "plain", "knn", name),
+            spot_coordinates(adata),
+            SmoothConfig(weight=0.5, k=4),
+        )
+        np.testing.assert_allclose(
+            _predictions(tmp_path / "smooth", "knn", name), expected, rtol=1e-6
+        )
+        chosen = res["methods"]["knn"]["folds"][name]["selection"]["chosen"]
+        assert chosen == {"smooth.weight": 0.5, "smooth.k": 4}
+
+
+def test_inner_selection_never_fits_or_scores_on_the_outer_test_section(
+    sections: list[AnnData], tmp_path: Path, tracker: Any
+) -> None:
+    grid = parse_grid(["smooth.weight=0,0.5"], ["test-tracker"])
+    res = _run(sections, tmp_path / "out", methods=["test-tracker"], grid=grid, select="inner")
+    # Per outer fold: one fit per inner fold (the smoothing candidates share it), then
+    # the final fit on all training sections.
+    assert [c["train"] for c in tracker.calls] == [
+        ("S2",), ("S1",), ("S1", "S2"),
+        ("S2",), ("S0",), ("S0", "S2"),
+        ("S1",), ("S0",), ("S0", "S1"),
+    ]  # fmt: skip
+    for fold in ("S0", "S1", "S2"):
+        selection = res["methods"]["test-tracker"]["folds"][fold]["selection"]
+        assert fold not in selection["inner_folds"]
+        assert len(selection["inner_folds"]) == 2
+        assert set(selection["inner_mean_pcc"]) == {c.label for c in grid["test-tracker"]}
+
+
+def test_inner_selection_picks_the_best_inner_score(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    grid = parse_grid(["knn:top_k=1,30"], ["knn"])
+    out = tmp_path / "out"
+    res = _run(sections, out, methods=["knn"], grid=grid, select="inner")
+    genes = list(sections[0].var_names)
+    prepared = {str(a.obs["section"].iloc[0]): prepare_section(a, genes=genes) for a in sections}
+    for fold, test in prepared.items():
+        train = [a for name, a in prepared.items() if name != fold]
+        scores = {}
+        for choice in grid["knn"]:
+            per_inner = []
+            for i, held_out in enumerate(train):
+                knn = METHODS.get("knn")(feature_key=FEATURES, overrides=choice.overrides)
+                knn.fit([a for j, a in enumerate(train) if j != i])
+                r = pearson_per_gene(knn.predict(held_out), np.asarray(held_out.X))
+                per_inner.append(np.nanmean(r))
+            scores[choice.label] = float(np.mean(per_inner))
+        selection = res["methods"]["knn"]["folds"][fold]["selection"]
+        assert selection["inner_mean_pcc"] == pytest.approx(scores, rel=1e-5)
+        best = max(scores, key=lambda label: scores[label])
+        assert selection["chosen"]["top_k"] == best.split(",")[0].split("=")[1]
+        knn = METHODS.get("knn")(
+            feature_key=FEATURES, overrides=[f"top_k={selection['chosen']['top_k']}"]
+        )
+        knn.fit(train)
+        np.testing.assert_allclose(_predictions(out, "knn", fold), knn.predict(test), rtol=1e-6)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["methods"]["knn"]["folds"]["S0"]["selection"]["chosen"]["top_k"] in ("1", "30")
+
+
+def test_select_inner_without_candidates_or_inner_folds_keeps_the_first() -> None:
+    def never(*_: Any) -> np.ndarray:
+        raise AssertionError("no inner fit is needed")
+
+    choices = [Choice(), Choice(smooth=SmoothConfig(weight=0.5))]
+    assert select_inner(choices[:1], [AnnData(), AnnData()], fit_predict=never).choice == choices[0]
+    assert select_inner(choices, [AnnData()], fit_predict=never).choice == choices[0]
+
+
+def test_run_benchmark_rejects_an_unknown_selection(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    with pytest.raises(GR2STConfigError, match="select: expected one of"):
+        _run(sections, tmp_path / "out", methods=["knn"], select="outer")
