@@ -10,9 +10,14 @@ time; the rest of the pipeline (patch reading, stain, embedding, retrieval) is l
 in the spots and its memory is ``spots × (embedding + genes · 8 bytes)`` on top of the
 fixed model, bank and three patch batches.
 
+``--workers 0,2`` runs every count twice, reading and stain-normalising the patches in a
+background thread (0) and in two worker processes (2), one after the other on the same
+slide and bundle, so the two spots/s are measured in the same conditions.
+
 Usage::
 
     nice python benchmarks/bench_predict_slide.py --counts 2500,5000,10000
+    nice python benchmarks/bench_predict_slide.py --counts 5000 --workers 0,2
     nice python benchmarks/bench_predict_slide.py --counts 25000,50000,100000  # hours on CPU
 """
 
@@ -126,7 +131,9 @@ class PeakRSS:
         self._thread.join()
 
 
-def run_one(bundle_path: Path, slide: Path, n: int, batch_size: int) -> dict[str, Any]:
+def run_one(
+    bundle_path: Path, slide: Path, n: int, batch_size: int, workers: int
+) -> dict[str, Any]:
     """Predict ``n`` grid spots of ``slide``; time and peak memory of this process."""
     from gr2st.image import open_slide
     from gr2st.predict import grid_spots, load_bundle, predict_spots, write_prediction
@@ -176,7 +183,13 @@ def run_one(bundle_path: Path, slide: Path, n: int, batch_size: int) -> dict[str
 
         bundle.encoder.encode = counted  # type: ignore[method-assign]
         pred = predict_spots(
-            bundle, slide, spots, batch_size=batch_size, thumbnail=thumbnail, progress=False
+            bundle,
+            slide,
+            spots,
+            batch_size=batch_size,
+            thumbnail=thumbnail,
+            progress=False,
+            workers=workers,
         )
         predict_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +198,7 @@ def run_one(bundle_path: Path, slide: Path, n: int, batch_size: int) -> dict[str
             write_s = time.perf_counter() - t0
     return {
         "n_spots": n,
+        "workers": workers,
         "pitch_um": pitch,
         "n_genes": pred.n_vars,
         "setup_s": setup,
@@ -205,13 +219,16 @@ def main() -> None:
     parser.add_argument("--encoder", default="efficientnet-lite0", help="Encoder of the bundle.")
     parser.add_argument("--bundle", type=Path, help="Use this bundle instead of training one.")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--workers", default="0", help="Comma-separated worker counts to compare (0: a thread)."
+    )
     parser.add_argument("--workdir", type=Path, help="Where the slide and bundle go (kept).")
     parser.add_argument("--out", type=Path, default=Path("results/bench_predict_slide.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        result = run_one(args.bundle, args.slide, args.one, args.batch_size)
+        result = run_one(args.bundle, args.slide, args.one, args.batch_size, int(args.workers))
         print(json.dumps(result))
         return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict-"))
@@ -224,17 +241,19 @@ def main() -> None:
     bundle = args.bundle or train_tiny_bundle(work, args.encoder)
     runs = []
     for n in (int(c) for c in args.counts.split(",")):
-        command = [sys.executable, __file__, "--one", str(n), "--bundle", str(bundle)]
-        command += ["--slide", str(slide), "--batch-size", str(args.batch_size)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        r = runs[-1]
-        print(
-            f"{n:>7} spots: {r['predict_s']:8.1f} s, {r['spots_per_s']:7.1f} spots/s, "
-            f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB",
-            flush=True,
-        )
-    per_spot = [r["predict_s"] / r["n_spots"] for r in runs]
+        for workers in (int(w) for w in args.workers.split(",")):
+            command = [sys.executable, __file__, "--one", str(n), "--bundle", str(bundle)]
+            command += ["--slide", str(slide), "--batch-size", str(args.batch_size)]
+            command += ["--workers", str(workers)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            r = runs[-1]
+            print(
+                f"{n:>7} spots, {workers} workers: {r['predict_s']:8.1f} s, "
+                f"{r['spots_per_s']:7.1f} spots/s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB",
+                flush=True,
+            )
+    per_spot = [r["predict_s"] / r["n_spots"] for r in runs if r["workers"] == runs[0]["workers"]]
     report = {
         "slide": {"side_px": args.side, "mpp": args.mpp, "bytes": slide.stat().st_size,
                   "write_s": slide_s},

@@ -66,6 +66,29 @@ def test_bad_options(synthetic_her2st: Path, tmp_path: Path):
     assert isinstance(result.exception, GR2STDataError)
 
 
+def test_worker_processes_write_the_in_process_results(synthetic_her2st: Path, tmp_path: Path):
+    import numpy as np
+
+    base = ["--data", str(synthetic_her2st), "--size", "48", "--no-progress"]
+    serial = _run(*base, "--cache", str(tmp_path / "serial"), "--workers", "0")
+    assert serial.exit_code == 0, serial.output
+    assert "0 worker processes" in serial.output.splitlines()[0]
+    parallel = _run(*base, "--cache", str(tmp_path / "parallel"), "--workers", "2")
+    assert parallel.exit_code == 0, parallel.output
+    assert "2 worker processes" in parallel.output.splitlines()[0]
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.npz"))
+    assert len(files) == 4
+    # Same keys (file names) and the same arrays, bit for bit.
+    assert files == sorted(
+        p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*.npz")
+    )
+    for name in files:
+        with np.load(tmp_path / "serial" / name) as a, np.load(tmp_path / "parallel" / name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_feature_options_compose_the_encoder_and_its_cache_entries(
     synthetic_her2st: Path, tmp_path: Path
 ):

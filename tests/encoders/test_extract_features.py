@@ -214,6 +214,6 @@ def test_cache_invalidates_when_image_code_changes(sections, colour_encoder, tmp
     extract_features(sections[0], progress=False, **options)
     extract_features(sections[0], progress=False, **options)
     calls = colour_encoder.calls
-    monkeypatch.setattr(extract_mod, "_code_hash", lambda *modules: "edited")
+    monkeypatch.setattr(extract_mod, "PIXEL_CODE", "edited")
     extract_features(sections[0], progress=False, **options)
     assert colour_encoder.calls > calls

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from gr2st._constants import (
 )
 from gr2st.datasets import synthetic
 from gr2st.encoders import extract_features, prepare_image_inputs
-from gr2st.errors import GR2STDataError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.image import get_stain_normalizer
 from gr2st.image.nuclei import NUCLEI_SOURCE_KEY, annotate_nuclei
 
@@ -212,3 +215,125 @@ def test_missing_image_fails_before_any_work(sections, colour_encoder, tmp_path)
     with pytest.raises(GR2STDataError, match=r"section S2: image file .*gone\.png does not exist"):
         prepare_image_inputs(sections, encoder=colour_encoder, size_px=SIZE, progress=False)
     assert colour_encoder.calls == 0
+
+
+# ------------------------------------------------------------------ worker processes
+
+
+@pytest.mark.parametrize("stain", ["reinhard", "macenko", None])
+def test_workers_give_the_serial_results_bit_for_bit(sections, colour_encoder, tmp_path, stain):
+    serial = [s.copy() for s in sections]
+    prepare_image_inputs(
+        serial, encoder=colour_encoder, size_px=SIZE, stain=stain, batch_size=5, progress=False
+    )
+    reports = prepare_image_inputs(
+        sections,
+        encoder=colour_encoder,
+        size_px=SIZE,
+        stain=stain,
+        batch_size=5,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        workers=2,
+    )
+    assert [r.section for r in reports] == ["S0", "S1", "S2"]
+    for got, want in zip(sections, serial, strict=True):
+        np.testing.assert_array_equal(
+            got.obsm[feature_key("colour")], want.obsm[feature_key("colour")]
+        )
+        _assert_same_nuclei(got, want)
+        assert got.obsm[NUCLEI_COUNTS].sum() > 0
+    # The parallel run filled the cache under the serial run's keys.
+    warm = prepare_image_inputs(
+        serial, encoder=colour_encoder, size_px=SIZE, stain=stain, cache_dir=tmp_path / "cache",
+        progress=False,
+    )  # fmt: skip
+    assert all(r.features_cached and r.nuclei_cached for r in warm)
+
+
+def test_workers_on_a_tiled_tiff_and_nuclei_only(colour_encoder, tmp_path):
+    import tifffile
+
+    [section] = synthetic(n_sections=1, n_genes=5, grid=(4, 5), image_dir=tmp_path, seed=2)
+    png = section.uns[UNS][IMAGE_PATH]
+    tiff = tmp_path / "tiled.tif"
+    from PIL import Image
+
+    tifffile.imwrite(tiff, np.asarray(Image.open(png).convert("RGB")), tile=(64, 64))
+    serial = section.copy()
+    serial.uns[UNS][IMAGE_PATH] = str(tiff)
+    section.uns[UNS][IMAGE_PATH] = str(tiff)
+    prepare_image_inputs([serial], encoder=colour_encoder, size_px=SIZE, progress=False)
+    # Features cached, nuclei not: the workers measure nuclei and send no patches back.
+    cache = tmp_path / "cache"
+    prepare_image_inputs(
+        [section.copy()], encoder=colour_encoder, size_px=SIZE, cache_dir=cache, nuclei="none",
+        progress=False,
+    )  # fmt: skip
+    calls = colour_encoder.calls
+    (report,) = prepare_image_inputs(
+        [section], encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False, workers=2
+    )
+    assert (report.features_cached, report.nuclei_cached) == (True, False)
+    assert colour_encoder.calls == calls
+    _assert_same_nuclei(section, serial)
+
+
+def test_workers_report_errors_and_free_shared_images(sections, colour_encoder, tmp_path):
+    class Broken(type(colour_encoder)):
+        def _encode(self, batch):
+            raise RuntimeError("encoder crashed")
+
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        prepare_image_inputs(
+            sections, encoder=Broken(), size_px=SIZE, cache_dir=tmp_path, progress=False, workers=2
+        )
+    if os.path.isdir("/dev/shm"):
+        assert set(os.listdir("/dev/shm")) <= before
+    # An unreadable image: the worker's error reaches the caller as the same message.
+    sections[1].uns[UNS][IMAGE_PATH] = str(tmp_path / "broken.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(GR2STDataError, match=r"broken\.png: cannot read image"):
+        prepare_image_inputs(
+            sections, encoder=colour_encoder, size_px=SIZE, progress=False, workers=2
+        )
+
+
+def test_workers_must_be_a_count(sections, colour_encoder):
+    with pytest.raises(GR2STConfigError, match="workers must be a non-negative integer"):
+        prepare_image_inputs(sections, encoder=colour_encoder, workers=-1, progress=False)
+
+
+def test_cache_written_before_worker_processes_still_hits(colour_encoder, tmp_path, monkeypatch):
+    """A cache written by gr2st before the worker processes (and the frozen PIXEL_CODE)
+    came: its keys must still match, so nothing is decoded or computed again."""
+    from anndata import AnnData
+
+    from gr2st._constants import MICRONS_PER_PIXEL, SECTION, SPATIAL
+
+    fixture = Path(__file__).parent / "data" / "cache_before_workers"
+    spots = json.loads((fixture / "spots.json").read_text())
+    shutil.copytree(fixture / "cache", tmp_path / "cache")
+    image = tmp_path / "elsewhere.png"  # keys hold the image's content, not its path
+    shutil.copy(fixture / "he.png", image)
+    n = len(spots["spatial"])
+    adata = AnnData(np.zeros((n, 1), np.float32))
+    adata.obs[SECTION] = spots["section"]
+    adata.obsm[SPATIAL] = np.asarray(spots["spatial"])
+    adata.uns[UNS] = {IMAGE_PATH: str(image), MICRONS_PER_PIXEL: spots["mpp"]}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("computed although cached")
+
+    monkeypatch.setattr(extract_mod, "open_slide", forbidden)
+    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    (report,) = prepare_image_inputs(
+        [adata], encoder=colour_encoder, size_px=SIZE, stain="reinhard",
+        cache_dir=tmp_path / "cache", progress=False, workers=2,
+    )  # fmt: skip
+    assert (report.features_cached, report.nuclei_cached) == (True, True)
+    assert colour_encoder.calls == 0
+    np.testing.assert_array_equal(adata.obsm[feature_key("colour")], spots["features"])
+    np.testing.assert_array_equal(adata.obs[CELL_TYPE].to_numpy(), spots["cell_type"])
+    np.testing.assert_array_equal(adata.obsm[NUCLEI_COUNTS], spots["nuclei_counts"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gr2st.errors import GR2STDataError
-from gr2st.graph import cdist_topk_graph, functional_topk_graph, spatial_knn_graph
+from gr2st.graph import cdist_topk_graph, functional_topk_graph, knn, spatial_knn_graph
 
 
 def naive_spatial(pos: np.ndarray, k: int) -> np.ndarray:
@@ -86,6 +86,79 @@ def test_graphs_reject_bad_input() -> None:
         spatial_knn_graph(torch.zeros(3, 2), k=0)
     with pytest.raises(GR2STDataError, match="h, t: expected two"):
         functional_topk_graph(torch.zeros(3, 2), torch.zeros(4, 2), None)
+
+
+def _dense_reference(pos: torch.Tensor, k: int) -> torch.Tensor:
+    """The full-matrix spatial graph: stable sort of float64 squared distances."""
+    pos = pos.to(torch.float64)
+    dist2 = (pos[:, None, :] - pos[None, :, :]).square().sum(-1)
+    order = torch.sort(dist2, dim=1, stable=True).indices[:, : min(k, len(pos))]
+    return torch.stack([torch.arange(len(pos)).repeat_interleave(order.shape[1]), order.ravel()])
+
+
+def _layouts(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows, cols = np.indices((23, 31))
+    square = np.column_stack([cols.ravel(), rows.ravel()])
+    # Visium-style hexagonal array coordinates: odd rows shifted by one column.
+    hexagonal = np.column_stack([2 * cols.ravel() + rows.ravel() % 2, rows.ravel()])
+    return {
+        "square": square.astype(np.float32),
+        "hexagonal": hexagonal.astype(np.float32),
+        "duplicates": rng.integers(0, 12, (500, 2)).astype(np.float32),
+        "float": rng.uniform(0, 50, (600, 2)).astype(np.float32),
+        "pixels": (square * 137.5 + 1000).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("layout", ["square", "hexagonal", "duplicates", "float", "pixels"])
+@pytest.mark.parametrize("k", [1, 6, 20, 45])
+def test_spatial_kdtree_path_equals_full_matrix_with_ties(
+    layout: str, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(knn, "SPATIAL_DENSE_MAX", 0)
+    rng = np.random.default_rng(k)
+    pos = _layouts(rng)[layout]
+    # The whole layout, a shuffled copy and random subsets (as training batches are).
+    for subset in (
+        np.arange(len(pos)),
+        rng.permutation(len(pos)),
+        rng.choice(len(pos), 257, replace=False),
+        rng.choice(len(pos), 3, replace=False),
+    ):
+        points = torch.from_numpy(pos[subset])
+        assert torch.equal(spatial_knn_graph(points, k=k), _dense_reference(points, k))
+
+
+def test_spatial_graph_switches_to_the_tree_above_the_threshold() -> None:
+    rng = np.random.default_rng(5)
+    rows, cols = np.indices((40, 40))
+    pos = np.column_stack([cols.ravel(), rows.ravel()])[rng.permutation(1600)]
+    points = torch.from_numpy(pos.astype(np.float32))
+    assert len(points) > knn.SPATIAL_DENSE_MAX
+    assert torch.equal(spatial_knn_graph(points, k=20), _dense_reference(points, 20))
+
+
+def test_spatial_tree_path_rejects_non_finite_positions() -> None:
+    pos = torch.zeros(knn.SPATIAL_DENSE_MAX + 1, 2)
+    pos[3, 0] = float("nan")
+    with pytest.raises(GR2STDataError, match="pos: expected finite"):
+        spatial_knn_graph(pos, k=4)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10**9])
+def test_functional_graph_in_row_blocks_equals_one_matrix(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = torch.Generator().manual_seed(block % 1000)
+    n = 90
+    h, t = torch.randn(n, 16, generator=gen), torch.randn(n, 16, generator=gen)
+    types = torch.randint(0, 6, (n,), generator=gen)
+    scores = (h @ t.T) / 0.7 + 0.3 * (types[:, None] == types[None, :]).float()
+    top = torch.topk(scores, 11, dim=1).indices
+    expected = torch.stack([torch.arange(n).repeat_interleave(11), top.ravel()])
+    monkeypatch.setattr(knn, "FUNCTIONAL_BLOCK", block)
+    got = functional_topk_graph(h, t, types, k=11, tau=0.7, same_type_bonus=0.3)
+    assert torch.equal(got, expected)
 
 
 def test_cdist_topk_graph_is_the_published_construction() -> None:

@@ -57,13 +57,25 @@ def test_loss_equals_hand_computed_symmetric_cross_entropy() -> None:
     assert float(cosine) == pytest.approx((ce(cos_logits) + ce(cos_logits.T)) / 2, rel=1e-6)
 
 
-def test_dense_and_pyg_paths_compute_the_same_model() -> None:
-    dense, pyg = _module(gat_impl="dense").eval(), _module(gat_impl="pyg").eval()
-    pyg.load_state_dict(dense.state_dict())
-    _, expr, pos, types = _batch()
+@pytest.mark.parametrize("impl", ["pyg", "sparse", "auto"])
+@pytest.mark.parametrize("n", [30, 400])
+def test_every_gat_path_computes_the_same_model(impl: str, n: int) -> None:
+    # 400 spots: above both the GAT's and the spatial graph's dense thresholds.
+    dense, other = _module(gat_impl="dense").eval(), _module(gat_impl=impl).eval()
+    other.load_state_dict(dense.state_dict())
+    feats, expr, pos, types = _batch(n)
     torch.testing.assert_close(
-        dense.embed_spots(expr, pos, types), pyg.embed_spots(expr, pos, types), atol=1e-5, rtol=1e-5
+        dense.embed_spots(expr, pos, types),
+        other.embed_spots(expr, pos, types),
+        atol=1e-5,
+        rtol=1e-5,
     )
+    # Gradients of the loss too (no dropout in eval mode).
+    for module in (dense, other):
+        module.zero_grad()
+        module(feats, expr, pos, types).backward()
+    for (name, a), (_, b) in zip(dense.named_parameters(), other.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_same_seed_same_initial_weights_for_both_gat_paths() -> None:

@@ -178,3 +178,17 @@ def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Pa
     pred = predict_spots(bundle, image, query, genes="all", max_output_gb=limit / 0.98,
                          progress=False)  # fmt: skip
     assert pred.shape == (query.n_spots, n_all)
+
+
+def test_worker_processes_give_the_same_prediction(trained: Trained, tmp_path: Path) -> None:
+    bundle = load_bundle(trained.path, device="cpu")
+    spots = spots_from_section(trained.test, source="h5ad")
+    image = trained.test.uns[UNS][IMAGE_PATH]
+    serial = predict_spots(bundle, image, spots, batch_size=5, progress=False)
+    parallel = predict_spots(bundle, image, spots, batch_size=5, progress=False, workers=2)
+    # The same patches encoded in the same batches: identical, not merely close.
+    np.testing.assert_array_equal(parallel.X, serial.X)
+    np.testing.assert_array_equal(
+        parallel.layers[UNCERTAINTY_LAYER], serial.layers[UNCERTAINTY_LAYER]
+    )
+    pd.testing.assert_frame_equal(parallel.obs, serial.obs)

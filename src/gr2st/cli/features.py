@@ -195,6 +195,14 @@ def features_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes reading, stain-normalising and measuring nuclei while the "
+        "encoder runs here (default: one per CPU core, none on 2 cores or fewer; 0: all in "
+        "this process).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     inputs: Path | None = typer.Option(
         None,
@@ -220,6 +228,7 @@ def features_command(
         prepare_image_inputs,
     )
     from gr2st.encoders.efficientnet import user_cache_dir
+    from gr2st.image.workers import default_workers
 
     check_device(device)
     cache_dir = cache or user_cache_dir() / "features"
@@ -261,7 +270,11 @@ def features_command(
     # Features (float32) and nuclei summaries of every spot.
     n_spots = sum(a.n_obs for a in adatas)
     check_writable(cache_dir, what="--cache", need_bytes=n_spots * (enc.dim * 4 + 2_000))
-    typer.echo(f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}")
+    n_workers = default_workers() if workers is None else workers
+    typer.echo(
+        f"{len(adatas)} sections from {root}; encoder {enc.name}; cache {cache_dir}; "
+        f"{n_workers} worker processes"
+    )
 
     def report(r: SectionReport) -> None:
         hits = [
@@ -286,6 +299,7 @@ def features_command(
         batch_size=batch_size,
         progress=progress,
         on_section=report,
+        workers=n_workers,
     )
     n_spots = sum(r.n_spots for r in reports)
     typer.echo(f"Done: {n_spots} spots in {time.perf_counter() - start:.1f} s. Cache: {cache_dir}")

@@ -261,9 +261,18 @@ def predict_command(
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
     gpus_per_task: float = GPUS_PER_TASK_OPTION,
     max_retries: int = MAX_RETRIES_OPTION,
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Worker processes reading and stain-normalising patches while the encoder "
+        "runs here (default: one per CPU core, none on 2 cores or fewer; 0: a background "
+        "thread).",
+    ),
 ) -> None:
     from gr2st._utils.preflight import check_memory
     from gr2st._utils.seed import check_device
+    from gr2st.image.workers import default_workers
     from gr2st.predict import load_bundle, load_query, plot_genes, predict_spots, write_prediction
     from gr2st.predict.spots import THUMBNAIL_PX
 
@@ -355,6 +364,7 @@ def predict_command(
             thumbnail=thumbnail,
             progress=progress,
             max_output_gb=max_output_gb,
+            workers=default_workers() if workers is None else workers,
         )
         write_prediction(pred, out)
     elapsed = time.perf_counter() - start

@@ -8,18 +8,23 @@ decoded once, each patch cut and stain-normalised once (in a background thread, 
 previous batch is encoded and its nuclei measured), and the next section's image is decoded
 in the background while the current one is processed.
 
+With ``workers`` (``gr2st features --workers N``), reading, stain normalisation and the
+classical nuclei measurements run in worker processes
+(:class:`~gr2st.image.workers.PatchWorkers`) while this process encodes the batches in
+order (on the GPU when the encoder is there); the results are the same as in-process.
+
 Results are cached in an :class:`~gr2st.encoders.cache.ArrayCache` under keys holding
 everything they depend on: the image file's sha256, the spot coordinates, the patch size,
-the stain normaliser's key, a hash of the image-reading and nuclei code, and the encoder
-(name, weights hash, backend) or the nuclei source (for imported HoVer-Net results, a
-fingerprint of their files). A run whose results are all cached decodes no image at all.
+the stain normaliser's key, the version of the pixel code (:data:`PIXEL_CODE`), and the
+encoder (name, weights hash, backend) or the nuclei source (for imported HoVer-Net
+results, a fingerprint of their files). A run whose results are all cached decodes no
+image at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import logging
 import time
 import warnings
@@ -62,6 +67,7 @@ from gr2st.image.nuclei.classical import ASSUMED_MPP
 from gr2st.image.patches import iter_patches, patch_size_px
 from gr2st.image.slide import Slide, open_slide
 from gr2st.image.stain import StainNormalizer, get_stain_normalizer
+from gr2st.image.workers import NucleiJob, PatchWorkers, SlideSource
 from gr2st.sections import section_label
 
 log = logging.getLogger(__name__)
@@ -70,7 +76,18 @@ log = logging.getLogger(__name__)
 # Bump when the way features are computed from patches changes (not the encoder itself).
 _FEATURES_VERSION = 1
 
+#: Version of the code that turns an image into patches, stain-normalised pixels and
+#: nuclei (``gr2st.image``): part of every cache key. Change it (any new string) with
+#: every change that alters those results; changes that keep them (refactoring, worker
+#: processes) keep it, so that existing caches stay valid. Until the worker processes
+#: came it was the sha256 of the sources, recomputed on every edit; this is its last
+#: value, so caches written before still hit.
+PIXEL_CODE = "83c55e88db0f14410c2372f8e995da8ee07bab828372613d323a6920eca86a0f"
+
 StainOption = str | StainNormalizer | None
+
+# More worker processes than this only add start-up time and memory.
+_MAX_WORKERS = 32
 
 
 @dataclass(frozen=True)
@@ -193,7 +210,7 @@ def _image_key(adata: AnnData, size: int, stain: StainNormalizer | None) -> dict
         "size_px": size,
         "stain": stain.key if stain is not None else "none",
         # Reading, cropping, normalising and nuclei code: results change when it does.
-        "code": _code_hash("gr2st.image", __name__),
+        "code": PIXEL_CODE,
     }
 
 
@@ -215,18 +232,6 @@ def _nuclei_key(
             mpp=adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL),
         )
     return key
-
-
-def _code_hash(*module_names: str) -> str:
-    """sha256 of the Python sources of modules (a package: all its files)."""
-    files: list[Path] = []
-    for name in module_names:
-        module = importlib.import_module(name)
-        if hasattr(module, "__path__"):
-            files += sorted(p for root in module.__path__ for p in Path(root).rglob("*.py"))
-        else:
-            files.append(Path(str(module.__file__)))
-    return sha256_bytes(*(part for f in files for part in (f.name.encode(), f.read_bytes())))
 
 
 def _files_fingerprint(path: Path) -> str:
@@ -268,8 +273,18 @@ class _PatchNuclei:
 
     def add(self, indices: np.ndarray, patches: np.ndarray) -> None:
         spot, features = measure_patches(patches, microns_per_pixel=self.mpp, params=self.params)
+        self.add_measured(indices, spot, features)
+
+    def add_measured(
+        self, indices: np.ndarray, spot: np.ndarray, features: NucleusFeatures
+    ) -> None:
+        """Add a batch measured elsewhere (a worker process); batches in spot order."""
         self._spots.append(indices[spot])
         self._features.append(features)
+
+    def job(self) -> NucleiJob:
+        """What a worker process needs to measure the batches."""
+        return NucleiJob(self.mpp, self.params)
 
     def table(self) -> NucleiTable:
         features = NucleusFeatures.concat(self._features)
@@ -346,6 +361,53 @@ def _one_pass(
                 times.nuclei_s += time.perf_counter() - t0
             bar.update(len(indices))
     return features
+
+
+def _pool_pass(
+    adata: AnnData,
+    pool: PatchWorkers,
+    source: SlideSource,
+    *,
+    encoder: Encoder | None,
+    nuclei: _PatchNuclei | None,
+    size: int,
+    stain: StainNormalizer | None,
+    batch_size: int,
+    progress: bool,
+    times: _PassTimes,
+) -> np.ndarray | None:
+    """:func:`_one_pass` with reading, stain and nuclei in the worker processes."""
+    features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
+    if encoder is not None and nuclei is not None and encoder.context != 1:
+        raise AssertionError("an encoder with context reads other patches than the nuclei")
+    batches = pool.batches(
+        source,
+        spot_centers(adata),
+        size_px=size if encoder is None else encoder.read_px(size),
+        batch_size=batch_size,
+        stain=stain,
+        nuclei=None if nuclei is None else nuclei.job(),
+        keep_patches=encoder is not None,
+    )
+    parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
+    desc = f"{section_label(adata)} {' + '.join(parts)}"
+    with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
+        for batch in batches:
+            if encoder is not None and features is not None:
+                assert batch.patches is not None
+                t0 = time.perf_counter()
+                features[batch.indices] = encoder.encode(batch.patches)
+                times.encode_s += time.perf_counter() - t0
+            if nuclei is not None:
+                assert batch.nuclei is not None
+                nuclei.add_measured(batch.indices, *batch.nuclei)
+            bar.update(len(batch.indices))
+    return features
+
+
+def _check_workers(workers: int) -> None:
+    if not isinstance(workers, int) or workers < 0:
+        raise GR2STConfigError(f"workers must be a non-negative integer, got {workers!r}")
 
 
 # -------------------------------------------------------------------- public API
@@ -443,6 +505,7 @@ def prepare_image_inputs(
     batch_size: int = 32,
     progress: bool = True,
     on_section: Callable[[SectionReport], None] | None = None,
+    workers: int = 0,
 ) -> list[SectionReport]:
     """Fill the image features and nuclear types of every section, using the cache.
 
@@ -469,6 +532,10 @@ def prepare_image_inputs(
         Show progress bars.
     on_section
         Called with each section's report as soon as the section is done.
+    workers
+        Worker processes that read, stain-normalise and measure the nuclei of the
+        patches while this process encodes them (same results); 0 runs everything here,
+        with one background thread for reading (see :func:`default_workers`).
 
     Returns
     -------
@@ -488,6 +555,7 @@ def prepare_image_inputs(
     """
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
     _check_batch_size(batch_size)
+    _check_workers(workers)
     source, results = parse_nuclei(nuclei)
     normalizer = resolve_stain(stain)
     cache = ArrayCache(cache_dir) if cache_dir is not None else None
@@ -495,46 +563,83 @@ def prepare_image_inputs(
     plans = [_plan(a, enc, source, results, size_px, patch_um, normalizer, cache) for a in adatas]
     todo = [i for i, plan in enumerate(plans) if plan.needs_pixels]
     reports: list[SectionReport] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-decode") as pool:
-        # The next image to process is decoded in the background: at most two in memory.
-        decoding: dict[int, Future[Slide]] = {}
-
-        def decode_after(i: int) -> None:
-            later = [j for j in todo if j > i]
-            if later:
-                decoding[later[0]] = pool.submit(_open_decoded, plans[later[0]].adata)
-
-        decode_after(-1)
-        try:
-            for i, plan in enumerate(plans):
-                start = time.perf_counter()
-                slide = decoding.pop(i).result() if i in decoding else None
-                decode_after(i)
-                wait = time.perf_counter() - start
-                try:
-                    times = _run(plan, slide, enc, normalizer, cache, batch_size, progress)
-                finally:
-                    if slide is not None:
-                        slide.close()
-                report = SectionReport(
-                    section=section_label(plan.adata),
-                    n_spots=plan.adata.n_obs,
-                    wait_s=wait,
-                    encode_s=times.encode_s,
-                    nuclei_s=times.nuclei_s,
-                    total_s=time.perf_counter() - start,
-                    features_cached=plan.features is not None,
-                    nuclei_cached=plan.nuclei is not None,
-                )
-                reports.append(report)
-                if on_section is not None:
-                    on_section(report)
-        finally:
-            # After an error, release the image decoded ahead for a section not reached.
-            for future in decoding.values():
-                if not future.cancel() and future.exception() is None:
-                    future.result().close()
+    with _Pixels(plans, todo, workers) as pixels:
+        for i, plan in enumerate(plans):
+            start = time.perf_counter()
+            image = pixels.take(i)
+            wait = time.perf_counter() - start
+            try:
+                times = _run(plan, image, pixels.pool, enc, normalizer, cache, batch_size, progress)
+            finally:
+                pixels.done(image)
+            report = SectionReport(
+                section=section_label(plan.adata),
+                n_spots=plan.adata.n_obs,
+                wait_s=wait,
+                encode_s=times.encode_s,
+                nuclei_s=times.nuclei_s,
+                total_s=time.perf_counter() - start,
+                features_cached=plan.features is not None,
+                nuclei_cached=plan.nuclei is not None,
+            )
+            reports.append(report)
+            if on_section is not None:
+                on_section(report)
     return reports
+
+
+class _Pixels:
+    """The images of the sections that need pixels, each made ready ahead of its turn.
+
+    In-process (``workers=0``), the next image is decoded by a background thread; with
+    workers, the next image is handed to the pool (which decodes JPEG/PNG into shared
+    memory). At most two images are held at once.
+    """
+
+    def __init__(self, plans: list[_Plan], todo: list[int], workers: int) -> None:
+        self.plans, self.todo = plans, todo
+        self.pool = PatchWorkers(min(workers, _MAX_WORKERS)) if workers and todo else None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-decode")
+        self._ahead: dict[int, Future[Slide] | SlideSource] = {}
+        self._prepare_after(-1)
+
+    def _prepare_after(self, i: int) -> None:
+        later = [j for j in self.todo if j > i]
+        if later:
+            adata = self.plans[later[0]].adata
+            self._ahead[later[0]] = (
+                self.pool.open(image_path(adata))
+                if self.pool is not None
+                else self._thread.submit(_open_decoded, adata)
+            )
+
+    def take(self, i: int) -> Slide | SlideSource | None:
+        """Section ``i``'s image (``None`` when it needs no pixels); prepares the next."""
+        ahead = self._ahead.pop(i, None)
+        image = ahead.result() if isinstance(ahead, Future) else ahead
+        self._prepare_after(i)
+        return image
+
+    def done(self, image: Slide | SlideSource | None) -> None:
+        if isinstance(image, Slide):
+            image.close()
+        elif image is not None and self.pool is not None:
+            self.pool.release(image)
+
+    def __enter__(self) -> _Pixels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # After an error, release the image prepared for a section not reached.
+        for ahead in self._ahead.values():
+            if isinstance(ahead, Future):
+                if not ahead.cancel() and ahead.exception() is None:
+                    ahead.result().close()
+            elif self.pool is not None:
+                self.pool.release(ahead)
+        self._thread.shutdown()
+        if self.pool is not None:
+            self.pool.close()
 
 
 def _open_decoded(adata: AnnData) -> Slide:
@@ -625,7 +730,8 @@ def _plan(
 
 def _run(
     plan: _Plan,
-    slide: Slide | None,
+    image: Slide | SlideSource | None,
+    pool: PatchWorkers | None,
     encoder: Encoder,
     stain: StainNormalizer | None,
     cache: ArrayCache | None,
@@ -637,7 +743,7 @@ def _run(
     measure = None
     if plan.nuclei_key is not None and table is None and plan.results is None:
         measure = _PatchNuclei(adata)
-    if slide is not None:
+    if image is not None:
         pass_options: dict[str, Any] = {
             "size": plan.size,
             "stain": stain,
@@ -645,18 +751,19 @@ def _run(
             "progress": progress,
             "times": times,
         }
+
+        def read_pass(enc: Encoder | None, nuclei: _PatchNuclei | None) -> np.ndarray | None:
+            if isinstance(image, Slide):
+                return _one_pass(adata, image, encoder=enc, nuclei=nuclei, **pass_options)
+            assert pool is not None
+            return _pool_pass(adata, pool, image, encoder=enc, nuclei=nuclei, **pass_options)
+
         if features is None and measure is not None and encoder.context != 1:
             # The context encoder reads larger patches than the nuclei: two passes.
-            features = _one_pass(adata, slide, encoder=encoder, nuclei=None, **pass_options)
-            _one_pass(adata, slide, encoder=None, nuclei=measure, **pass_options)
+            features = read_pass(encoder, None)
+            read_pass(None, measure)
         else:
-            computed = _one_pass(
-                adata,
-                slide,
-                encoder=encoder if features is None else None,
-                nuclei=measure,
-                **pass_options,
-            )
+            computed = read_pass(encoder if features is None else None, measure)
             features = features if computed is None else computed
     if features is None:
         raise AssertionError(f"section {name}: features neither cached nor computed")

@@ -5,14 +5,25 @@ chosen spots ``j`` give the edge ``[i, j]`` (``edge_index[0] = i``,
 ``edge_index[1] = j``). Under PyG's ``source_to_target`` flow, messages travel from
 row 0 to row 1, so a spot *receives* from every spot that chose it (its in-degree
 varies) — not from its own ``k`` choices.
+
+Small graphs are built from the full ``N × N`` distance or affinity matrix; above a
+size threshold the same edges come from a KD-tree (spatial) or row blocks (functional),
+so memory stays linear in ``N``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from gr2st.errors import GR2STDataError
+
+#: Largest graph whose spatial neighbours come from the full distance matrix.
+SPATIAL_DENSE_MAX = 256
+#: Most affinity entries (rows × N) held at once by the functional graph.
+FUNCTIONAL_BLOCK = 1 << 22
 
 
 def _check_positions(pos: Tensor, k: int) -> None:
@@ -31,16 +42,54 @@ def _rows_to_edge_index(neighbours: Tensor) -> Tensor:
     return torch.stack([centre, neighbours.reshape(-1)])
 
 
+def _squared_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Sum of squared coordinate differences, ``(..., D) → (...)``, float64.
+
+    Squared differences rather than cdist's matrix-product shortcut: exact on integer
+    grids, so equal distances stay equal and ties are broken by index only. Both
+    spatial paths use this one expression, so they see the same values.
+    """
+    return (a - b).square().sum(-1)
+
+
+def _nearest_dense(pos: Tensor, k: int) -> Tensor:
+    dist2 = _squared_distances(pos[:, None, :], pos[None, :, :])
+    return torch.sort(dist2, dim=1, stable=True).indices[:, :k]
+
+
+def _nearest_kdtree(pos: Tensor, k: int) -> Tensor:
+    """:func:`_nearest_dense`'s table from a KD-tree, in ``O(N k log N)``.
+
+    The tree's ``k``-th neighbour distance bounds each spot's ``k``-th smallest
+    distance; every spot within that radius (plus a margin far above rounding) is a
+    candidate, and the candidates are ranked by the exact distance, then by index.
+    """
+    points = pos.cpu().numpy()
+    tree = cKDTree(points)
+    kth = tree.query(points, k=[k])[0][:, 0]
+    balls = tree.query_ball_point(points, kth * (1 + 1e-9), return_sorted=False)
+    counts = np.fromiter((len(b) for b in balls), dtype=np.int64, count=len(balls))
+    rows = np.repeat(np.arange(len(points)), counts)
+    cols = np.concatenate([np.asarray(b, dtype=np.int64) for b in balls])
+    dist2 = _squared_distances(pos.cpu()[rows], pos.cpu()[cols]).numpy()
+    order = np.lexsort((cols, dist2, rows))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = order[(starts[:, None] + np.arange(k)[None, :]).reshape(-1)]
+    return torch.from_numpy(cols[take].reshape(-1, k)).to(pos.device)
+
+
 def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     """Connect each spot to its ``k`` nearest spots by Euclidean distance (itself included).
 
     Ties (common on a regular grid) are broken by the lower spot index, so the graph
-    is a deterministic function of ``pos`` on every device.
+    is a deterministic function of ``pos`` on every device. Above
+    :data:`SPATIAL_DENSE_MAX` spots the neighbours come from a KD-tree (the same edges,
+    ``O(N k log N)`` time, no ``N × N`` matrix).
 
     Parameters
     ----------
     pos
-        ``(N, 2)`` spot positions (array-grid coordinates in GR2ST).
+        ``(N, 2)`` finite spot positions (array-grid coordinates in GR2ST).
     k
         Neighbours per spot; clamped to ``N``.
 
@@ -59,12 +108,12 @@ def spatial_knn_graph(pos: Tensor, *, k: int = 20) -> Tensor:
     """
     _check_positions(pos, k)
     pos = pos.to(torch.float64)
-    # Squared differences rather than cdist's matrix-product shortcut: exact on integer
-    # grids, so equal distances stay equal and the tie-break is by index only.
-    dist2 = (pos[:, None, :] - pos[None, :, :]).square().sum(-1)
     k = min(k, pos.shape[0])
-    order = torch.sort(dist2, dim=1, stable=True).indices[:, :k]
-    return _rows_to_edge_index(order)
+    if pos.shape[0] <= SPATIAL_DENSE_MAX:
+        return _rows_to_edge_index(_nearest_dense(pos, k))
+    if not bool(torch.isfinite(pos).all()):
+        raise GR2STDataError("pos: expected finite spot positions, found NaN or infinity")
+    return _rows_to_edge_index(_nearest_kdtree(pos, k))
 
 
 def cdist_topk_graph(pos: Tensor, *, k: int = 20) -> Tensor:
@@ -155,7 +204,9 @@ def functional_topk_graph(
     The affinity is ``S = h tᵀ / tau + same_type_bonus · [type_i == type_j]``; the
     reference ranks ``softmax(S)`` per row, which orders a row exactly as ``S`` does,
     so ``S`` is ranked directly (this also keeps entries apart that the softmax would
-    underflow to the same zero). No gradient flows through the graph.
+    underflow to the same zero). No gradient flows through the graph. Rows are
+    computed in blocks of at most :data:`FUNCTIONAL_BLOCK` entries, so memory stays
+    linear in ``N`` (time is ``O(N² P)``: every pair is scored).
 
     Parameters
     ----------
@@ -189,8 +240,19 @@ def functional_topk_graph(
         )
     if k < 1:
         raise GR2STDataError(f"k: expected a positive number of neighbours, got {k}")
-    scores = (h @ t.T) / tau
-    if types is not None and same_type_bonus != 0.0:
-        scores = scores + same_type_bonus * (types[:, None] == types[None, :]).to(scores.dtype)
-    k = min(k, h.shape[0])
-    return _rows_to_edge_index(torch.topk(scores, k, dim=1).indices)
+    n = h.shape[0]
+    k = min(k, n)
+    bonus = types is not None and same_type_bonus != 0.0
+    rows = max(1, FUNCTIONAL_BLOCK // n)
+    tops = []
+    for start in range(0, n, rows):
+        block = slice(start, start + rows)
+        scores = h[block] @ t.T
+        if tau != 1.0:  # x / 1 == x exactly
+            scores /= tau
+        if bonus:
+            assert types is not None
+            same = types[block, None] == types[None, :]
+            scores.add_(same.to(scores.dtype), alpha=same_type_bonus)
+        tops.append(torch.topk(scores, k, dim=1).indices)
+    return _rows_to_edge_index(torch.cat(tops))

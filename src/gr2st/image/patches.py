@@ -167,20 +167,11 @@ def _iter_open(
     for name, value in (("size_px", size_px), ("out_px", out_px), ("batch_size", batch_size)):
         if value is not None and (not isinstance(value, int | np.integer) or value < 1):
             raise GR2STConfigError(f"{name} must be a positive integer, got {value!r}")
-    points = _check_centers(slide, centers)
+    points = check_centers(slide, centers)
     origins = patch_origins(points, size_px)
-    side = size_px if out_px is None else out_px
 
     def build(start: int, stop: int) -> Batch:
-        out = np.empty((stop - start, side, side, 3), dtype=np.uint8)
-        for k, (x0, y0) in enumerate(origins[start:stop]):
-            patch = slide.read_region(int(x0), int(y0), size_px, size_px)
-            if side != size_px:
-                resized = Image.fromarray(patch).resize((side, side), Image.Resampling.BILINEAR)
-                patch = np.asarray(resized)
-            out[k] = patch
-        if stain is not None:
-            out = stain.transform(out)
+        out = read_patches(slide, origins[start:stop], size_px=size_px, out_px=out_px, stain=stain)
         return np.arange(start, stop, dtype=np.int64), out
 
     n = len(points)
@@ -191,7 +182,48 @@ def _iter_open(
             yield batch
 
 
-def _check_centers(slide: Slide, centers: Any) -> np.ndarray:
+def read_patches(
+    slide: Slide,
+    origins: np.ndarray,
+    *,
+    size_px: int,
+    out_px: int | None = None,
+    stain: StainNormalizer | None = None,
+) -> np.ndarray:
+    """One batch: the ``size_px`` patches at ``origins``, resized and stain-normalised.
+
+    The single place where patches are made, in the calling process or in a worker
+    (:class:`gr2st.image.workers.PatchWorkers`), so both give the same pixels.
+
+    Parameters
+    ----------
+    slide
+        An open slide.
+    origins
+        ``(B, 2)`` top-left pixels from :func:`patch_origins`.
+    size_px, out_px, stain
+        As in :func:`iter_patches`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` ``(B, out, out, 3)``.
+    """
+    side = size_px if out_px is None else out_px
+    out = np.empty((len(origins), side, side, 3), dtype=np.uint8)
+    for k, (x0, y0) in enumerate(origins):
+        patch = slide.read_region(int(x0), int(y0), size_px, size_px)
+        if side != size_px:
+            resized = Image.fromarray(patch).resize((side, side), Image.Resampling.BILINEAR)
+            patch = np.asarray(resized)
+        out[k] = patch
+    if stain is not None:
+        out = stain.transform(out)
+    return out
+
+
+def check_centers(slide: Slide, centers: Any) -> np.ndarray:
+    """``centers`` as float64 ``(N, 2)``, checked to be finite and inside ``slide``."""
     points = np.asarray(centers, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         raise GR2STDataError(f"spot centres must have shape (N, 2), got {points.shape}")

@@ -243,6 +243,34 @@ def open_slide(path: str | Path) -> Slide:
     raise GR2STDataError(f"{path}: unsupported image type {suffix or '(none)'!r}; expected {known}")
 
 
+def uses_pillow(slide: Slide) -> bool:
+    """Whether ``slide`` is decoded whole on its first read (JPEG, PNG, plain TIFFs).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "he.png"
+    >>> Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    >>> uses_pillow(open_slide(path))
+    True
+    """
+    return isinstance(slide, _PillowSlide)
+
+
+def pillow_pixels(path: str | Path) -> np.ndarray:
+    """The whole decoded image, as a slide that :func:`uses_pillow` reads it (read-only).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "he.png"
+    >>> Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(path)
+    >>> pillow_pixels(path).shape
+    (4, 6, 3)
+    """
+    return _PillowSlide(Path(path))._decoded()
+
+
 def _open_tiff(path: Path) -> Slide:
     if not available("openslide"):
         # Without OpenSlide (the [wsi] extra) plain TIFFs still read through tifffile.

@@ -11,13 +11,14 @@ from gr2st.models.config import (
     TrainConfig,
     get_profile,
 )
-from gr2st.models.gat import DenseGATConv, make_gat
+from gr2st.models.gat import AutoGATConv, DenseGATConv, SparseGATConv, make_gat
 from gr2st.models.gr2st import GR2ST, Prediction
 from gr2st.models.module import GR2STModule
 
 __all__ = [
     "GR2ST",
     "PROFILES",
+    "AutoGATConv",
     "DenseGATConv",
     "GR2STConfig",
     "GR2STModule",
@@ -25,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "PredictConfig",
     "Prediction",
+    "SparseGATConv",
     "TrainConfig",
     "get_profile",
     "make_gat",

@@ -29,7 +29,7 @@ from gr2st.errors import GR2STConfigError
 
 Fusion = Literal["sum", "concat", "max", "mean"]
 Rounding = Literal["floor", "round"]
-GATImplName = Literal["dense", "pyg"]
+GATImplName = Literal["auto", "dense", "sparse", "pyg"]
 KnnTies = Literal["index", "cdist"]
 Distance = Literal["l1", "l2"]
 
@@ -84,8 +84,10 @@ class ModelConfig(Config):
         published code's float32 ``cdist`` + ``topk``; see
         :func:`gr2st.graph.cdist_topk_graph`).
     gat_impl
-        ``dense`` (masked dense attention, fast at a section's size) or ``pyg``
-        (``torch_geometric.nn.GATConv``); both compute the same function.
+        How the GAT layers compute (all the same function, see :mod:`gr2st.models.gat`):
+        ``auto`` (dense attention on small graphs, the edge-list kernel on larger ones,
+        whichever is faster), ``dense`` (``O(N²)``), ``sparse`` (edge-list, ``O(edges)``)
+        or ``pyg`` (``torch_geometric.nn.GATConv``).
     n_cell_types
         Number of nuclear type ids (PanNuke's six).
     """
@@ -108,7 +110,7 @@ class ModelConfig(Config):
     position_scale: NonNegativeFloat = 1.0
     knn_ties: KnnTies = "index"
     position_rounding: Rounding = "floor"
-    gat_impl: GATImplName = "dense"
+    gat_impl: GATImplName = "auto"
     n_cell_types: PositiveInt = N_NUCLEAR_TYPES
 
     def check(self) -> None:

@@ -1,10 +1,11 @@
 """Predict a whole slide with a bundle, in memory linear in the number of spots.
 
 Pipeline: patches are read and stain-normalised in batches (a background thread
-prepares the next batch), each batch is encoded and projected to image embeddings
-right away, so only the ``(spots, embedding)`` matrix is kept; the retrieval then runs
-over chunks of spots against the reference bank. Nothing is ever ``spots × spots``
-and at most three patch batches are in memory.
+prepares the next batch, or with ``workers`` a pool of worker processes the next few),
+each batch is encoded and projected to image embeddings right away, so only the
+``(spots, embedding)`` matrix is kept; the retrieval then runs over chunks of spots
+against the reference bank. Nothing is ever ``spots × spots`` and at most three patch
+batches (with workers, ``2 · workers + 1``) are in memory.
 
 The output AnnData is in gr2st's shape plus the prediction: ``X`` the predicted
 log-normalised expression (float32), ``layers[UNCERTAINTY_LAYER]`` the weighted
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from gr2st.errors import GR2STConfigError
 from gr2st.genes import log_normalize
 from gr2st.image.patches import iter_patches
 from gr2st.image.slide import Slide, open_slide
+from gr2st.image.workers import PatchWorkers
 from gr2st.predict.bundle import Bundle
 from gr2st.predict.spots import THUMBNAIL_PX, QuerySpots, check_tissue
 
@@ -78,6 +81,7 @@ def predict_spots(
     command: Sequence[str] | None = None,
     progress: bool = True,
     max_output_gb: float = DEFAULT_MAX_OUTPUT_GB,
+    workers: int = 0,
 ) -> AnnData:
     """Predict the expression of ``spots`` on ``image`` with a loaded bundle.
 
@@ -113,6 +117,9 @@ def predict_spots(
         Refuse (before reading any patch) when the dense prediction and uncertainty
         matrices would exceed this many gigabytes: ``genes="all"`` on a whole slide
         (100,000 spots × the 13,891 genes of a HER2ST-6 bundle) is 11.1 GB.
+    workers
+        Worker processes that read and stain-normalise the patches while this process
+        encodes them (same output); 0 reads in a background thread here.
 
     Returns
     -------
@@ -138,7 +145,7 @@ def predict_spots(
     check_output_size(spots.n_spots, len(chosen), max_output_gb=max_output_gb)
     image = Path(image)
     stain = bundle.stain_normalizer()
-    with open_slide(image) as slide:
+    with open_slide(image) as slide, ExitStack() as stack:
         resolution = _resolution(mpp, spots, slide, bundle)
         size = bundle.patch_px(resolution)
         thumb, scale = thumbnail if thumbnail is not None else slide.thumbnail(THUMBNAIL_PX)
@@ -149,16 +156,24 @@ def predict_spots(
         embeddings = np.empty(
             (spots.n_spots, int(bundle.meta["bank"]["embedding_dim"])), np.float32
         )
-        batches = iter_patches(
-            slide,
-            spots.centers,
-            size_px=bundle.encoder.read_px(size),
-            batch_size=batch_size,
-            stain=stain,
-            prefetch=True,
-        )
+        side = bundle.encoder.read_px(size)
+        if workers > 0:
+            pool = stack.enter_context(PatchWorkers(workers))
+            batches: Iterator[tuple[np.ndarray, np.ndarray | None]] = (
+                (b.indices, b.patches)
+                for b in pool.batches(
+                    pool.open(image), spots.centers, size_px=side, batch_size=batch_size,
+                    stain=stain,
+                )
+            )  # fmt: skip
+        else:
+            batches = iter_patches(
+                slide, spots.centers, size_px=side, batch_size=batch_size, stain=stain,
+                prefetch=True,
+            )  # fmt: skip
         with tqdm(total=spots.n_spots, unit="spot", desc="predict", disable=not progress) as bar:
             for indices, patches in batches:
+                assert patches is not None
                 embeddings[indices] = bundle.embed(bundle.encoder.encode(patches))
                 bar.update(len(indices))
     result = bundle.retrieve(embeddings, genes=chosen)
