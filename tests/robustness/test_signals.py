@@ -32,6 +32,11 @@ class SlowKNN(KNNBaseline):
 """
 
 
+def _as_in_a_terminal() -> None:
+    # pytest-xdist workers start their children with SIGINT ignored; a user's shell does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "plugin").mkdir(exist_ok=True)
     (tmp_path / "plugin" / "slow_knn_plugin.py").write_text(textwrap.dedent(_PLUGIN))
@@ -54,7 +59,13 @@ def test_signal_mid_benchmark_exits_128_plus_signal_and_resumes(
     first_fold = out / "folds" / "slow-knn" / "S0.json"
     env = _env(tmp_path)
     proc = subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     try:
         deadline = time.monotonic() + 180
@@ -109,6 +120,7 @@ def test_signal_while_writing_leaves_no_partial_file(tmp_path: Path, signum: int
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "writing"
