@@ -111,6 +111,7 @@ def test_results_json_schema(sections: list[AnnData], tmp_path: Path) -> None:
     assert res["methods"]["knn"]["folds"]["S0"]["config"] == {"profile": "default", "top_k": 200}
 
 
+@pytest.mark.slow
 def test_outputs_per_gene_csv_summary_and_figures(sections: list[AnnData], tmp_path: Path) -> None:
     res = _run(sections, tmp_path, methods=["knn", "mean", "oracle"], figures=True)
     table = pd.read_csv(tmp_path / "per_gene.csv")

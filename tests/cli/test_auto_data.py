@@ -224,6 +224,7 @@ def test_an_existing_folder_holding_the_sections_is_used_as_is(
     assert not (workdir / FETCH_DEST).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
 def test_benchmark_data_auto_fetches_then_runs(
     served: Path, server: Server, workdir: Path, monkeypatch: pytest.MonkeyPatch

@@ -74,6 +74,7 @@ def test_h5ad_folder_panel_and_all_genes(h5ad_dir: Path, tmp_path: Path) -> None
     assert res["genes"].startswith("all 12 genes")
 
 
+@pytest.mark.slow
 def test_pixel_methods_get_cached_patches(h5ad_dir: Path, tmp_path: Path) -> None:
     tiny = ["epochs=1", "dim=16", "depth=1", "heads=2", "dim_head=8", "mlp_dim=16"]
     code, _, exc = _invoke(
@@ -246,6 +247,7 @@ def test_kill_9_mid_run_then_rerun_resumes(h5ad_dir: Path, tmp_path: Path) -> No
     assert resumed["mean_pcc"] == reference["mean_pcc"]
 
 
+@pytest.mark.slow
 def test_hest_folder_runs_end_to_end_with_the_patient_split(tmp_path: Path) -> None:
     from gr2st.datasets import write_hest_layout
 

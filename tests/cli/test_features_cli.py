@@ -24,6 +24,7 @@ def _run(*args: str):
     return CliRunner().invoke(app, ["features", *args])
 
 
+@pytest.mark.slow
 def test_cold_then_warm(synthetic_her2st: Path, tmp_path: Path):
     cache = tmp_path / "cache"
     args = ["--data", str(synthetic_her2st), "--size", "48", "--cache", str(cache), "--no-progress"]
@@ -53,6 +54,7 @@ def test_cold_then_warm(synthetic_her2st: Path, tmp_path: Path):
     assert len(list(cache.rglob("*.npz"))) == 6
 
 
+@pytest.mark.slow
 def test_bad_options(synthetic_her2st: Path, tmp_path: Path):
     base = ["--data", str(synthetic_her2st), "--cache", str(tmp_path / "c"), "--no-progress"]
     result = _run(*base, "--nuclei", "cellpose")
@@ -66,6 +68,7 @@ def test_bad_options(synthetic_her2st: Path, tmp_path: Path):
     assert isinstance(result.exception, GR2STDataError)
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_in_process_results(synthetic_her2st: Path, tmp_path: Path):
     import numpy as np
 
@@ -89,6 +92,7 @@ def test_worker_processes_write_the_in_process_results(synthetic_her2st: Path, t
                 np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_feature_options_compose_the_encoder_and_its_cache_entries(
     synthetic_her2st: Path, tmp_path: Path
 ):

@@ -101,6 +101,7 @@ def bundle(trained_cli: tuple[Path, Path, list, str, list]) -> tuple[Path, Path,
     return trained_cli[:3]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
 def test_train_without_progress_bars_prints_its_stages(
     trained_cli: tuple[Path, Path, list, str, list],
@@ -140,6 +141,7 @@ def test_train_writes_a_bundle_and_info_shows_it(bundle: tuple[Path, Path, list]
     assert "panel 5, all 10" in output
 
 
+@pytest.mark.slow
 def test_predict_every_input(bundle: tuple[Path, Path, list]) -> None:
     folder, tmp, secs = bundle
     image = Path(secs[2].uns["gr2st"]["image_path"])
@@ -187,6 +189,7 @@ def test_predict_every_input(bundle: tuple[Path, Path, list]) -> None:
     assert anndata.read_h5ad(tmp / "g.h5ad").n_obs > 30
 
 
+@pytest.mark.slow
 def test_predict_errors(bundle: tuple[Path, Path, list]) -> None:
     folder, tmp, secs = bundle
     image = secs[2].uns["gr2st"]["image_path"]
@@ -209,6 +212,7 @@ def test_predict_errors(bundle: tuple[Path, Path, list]) -> None:
     assert not (tmp / "e.h5ad").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::PendingDeprecationWarning")
 def test_predict_a_squidpy_visium_anndata_as_it_is(
     bundle: tuple[Path, Path, list], make_squidpy_visium, tmp_path: Path
@@ -262,6 +266,7 @@ def test_predict_a_squidpy_visium_anndata_as_it_is(
     assert f"(4 of {source.n_obs} spots of V1, 48 px patches)" in output
 
 
+@pytest.mark.slow
 def test_predict_a_hest_sample(bundle: tuple[Path, Path, list], tmp_path: Path) -> None:
     from gr2st.datasets import write_hest_layout
 
@@ -279,6 +284,7 @@ def test_predict_a_hest_sample(bundle: tuple[Path, Path, list], tmp_path: Path) 
     assert np.isfinite(pred.layers[MEASURED_LAYER]).all()  # HEST has counts
 
 
+@pytest.mark.slow
 def test_safe_defaults(
     bundle: tuple[Path, Path, list], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -327,6 +333,7 @@ def test_safe_defaults(
     assert "sets the patch size" in help_text
 
 
+@pytest.mark.slow
 def test_predict_a_spatialdata_store(
     bundle: tuple[Path, Path, list], make_spatialdata_visium, tmp_path: Path
 ) -> None:

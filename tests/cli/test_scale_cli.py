@@ -31,6 +31,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_features_over_many_inputs(slides: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     for name in ("S0", "S1"):

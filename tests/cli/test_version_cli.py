@@ -64,6 +64,7 @@ def test_a_missing_optional_library_is_reported_not_fatal(monkeypatch: pytest.Mo
     assert report["numpy"] == np.__version__
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli() -> None:
     src = Path(gr2st.__file__).parents[1]
     env = {

@@ -31,6 +31,7 @@ def lite0_features(lite0, patches) -> np.ndarray:
     return lite0.encode(patches)
 
 
+@pytest.mark.slow
 def test_shapes_and_sizes(lite0, lite0_features):
     assert (lite0.name, lite0.dim, lite0.input_size, lite0.backend) == (
         "efficientnet-lite0",
@@ -48,11 +49,13 @@ def test_shapes_and_sizes(lite0, lite0_features):
     assert np.abs(feats[0] - feats[1]).max() > 0.1
 
 
+@pytest.mark.slow
 def test_deterministic_and_batch_independent(lite0, patches, lite0_features):
     np.testing.assert_array_equal(lite0.encode(patches), lite0_features)
     np.testing.assert_allclose(lite0.encode(patches[1:2])[0], lite0_features[1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_matches_the_package_network_with_tf_normalisation(lite0_features, patches):
     """Reference: the package's own network on (x - 127) / 128, pooled before the classifier."""
     net = EfficientNet.from_name("efficientnet-lite0")
@@ -64,6 +67,7 @@ def test_matches_the_package_network_with_tf_normalisation(lite0_features, patch
     np.testing.assert_allclose(lite0_features, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_input_sizes_and_weights_hashes():
     lite1 = get_encoder("efficientnet-lite1", backend="torch", device="cpu")
     lite0 = get_encoder("efficientnet-lite0", backend="torch", device="cpu")
@@ -85,6 +89,7 @@ def test_input_sizes_and_weights_hashes():
     assert lite1.encode(small).shape == (1, 1280)
 
 
+@pytest.mark.slow
 def test_onnx_matches_torch_and_reuses_its_export(lite0, lite0_features, patches):
     onnx = get_encoder("efficientnet-lite0", backend="onnx")
     path = onnx.onnx_path()
@@ -98,6 +103,7 @@ def test_onnx_matches_torch_and_reuses_its_export(lite0, lite0_features, patches
     assert again.weights_hash == lite0.weights_hash
 
 
+@pytest.mark.slow
 def test_damaged_onnx_export_is_rebuilt(lite0_features, patches, caplog):
     path = get_encoder("efficientnet-lite0", backend="onnx").onnx_path()
     path.write_bytes(path.read_bytes()[:1000])
@@ -107,6 +113,7 @@ def test_damaged_onnx_export_is_rebuilt(lite0_features, patches, caplog):
     np.testing.assert_allclose(onnx.encode(patches[:1]), lite0_features[:1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_export_with_flipped_bytes_is_not_used(lite0_features, patches, caplog):
     # A graph that still loads but computes other features (bytes flipped inside its
     # weights, same size) is caught by its checksum, not by onnxruntime.

@@ -45,6 +45,7 @@ def sections() -> list[AnnData]:
     ]
 
 
+@pytest.mark.slow
 def test_union_and_intersection(sections: list[AnnData]) -> None:
     both = hvg_panel(sections, n_top=4, mode="intersection")
     union = hvg_panel(sections, n_top=4, mode="union")

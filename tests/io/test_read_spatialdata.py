@@ -40,6 +40,7 @@ def visium_store(tmp_path: Path, make_spatialdata_visium) -> Any:
     return make
 
 
+@pytest.mark.slow
 def test_visium_store_with_its_hires_image(tmp_path: Path, visium_store: Any) -> None:
     made = visium_store()
     cache = tmp_path / "cache"
@@ -84,6 +85,7 @@ def test_square_bins_are_read_as_their_centroids(tmp_path: Path, visium_store: A
     )
 
 
+@pytest.mark.slow
 def test_one_line_errors(tmp_path: Path, visium_store: Any) -> None:
     made = visium_store(tables=2)
     with pytest.raises(GR2STDataError, match=r"visium\.zarr: 2 tables \('table', 'table1'\)"):

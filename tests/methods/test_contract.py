@@ -159,6 +159,14 @@ SPECS: dict[str, Spec] = {
 NAMES = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("gr2st.")]
 LEARNED = [n for n in NAMES if METHODS.get(n).learned]
 RANKED = [n for n in NAMES if n != "mean"]
+# Their fits take seconds each even when small: slow, so that `make test-fast` stays quick.
+HEAVY = {"hggep", "hist2st"}
+
+
+def _params(names: list[str]) -> list[Any]:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
 _COLOURS = np.array(
     [[230, 120, 160], [120, 60, 170], [250, 220, 230], [90, 140, 200], [200, 200, 90]]
 )
@@ -228,7 +236,7 @@ def one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _params(NAMES))
 def test_prediction_shape_dtype_and_determinism(name: str, sections: list[AnnData]) -> None:
     train, test = sections[:2], sections[3]
     quick = SPECS[name].quick
@@ -247,7 +255,7 @@ def test_prediction_shape_dtype_and_determinism(name: str, sections: list[AnnDat
         assert not np.array_equal(pred, other.predict(test))
 
 
-@pytest.mark.parametrize("name", LEARNED)
+@pytest.mark.parametrize("name", _params(LEARNED))
 def test_a_fit_stopped_midway_resumes_to_identical_predictions(
     name: str, sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

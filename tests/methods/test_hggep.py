@@ -212,6 +212,7 @@ def test_frozen_backbone_stays_fixed_and_in_eval_mode():
     assert net.h4.net[2].weight.grad is not None
 
 
+@pytest.mark.slow
 def test_paper_network_trains_gem_and_backbone():
     torch.manual_seed(0)
     lite = EfficientNet.from_name(BACKBONE)
@@ -230,6 +231,7 @@ def test_paper_network_trains_gem_and_backbone():
         assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
 
 
+@pytest.mark.slow
 def test_view_pool_runs_the_backbone_once_per_copy(sections, monkeypatch):
     calls: list[int] = []
     real_forward = LiteTaps.forward
@@ -248,6 +250,7 @@ def test_view_pool_runs_the_backbone_once_per_copy(sections, monkeypatch):
     assert calls == [1] + [64] * 4  # paper: original + 1 fresh view per step
 
 
+@pytest.mark.slow
 def test_paper_profile_fine_tunes_the_backbone(sections):
     method = _method("epochs=1", "views=1", profile="paper")
     method.fit(sections[:1])

@@ -180,6 +180,7 @@ def test_convmixer_block_matches_a_hand_computation():
         ConvMixer(4, depth=0, kernel_size=3)
 
 
+@pytest.mark.slow
 def test_spot_states_match_a_hand_computation():
     torch.manual_seed(0)
     net = Hist2STNet(3, patch_px=8, config=TINY).eval()
@@ -244,6 +245,7 @@ def test_zinb_loss_matches_a_hand_computation():
     )
 
 
+@pytest.mark.slow
 def test_loss_terms_are_weighted_and_every_parameter_learns():
     torch.manual_seed(0)
     config = dataclasses.replace(TINY, views=2)

@@ -163,6 +163,7 @@ def test_describe_records_the_profile():
     assert info["decoder_depth"] == PROFILES["default"].decoder_depth
 
 
+@pytest.mark.slow
 def test_positions_ablation_ignores_coordinates(sections):
     train, test = sections[:2], sections[5]
     moved = test.copy()

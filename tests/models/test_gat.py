@@ -57,6 +57,7 @@ def test_gat_kernels_equal_pyg_outputs_and_gradients(kind: str, kernel: str) -> 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [7, 150, 400])
 @pytest.mark.parametrize("kind", ["spatial", "functional", "hubs", "random"])
 def test_edge_list_kernel_equals_dense_in_float64(kind: str, n: int) -> None:
@@ -77,6 +78,7 @@ def test_edge_list_kernel_equals_dense_in_float64(kind: str, n: int) -> None:
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_edge_list_kernel_float32_within_1e6_of_dense_at_section_size() -> None:
     gen = torch.Generator().manual_seed(3)
     n = 300
@@ -158,6 +160,7 @@ def test_attention_dropout_only_in_training(kernel: str) -> None:
     torch.testing.assert_close(conv(x, edge_index), conv(x, edge_index))
 
 
+@pytest.mark.slow
 def test_edge_list_dropout_keeps_the_expected_output() -> None:
     # Inverted dropout on the attention: the mean over many masks is the eval output.
     torch.manual_seed(0)

@@ -57,6 +57,7 @@ def test_loss_equals_hand_computed_symmetric_cross_entropy() -> None:
     assert float(cosine) == pytest.approx((ce(cos_logits) + ce(cos_logits.T)) / 2, rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["pyg", "sparse", "auto"])
 @pytest.mark.parametrize("n", [30, 400])
 def test_every_gat_path_computes_the_same_model(impl: str, n: int) -> None:

@@ -24,6 +24,7 @@ from gr2st.predict import SCHEMA_VERSION, load_bundle
 from gr2st.predict.bundle import BANK_FILE, META_FILE, WEIGHTS_FILE, _stain_meta
 
 
+@pytest.mark.slow
 def test_round_trip_predicts_like_the_in_memory_model(trained: Trained) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     features = trained.test.obsm[feature_key("efficientnet-lite0")]
@@ -37,6 +38,7 @@ def test_round_trip_predicts_like_the_in_memory_model(trained: Trained) -> None:
     np.testing.assert_array_equal(bundle.embed(features), trained.model.embed_images(trained.test))
 
 
+@pytest.mark.slow
 def test_bundle_contents(trained: Trained) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     meta = bundle.meta

@@ -45,6 +45,7 @@ def _provenance(pred: anndata.AnnData) -> np.ndarray:
     return pred.obs[[f"{PROVENANCE_PREFIX}S0", f"{PROVENANCE_PREFIX}S1"]].to_numpy()
 
 
+@pytest.mark.slow
 def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     test = trained.test
@@ -80,6 +81,7 @@ def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) 
     assert library["scalefactors"]["spot_diameter_fullres"] == pytest.approx(48.0, abs=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::PendingDeprecationWarning")
 def test_h5ad_input_all_genes_measured_and_plots(trained: Trained, tmp_path: Path) -> None:
     import scanpy as sc
@@ -166,6 +168,7 @@ def test_output_size_message_has_enough_precision() -> None:
         check_output_size(100_000, 15_000, max_output_gb=4.0)
 
 
+@pytest.mark.slow
 def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Path) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     query = spots_from_section(trained.test, source="h5ad")
@@ -180,6 +183,7 @@ def test_output_size_limit_refuses_before_reading(trained: Trained, tmp_path: Pa
     assert pred.shape == (query.n_spots, n_all)
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_prediction(trained: Trained, tmp_path: Path) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     spots = spots_from_section(trained.test, source="h5ad")

@@ -43,6 +43,7 @@ def _holder(folder: Path) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_second_benchmark_on_same_out_stops_naming_the_first(
     cli, bench_args, h5ad_dir: Path, tmp_path: Path
 ) -> None:

@@ -110,6 +110,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_writing_leaves_no_partial_file(tmp_path: Path, signum: int) -> None:
     out = tmp_path / "result.txt"
