@@ -28,7 +28,7 @@ from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.executors import Task
 
-ray = pytest.importorskip("ray", reason="needs the ray extra (pip install -e \".[dev,ray]\")")
+ray = pytest.importorskip("ray", reason='needs the ray extra (pip install -e ".[dev,ray]")')
 from gr2st.executors.ray_executor import RayExecutor  # noqa: E402
 
 HERE = Path(__file__).parent
