@@ -37,17 +37,19 @@ def bad_input(*, name: str) -> None:
 
 
 class Sleepy(KNNBaseline):
-    """The knn baseline, holding its fit while ``<out>/control/hold-<fold>`` exists.
+    """The knn baseline, holding its fit while ``<out>-control/hold-<fold>`` exists.
 
-    Each fit appends its pid to ``<out>/control/pids-<fold>`` and, when held, writes
-    ``<out>/control/held-<fold>`` so that a test knows which process to kill.
+    Each fit appends its pid to ``<out>-control/pids-<fold>`` and, when held, writes
+    ``<out>-control/held-<fold>`` so that a test knows which process to kill. The folder
+    sits beside ``--out``: a benchmark refuses an ``--out`` that holds other files.
     """
 
     name = "test-sleepy"
 
     def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
         assert workdir is not None
-        control = workdir.parents[2] / "control"
+        out = workdir.parents[2]
+        control = out.with_name(f"{out.name}-control")
         fold = workdir.name
         with open(control / f"pids-{fold}", "a") as fh:
             fh.write(f"{os.getpid()}\n")

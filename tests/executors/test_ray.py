@@ -168,7 +168,7 @@ def test_a_killed_worker_is_retried_with_equal_results(
     cluster: RayExecutor, h5ad_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "killed"
-    control = out / "control"
+    control = tmp_path / "killed-control"
     control.mkdir(parents=True)
     (control / "hold-S1").touch()
     killed: list[int] = []
@@ -201,7 +201,7 @@ def test_ctrl_c_on_the_driver_then_rerun_resumes(
     cluster: RayExecutor, h5ad_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "interrupted"
-    control = out / "control"
+    control = tmp_path / "interrupted-control"
     control.mkdir(parents=True)
     for fold in ("S1", "S2"):
         (control / f"hold-{fold}").touch()
