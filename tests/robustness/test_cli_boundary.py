@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import io
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,13 @@ def test_debug_prints_the_traceback(cli, monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert outcome.code == 1
     assert "Traceback (most recent call last)" in "\n".join(outcome.err)
     assert outcome.err[-1] == "ValueError: boom"
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run sets up gr2st's logger; a later caller with another stderr (a notebook cell, a
+    # test runner whose earlier stream is closed) must get the lines, not a logging error.
+    assert cli("--version").code == 0
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("gr2st").warning("A1: dropped 1 spot(s)")
+    assert later.getvalue() == "warning: A1: dropped 1 spot(s)\n"

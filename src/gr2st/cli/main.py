@@ -111,8 +111,20 @@ def _show_warning(
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at set-up.
+
+    A caller that swaps ``sys.stderr`` (a notebook, a test runner capturing output) and
+    closes its stream later would otherwise leave gr2st's logger writing to a closed file.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _configure_output() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(_OneLine())
     logger = logging.getLogger("gr2st")
     logger.handlers = [handler]
