@@ -82,7 +82,11 @@ def trained_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
     root = write_her2st_layout(secs, tmp / "her2st")
     (tmp / "panel.txt").write_text("\n".join(f"GENE{i:03d}" for i in range(5)) + "\n")
     handler = _Lines()
-    logging.getLogger("gr2st").addHandler(handler)
+    # Only this handler: a gr2st.cli.main.main() run earlier in this worker may have left
+    # its stderr handler on the logger, which would add warning lines to the output.
+    logger = logging.getLogger("gr2st")
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [handler], True
     try:
         code, output, exc = _invoke(
             "train", "--data", str(root), "--sections", "A1,A2", "--panel",
@@ -91,7 +95,7 @@ def trained_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
             "--out", str(tmp / "bundle"),
         )  # fmt: skip
     finally:
-        logging.getLogger("gr2st").removeHandler(handler)
+        logger.handlers, logger.propagate = saved
     assert code == 0, exc
     return tmp / "bundle", tmp, secs, output, handler.lines
 
