@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,20 @@ import pytest
 
 # ../shared/data/her2st relative to the repository root.
 _DEFAULT_HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
+
+
+@pytest.fixture(autouse=True)
+def _restore_cli_output_setup() -> Iterator[None]:
+    """Undo what a ``gr2st.cli.main.main()`` run sets up for its process.
+
+    ``main()`` gives the ``gr2st`` logger its stderr handler and replaces
+    ``warnings.showwarning``; left in place, they would change what later tests in the same
+    worker see, depending on the order xdist hands tests out.
+    """
+    logger = logging.getLogger("gr2st")
+    saved = logger.handlers[:], logger.level, logger.propagate, warnings.showwarning
+    yield
+    logger.handlers, logger.level, logger.propagate, warnings.showwarning = saved
 
 
 @pytest.fixture(scope="session")
