@@ -82,11 +82,7 @@ def trained_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
     root = write_her2st_layout(secs, tmp / "her2st")
     (tmp / "panel.txt").write_text("\n".join(f"GENE{i:03d}" for i in range(5)) + "\n")
     handler = _Lines()
-    # Only this handler: a gr2st.cli.main.main() run earlier in this worker may have left
-    # its stderr handler on the logger, which would add warning lines to the output.
-    logger = logging.getLogger("gr2st")
-    saved = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [handler], True
+    logging.getLogger("gr2st").addHandler(handler)
     try:
         code, output, exc = _invoke(
             "train", "--data", str(root), "--sections", "A1,A2", "--panel",
@@ -95,7 +91,7 @@ def trained_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
             "--out", str(tmp / "bundle"),
         )  # fmt: skip
     finally:
-        logger.handlers, logger.propagate = saved
+        logging.getLogger("gr2st").removeHandler(handler)
     assert code == 0, exc
     return tmp / "bundle", tmp, secs, output, handler.lines
 

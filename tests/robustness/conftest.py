@@ -3,9 +3,7 @@ stderr), and small inputs made on the fly from the synthetic generator."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +42,12 @@ class Outcome:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Outcome]]:
-    """Run ``gr2st ARGS`` through :func:`gr2st.cli.main.main` (the real error boundary)."""
-    logger = logging.getLogger("gr2st")
-    saved = (logger.handlers[:], logger.level, logger.propagate, warnings.showwarning)
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Outcome]:
+    """Run ``gr2st ARGS`` through :func:`gr2st.cli.main.main` (the real error boundary).
+
+    What ``main()`` sets up for its process is undone after each test by
+    ``tests/conftest.py``.
+    """
 
     def run(*args: str) -> Outcome:
         capsys.readouterr()
@@ -57,8 +57,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Outcome]]:
         lines = [line for line in captured.err.splitlines() if line.strip()]
         return Outcome(code=int(stop.value.code or 0), err=lines, out=captured.out)
 
-    yield run
-    logger.handlers, logger.level, logger.propagate, warnings.showwarning = saved
+    return run
 
 
 def toy_sections(image_dir: Path | None, *, n: int = 3) -> list:
