@@ -349,17 +349,33 @@ def _one_pass(
     )
     parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
     desc = f"{section_label(adata)} {' + '.join(parts)}"
-    with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
+
+    def measure(indices: np.ndarray, batch: np.ndarray) -> None:
+        assert nuclei is not None
+        t0 = time.perf_counter()
+        nuclei.add(indices, batch)
+        times.nuclei_s += time.perf_counter() - t0
+
+    # The nuclei of a batch are measured in a thread while the next batch is encoded: on
+    # a CPU the encoder's threads and the single-threaded measurements then share the
+    # cores instead of taking turns. One batch in flight keeps the order and the memory.
+    with (
+        tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-nuclei") as measuring,
+    ):
+        pending: Future[None] | None = None
         for indices, batch in patches:
+            if nuclei is not None:
+                if pending is not None:
+                    pending.result()
+                pending = measuring.submit(measure, indices, batch)
             if encoder is not None and features is not None:
                 t0 = time.perf_counter()
                 features[indices] = encoder.encode(batch)
                 times.encode_s += time.perf_counter() - t0
-            if nuclei is not None:
-                t0 = time.perf_counter()
-                nuclei.add(indices, batch)
-                times.nuclei_s += time.perf_counter() - t0
             bar.update(len(indices))
+        if pending is not None:
+            pending.result()
     return features
 
 

@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
-from skimage.color import lab2rgb, rgb2lab
+from skimage.color import rgb2lab
 
 from gr2st._registry import Registry
 from gr2st._utils.optional import require
 from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.image.color import lab_to_rgb, rgb_to_lab
 from gr2st.image.slide import Slide, open_slide
 
 ReferenceImage = np.ndarray | Slide | str | Path
@@ -311,7 +312,7 @@ class ReinhardNormalizer(StainNormalizer):
         if batch.size == 0:
             return out
         rgb = batch.astype(np.float32) / 255
-        lab = rgb2lab(rgb, channel_axis=-1)
+        lab = rgb_to_lab(batch)
         weight = tissue_weight(lab[..., 0], tissue_lightness=self.tissue_lightness)
         mass = weight.sum(axis=(1, 2), dtype=np.float64)
         keep = np.flatnonzero(mass >= self.min_tissue * batch.shape[1] * batch.shape[2])
@@ -328,7 +329,7 @@ class ReinhardNormalizer(StainNormalizer):
         # Cap b* where Z would turn negative: skimage would clip it there too, with a warning.
         b_max = 200 * (mapped[..., 0] + 16) / 116
         np.minimum(mapped[..., 2], b_max, out=mapped[..., 2])
-        normed = lab2rgb(mapped, channel_axis=-1)
+        normed = lab_to_rgb(mapped)
         blended = rgb + weight[..., None] * (normed - rgb)
         out[keep] = np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
         return out

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import ndimage
-from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
@@ -40,6 +39,7 @@ from gr2st._constants import (
     UNS,
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.image.color import hsv_saturation
 from gr2st.image.slide import Slide, open_slide
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def detect_tissue(thumbnail: np.ndarray) -> np.ndarray:
     rgb = np.asarray(thumbnail)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise GR2STDataError(f"thumbnail: expected a uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-    saturation = ndimage.uniform_filter(rgb2hsv(rgb)[..., 1], size=3, mode="nearest")
+    saturation = ndimage.uniform_filter(hsv_saturation(rgb), size=3, mode="nearest")
     lo, hi = _SATURATION_BOUNDS
     if float(saturation.max()) - float(saturation.min()) < 1e-6:
         threshold = hi
