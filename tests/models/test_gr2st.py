@@ -125,7 +125,11 @@ def test_untrained_model_does_not_predict(make_sections: Sections) -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [(), ("train.optimizer_per_epoch=false", "train.average_last=2", "train.feature_noise=0.5")],
+    [
+        (),
+        ("train.optimizer_per_epoch=false", "train.average_last=2", "train.feature_noise=0.5"),
+        ("train.mixup=0.4",),
+    ],
 )
 def test_interrupted_training_resumes_to_identical_weights(
     make_sections: Sections, tmp_path: Path, extra: tuple[str, ...]
@@ -311,3 +315,27 @@ def test_training_steps_with_fused_adam_equal_to_the_per_parameter_update(
             # gradient is zero but for rounding, which Adam scales up to ±lr per step.
             continue
         torch.testing.assert_close(wf[key], wp[key], rtol=1e-4, atol=1e-6)
+
+
+def test_mixup_mixes_both_sides_of_a_spot_with_one_weight(make_sections: Sections) -> None:
+    from gr2st.models.gr2st import _ContrastiveTask
+
+    train = make_sections()[:2]
+    task = _ContrastiveTask(_model(train, "train.mixup=0.4"), [])
+    torch.manual_seed(0)
+    feats = torch.randn(64, 5)
+    expression = torch.randn(64, 3)
+    state = torch.get_rng_state()
+    mixed_feats, mixed_expr = task._mix(feats, expression)
+    # Replay the draws: the mix is own·λ + partner·(1-λ), λ ≥ 0.5, for both sides.
+    torch.set_rng_state(state)
+    draw = task.mixing.sample((64, 1))  # type: ignore[union-attr]
+    lam = torch.maximum(draw, 1 - draw)
+    partner = torch.randperm(64)
+    assert (lam >= 0.5).all()
+    assert (lam < 1).all()
+    torch.testing.assert_close(mixed_feats, lam * feats + (1 - lam) * feats[partner])
+    torch.testing.assert_close(mixed_expr, lam * expression + (1 - lam) * expression[partner])
+    # Not a no-op, and no mixing without the option.
+    assert (mixed_feats - feats).abs().max() > 0.1
+    assert _ContrastiveTask(_model(train), []).mixing is None

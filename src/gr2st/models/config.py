@@ -137,6 +137,12 @@ class TrainConfig(Config):
     feature_noise
         Standard deviation, in units of each feature's training-set standard deviation,
         of Gaussian noise added to the image features at every step (0 = none).
+    mixup
+        ``α`` of spot mixup (0 = none): at every step each spot's image features and
+        expression are both replaced by ``λ · own + (1 - λ) · partner's``, the partner a
+        random spot of the same batch and ``λ = max(b, 1 - b)``, ``b ~ Beta(α, α)`` (so the
+        spot stays the larger part); its position and nuclear type, hence the graphs, stay
+        its own. The mixed image/spot pair remains the positive pair of the loss.
     average_last
         Keep the mean of the weights at the end of the last ``average_last`` epochs
         (1 = the last epoch's weights, as the reference).
@@ -160,6 +166,7 @@ class TrainConfig(Config):
     weight_decay: NonNegativeFloat = 1e-3
     optimizer_per_epoch: bool = True
     feature_noise: NonNegativeFloat = 0.0
+    mixup: NonNegativeFloat = 0.0
     average_last: PositiveInt = 1
     precision: Precision = "fp32"
     early_stopping: bool = False

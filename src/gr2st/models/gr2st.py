@@ -152,6 +152,9 @@ class _ContrastiveTask(TrainingTask):
         self.data = data
         self.new_optimizer_each_epoch = cfg.optimizer_per_epoch
         self.noise_scale: Tensor | None = None
+        self.mixing: torch.distributions.Beta | None = None
+        if cfg.mixup > 0:
+            self.mixing = torch.distributions.Beta(cfg.mixup, cfg.mixup)
         if cfg.feature_noise > 0:
             all_features = torch.cat([d["features"] for d in data])
             self.noise_scale = cfg.feature_noise * all_features.std(dim=0, keepdim=True)
@@ -182,12 +185,25 @@ class _ContrastiveTask(TrainingTask):
     def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
         sec, index = batch
         feats = sec["features"][index]
+        expression = sec["expression"][index]
+        if self.mixing is not None:
+            feats, expression = self._mix(feats, expression)
         if self.noise_scale is not None:
             feats = feats + self.noise_scale * torch.randn_like(feats)
-        loss: Tensor = net(
-            feats, sec["expression"][index], sec["positions"][index], sec["types"][index]
-        )
+        loss: Tensor = net(feats, expression, sec["positions"][index], sec["types"][index])
         return loss
+
+    def _mix(self, feats: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
+        """Spot mixup (``train.mixup``): both sides of each spot mixed with one partner."""
+        assert self.mixing is not None
+        n = feats.shape[0]
+        draw = self.mixing.sample((n, 1)).to(device=feats.device, dtype=feats.dtype)
+        lam = torch.maximum(draw, 1 - draw)
+        partner = torch.randperm(n).to(feats.device)
+        return (
+            lam * feats + (1 - lam) * feats[partner],
+            lam * expression + (1 - lam) * expression[partner],
+        )
 
 
 class GR2ST:
