@@ -339,3 +339,51 @@ def test_mixup_mixes_both_sides_of_a_spot_with_one_weight(make_sections: Section
     # Not a no-op, and no mixing without the option.
     assert (mixed_feats - feats).abs().max() > 0.1
     assert _ContrastiveTask(_model(train), []).mixing is None
+
+
+def test_bank_of_image_embeddings_and_the_mixture_of_both(
+    make_sections: Sections, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from gr2st.retrieval import retrieve
+
+    *train, test = make_sections()
+    model = _model(train, "train.epochs=2")
+    model.train(progress=False)
+    values = np.concatenate([np.asarray(a.X) for a in train])
+    groups = np.repeat([0, 1], [a.n_obs for a in train])
+    query = model.embed_images(test)
+
+    def expected(keys: np.ndarray):  # type: ignore[no-untyped-def]
+        return retrieve(query, keys, values, top_k=20, key_groups=groups, n_groups=2)
+
+    def with_bank(bank: str) -> GR2ST:
+        model.config = replace(model.config, predict=replace(model.config.predict, bank=bank))
+        return model
+
+    spots = expected(np.concatenate([model.embed_spots(a) for a in train]))
+    images = expected(np.concatenate([model.embed_images(a) for a in train]))
+    np.testing.assert_allclose(with_bank("spots").predict(test).mean, spots.mean, rtol=1e-5)
+    got = with_bank("images").predict(test)
+    np.testing.assert_allclose(got.mean, images.mean, rtol=1e-5)
+    np.testing.assert_allclose(got.provenance, images.provenance, rtol=1e-5)
+    both = with_bank("both").predict(test)
+    np.testing.assert_allclose(both.mean, (spots.mean + images.mean) / 2, rtol=1e-5, atol=1e-6)
+    # An equal mixture's variance: mean of the variances plus the spread of the means.
+    variance = (spots.std**2 + images.std**2) / 2 + ((spots.mean - images.mean) / 2) ** 2
+    np.testing.assert_allclose(both.std, np.sqrt(variance), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(both.provenance.sum(1), 1.0, rtol=1e-5)
+    assert np.abs(both.mean - spots.mean).max() > 1e-4  # the banks differ
+
+    model.save(tmp_path / "model")
+    loaded = GR2ST.load(tmp_path / "model", device="cpu")
+    assert loaded.config.predict.bank == "both"
+    np.testing.assert_array_equal(loaded.predict(test).mean, both.mean)
+    # A bundle from before the image keys were saved predicts from the spot bank only.
+    assert loaded._bank is not None
+    loaded._bank = replace(loaded._bank, image_keys=None)
+    with pytest.raises(
+        GR2STConfigError, match=r"predict\.bank='both' needs the training spots' image"
+    ):
+        loaded.predict(test)

@@ -11,7 +11,8 @@ A bundle is one folder, written atomically (built next to its final name, then r
 ``weights.safetensors``
     The network's state dict.
 ``bank.safetensors``
-    The reference bank: the training spots' embeddings (``keys``, float32), their
+    The reference bank: the training spots' embeddings (``keys``, float32), their image
+    embeddings (``image_keys``, float32; older bundles lack them), their
     log-normalised panel expression (``panel``, dense float32), their training section
     index (``groups``, int64) and, when saved, their log-normalised expression of every
     gene measured in all training sections (normalised with the panel library size) as
@@ -55,6 +56,8 @@ BANK_FILE = "bank.safetensors"
 BUNDLE_METHODS = ("gr2st",)
 PANEL_BANK = ("keys", "panel", "groups")
 ALL_GENES_BANK = ("all_data", "all_indices", "all_indptr")
+#: The training spots' image embeddings (``predict.bank`` ``images``/``both``).
+IMAGE_KEYS = "image_keys"
 _REQUIRED = (
     "method", "config", "image_dim", "feature_key", "train_sections", "genes", "bank",
     "files", "fingerprint",
@@ -211,6 +214,8 @@ def read_bundle(
             )
     bank = _load_tensors(folder / BANK_FILE)
     expected_tensors = PANEL_BANK + (ALL_GENES_BANK if meta["genes"]["all"] else ())
+    if meta["bank"].get("image_keys"):
+        expected_tensors += (IMAGE_KEYS,)
     missing = [k for k in expected_tensors if k not in bank]
     if missing:
         raise GR2STDataError(f"{folder / BANK_FILE}: missing tensor(s) {missing}")
@@ -220,6 +225,8 @@ def read_bundle(
         "panel": (n_spots, len(meta["genes"]["panel"])),
         "groups": (n_spots,),
     }
+    if meta["bank"].get("image_keys"):
+        shapes[IMAGE_KEYS] = shapes["keys"]
     if meta["genes"]["all"]:
         shapes["all_indptr"] = (n_spots + 1,)
     for name, shape in shapes.items():

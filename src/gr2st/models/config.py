@@ -32,6 +32,7 @@ Rounding = Literal["floor", "round"]
 GATImplName = Literal["auto", "dense", "sparse", "pyg"]
 KnnTies = Literal["index", "cdist"]
 Distance = Literal["l1", "l2"]
+BankKeys = Literal["spots", "images", "both"]
 
 
 @dataclass(frozen=True)
@@ -192,10 +193,16 @@ class PredictConfig(Config):
     distance
         Distance behind the weights ``∝ 1/distance²`` of the retrieved spots: ``l1``
         (the published HER2ST evaluation) or ``l2`` (the published cSCC evaluation).
+    bank
+        What a query's image embedding is compared with: ``spots``, the training spots'
+        spot embeddings (the published rule); ``images``, the training spots' own image
+        embeddings (the same learned image space on both sides); or ``both``, the two
+        retrievals averaged with equal weight (their mixture's spread as uncertainty).
     """
 
     top_k: PositiveInt = 200
     distance: Distance = "l1"
+    bank: BankKeys = "spots"
 
 
 @dataclass(frozen=True)

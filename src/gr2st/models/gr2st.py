@@ -40,7 +40,7 @@ from gr2st.models.bundle import (
 )
 from gr2st.models.config import GR2STConfig, get_profile
 from gr2st.models.module import GR2STModule
-from gr2st.retrieval import retrieve
+from gr2st.retrieval import RetrievalResult, retrieve
 from gr2st.sections import SectionArrays, dense, features, section_arrays, section_name
 from gr2st.training import (
     DEFAULT_CHECKPOINT_SECONDS,
@@ -94,6 +94,9 @@ class _Bank:
     groups: Tensor
     all_genes: list[str]
     all_values: sp.csr_matrix | None
+    #: The training spots' image embeddings (``predict.bank`` ``images``/``both``); None
+    #: in bundles written before they were saved.
+    image_keys: Tensor | None = None
 
 
 @dataclass
@@ -575,12 +578,16 @@ class GR2ST:
         groups = [
             torch.full((a.n_spots,), i, dtype=torch.long) for i, a in enumerate(self._train_data)
         ]
+        images = [
+            self._image_embeddings(torch.from_numpy(a.features)).cpu() for a in self._train_data
+        ]
         return _Bank(
             keys=torch.cat(keys),
             panel=torch.from_numpy(np.concatenate([a.expression for a in self._train_data])),
             groups=torch.cat(groups),
             all_genes=[],
             all_values=None,
+            image_keys=torch.cat(images),
         )
 
     # ------------------------------------------------------------------ prediction
@@ -658,22 +665,35 @@ class GR2ST:
         bank = self._require_bank("predict")
         k = min(self.config.predict.top_k if top_k is None else top_k, int(bank.keys.shape[0]))
         chunk = max(1, min(128, _RETRIEVAL_CHUNK_BYTES // (4 * k * max(1, len(genes)))))
-        res = retrieve(
-            embeddings,
-            bank.keys,
-            values,
-            top_k=k,
-            chunk_size=chunk,
-            key_groups=bank.groups,
-            n_groups=len(self._train_sections),
-            device=self.device,
-            distance=self.config.predict.distance,
-        )
-        assert res.provenance is not None
+        mode = self.config.predict.bank
+        key_sets = [bank.keys] if mode in ("spots", "both") else []
+        if mode in ("images", "both"):
+            if bank.image_keys is None:
+                raise GR2STConfigError(
+                    f"predict.bank={mode!r} needs the training spots' image embeddings, which "
+                    f"{self.path or 'this model'} does not hold (a bundle written by an older "
+                    "gr2st); use predict.bank='spots'"
+                )
+            key_sets.append(bank.image_keys)
+        results = [
+            retrieve(
+                embeddings,
+                keys,
+                values,
+                top_k=k,
+                chunk_size=chunk,
+                key_groups=bank.groups,
+                n_groups=len(self._train_sections),
+                device=self.device,
+                distance=self.config.predict.distance,
+            )
+            for keys in key_sets
+        ]
+        mean, std, provenance = _mixture(results)
         return Prediction(
-            mean=res.mean,
-            std=res.std,
-            provenance=res.provenance,
+            mean=mean,
+            std=std,
+            provenance=provenance,
             var_names=list(genes),
             obs_names=[str(o) for o in obs_names],
             train_sections=self.train_section_names,
@@ -793,6 +813,8 @@ class GR2ST:
         """
         bank = self._require_bank("save")
         tensors = {"keys": bank.keys, "panel": bank.panel, "groups": bank.groups}
+        if bank.image_keys is not None:
+            tensors["image_keys"] = bank.image_keys
         all_names: list[str] = []
         nnz = 0
         matrix: sp.csr_matrix | None = bank.all_values
@@ -819,6 +841,7 @@ class GR2ST:
             "bank": {
                 "n_spots": int(bank.keys.shape[0]),
                 "embedding_dim": int(bank.keys.shape[1]),
+                "image_keys": bank.image_keys is not None,
                 "panel_values": "dense float32",
                 "all_values": "CSR float32" if all_names else None,
                 "all_nnz": nnz,
@@ -885,10 +908,42 @@ class GR2ST:
             groups=bank["groups"],
             all_genes=all_genes,
             all_values=all_values,
+            image_keys=bank.get("image_keys"),
         )
         model.meta = meta
         model.path = folder
         return model
+
+
+def _mixture(results: Sequence[RetrievalResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, spread and provenance of an equal-weight mixture of retrievals.
+
+    Examples
+    --------
+    >>> from gr2st.retrieval import RetrievalResult
+    >>> a = RetrievalResult(mean=np.array([[0.0]]), std=np.array([[1.0]]),
+    ...                     provenance=np.array([[1.0, 0.0]]))
+    >>> b = RetrievalResult(mean=np.array([[2.0]]), std=np.array([[1.0]]),
+    ...                     provenance=np.array([[0.0, 1.0]]))
+    >>> [x.tolist() for x in _mixture([a, b])]
+    [[[1.0]], [[1.4142135623730951]], [[0.5, 0.5]]]
+    """
+    for res in results:
+        assert res.provenance is not None
+    if len(results) == 1:
+        only = results[0]
+        assert only.provenance is not None
+        return only.mean, only.std, only.provenance
+    means = np.stack([r.mean for r in results])
+    mean = means.mean(axis=0)
+    # Law of total variance: within-retrieval variance plus the spread of their means.
+    second = np.stack([r.std**2 for r in results]).mean(axis=0) + ((means - mean) ** 2).mean(0)
+    provenance = np.stack([r.provenance for r in results if r.provenance is not None]).mean(0)
+    return (
+        mean.astype(results[0].mean.dtype),
+        np.sqrt(second).astype(results[0].std.dtype),
+        provenance,
+    )
 
 
 def _named(adata: AnnData, name: str) -> AnnData:
