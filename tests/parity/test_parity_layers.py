@@ -17,7 +17,13 @@ from torch_geometric.nn import GATConv, SAGEConv
 
 from gr2st.methods.hggep import CrossDifferenceConv
 from gr2st.methods.histogene import HisToGeneConfig, HisToGeneNet
-from gr2st.methods.thitogene import DynamicConv2d, SelfAttentionRouting, neighbour_graph, squash
+from gr2st.methods.thitogene import (
+    DynamicConv2d,
+    SelfAttentionRouting,
+    neighbour_graph,
+    receiver_normalised_gat,
+    squash,
+)
 from gr2st.models.layers import CrossAttention, DecoderBlock, TransformerBlock
 
 
@@ -122,6 +128,37 @@ def test_four_spot_graph_attention_by_hand():
     w = gat.lin.weight.T
     expected = _dense_gat(x, w, gat.att_dst[0, 0], gat.att_src[0, 0], adjacency, 0.01)
     torch.testing.assert_close(gat(x, edges), expected)
+
+
+def test_four_spot_receiver_normalised_attention_by_hand():
+    """THItoGene's published training: each sender's weights sum to one over its listeners."""
+    torch.manual_seed(4)
+    positions = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 5]])
+    edges = neighbour_graph(positions, k=2)  # nobody listens to spot 3 (see above)
+    listens = torch.zeros(4, 4, dtype=torch.bool)
+    listens[edges[1], edges[0]] = True
+    gat = GATConv(3, 2, heads=2, add_self_loops=False, bias=False, negative_slope=0.01).eval()
+    x = torch.randn(4, 3)
+    heads = []
+    for h in range(2):
+        w = gat.lin.weight[2 * h : 2 * h + 2].T
+        wx = x @ w
+        a_dst, a_src = gat.att_dst[0, h], gat.att_src[0, h]
+        alpha = torch.zeros(4, 4)
+        for j in range(4):
+            listeners = [i for i in range(4) if listens[i, j]]
+            if not listeners:  # the published -9e15 mask: a uniform column
+                alpha[:, j] = 1 / 4
+                continue
+            logit = {i: F.leaky_relu(a_dst @ wx[i] + a_src @ wx[j], 0.01) for i in listeners}
+            total = sum(math.exp(v) for v in logit.values())
+            for i in listeners:
+                alpha[i, j] = math.exp(logit[i]) / total
+        heads.append(torch.stack([sum(alpha[i, j] * wx[j] for j in range(4)) for i in range(4)]))
+    expected = torch.cat(heads, dim=1)
+    torch.testing.assert_close(receiver_normalised_gat(gat, x, listens), expected)
+    # Columns, not rows, sum to one: unlike GAT's usual normalisation.
+    assert not torch.allclose(receiver_normalised_gat(gat, x, listens), gat(x, edges))
 
 
 def test_hist2st_mean_aggregation_excludes_the_spot_itself():

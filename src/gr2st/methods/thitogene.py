@@ -37,6 +37,16 @@ Deliberate choices and quirks:
   Glorot instead of Xavier with gain 1.414). The kNN graph breaks distance ties by
   the lower spot index (:func:`~gr2st.graph.spatial_knn_graph`) where the published
   ``argsort`` is unspecified.
+- **quirk (kept in ``paper``):** the published ``train.py`` and ``predict.py`` hand the
+  adjacency through a ``DataLoader(batch_size=1)``, so pyGAT's layer, written for an
+  ``(n, n)`` matrix, gets ``(1, n, n)``: its ``softmax(dim=1)`` then normalises each
+  spot's attention weights over the spots that listen to it instead of over the spots
+  it listens to, and a spot that is nobody's neighbour sends ``1/n`` of its message to
+  every spot (the ``-9e15`` mask makes its column uniform). ``paper`` reproduces this
+  (``gat_normalise="receivers"``, :func:`receiver_normalised_gat`, equal to the
+  published layer fed ``(1, n, n)`` to 2.4e-7 on C2, docs/parity.md); ``default`` uses
+  the usual normalisation over each spot's neighbours (``"neighbours"``: PyG's
+  ``GATConv``).
 - **quirk:** without self-loops, a spot's GAT output mixes its 4 neighbours' messages
   only; its own token merely weights that mix (through the attention logits), so
   what the image shows at the spot reaches its prediction only through the ViT's
@@ -79,7 +89,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +136,13 @@ class THItoGeneConfig(PixelConfig):
     gat_heads, gat_hidden, gat_out, gat_slope
         GAT heads and per-head width of its first layer, width of its second,
         LeakyReLU slope of the attention logits.
+    gat_normalise
+        Over what a GAT attention coefficient is normalised: ``neighbours`` (the usual
+        GAT: each spot's weights over the spots it listens to sum to one) or
+        ``receivers`` (what the published training computes: its ``DataLoader`` hands
+        the ``(1, n, n)`` adjacency to a layer written for ``(n, n)``, whose
+        ``softmax(dim=1)`` then normalises each spot's weights over the spots that
+        listen to it, and spreads a spot nobody listens to evenly over all spots).
     head_hidden
         Hidden width of the gene head.
     neighbours
@@ -150,6 +167,7 @@ class THItoGeneConfig(PixelConfig):
     gat_hidden: PositiveInt = 1024
     gat_out: PositiveInt = 512
     gat_slope: NonNegativeFloat = 0.01
+    gat_normalise: Literal["neighbours", "receivers"] = "receivers"
     head_hidden: PositiveInt = 1024
     neighbours: PositiveInt = 4
 
@@ -177,6 +195,7 @@ PROFILES: dict[str, THItoGeneConfig] = {
         heads=8,
         mlp_dim=1024,
         gat_hidden=256,
+        gat_normalise="neighbours",
     ),
 }
 
@@ -453,6 +472,7 @@ class THItoGeneNet(nn.Module):
             )
         self.neighbours = cfg.neighbours
         self.dropout = cfg.dropout
+        self.gat_normalise = cfg.gat_normalise
         self.dynamic = DynamicConv2d(
             3,
             cfg.dynamic_channels,
@@ -508,9 +528,47 @@ class THItoGeneNet(nn.Module):
         p, training = self.dropout, self.training
         h = self.transformer(F.dropout(self.tokens(patches, positions), p, training))
         edges = neighbour_graph(positions, k=self.neighbours)
-        h = F.elu(self.gat_hidden(F.dropout(h, p, training), edges))
-        h = F.elu(self.gat_out(F.dropout(h, p, training), edges))
+        if self.gat_normalise == "receivers":
+            listens = torch.zeros((len(h), len(h)), dtype=torch.bool, device=h.device)
+            listens[edges[1], edges[0]] = True
+            h = F.elu(receiver_normalised_gat(self.gat_hidden, F.dropout(h, p, training), listens))
+            h = F.elu(receiver_normalised_gat(self.gat_out, F.dropout(h, p, training), listens))
+        else:
+            h = F.elu(self.gat_hidden(F.dropout(h, p, training), edges))
+            h = F.elu(self.gat_out(F.dropout(h, p, training), edges))
         return self.head(h)
+
+
+#: The published layer's stand-in for -inf on non-edges (its softmax over a column of
+#: non-edges only is then uniform, not undefined).
+_NON_EDGE = -9e15
+
+
+def receiver_normalised_gat(conv: GATConv, x: Tensor, listens: Tensor) -> Tensor:
+    """A ``GATConv``'s weights applied as the published THItoGene training applies its GAT.
+
+    Logits as in GAT, ``e_ij = LeakyReLU(a_dst · W x_i + a_src · W x_j)`` for spot ``i``
+    listening to spot ``j`` (``listens[i, j]``), but softmax-normalised over ``i`` for
+    each ``j`` (non-edges at -9e15, see ``gat_normalise``); ``out_i = Σ_j α_ij W x_j``,
+    heads concatenated or averaged like the layer's own, attention dropout from it.
+
+    Examples
+    --------
+    >>> conv = GATConv(3, 2, heads=1, add_self_loops=False, bias=False)
+    >>> listens = torch.tensor([[False, True], [False, True]])  # both listen to spot 1
+    >>> out = receiver_normalised_gat(conv.eval(), torch.randn(2, 3), listens)
+    >>> out.shape  # spot 1's message splits over its two listeners; spot 0's over all
+    torch.Size([2, 2])
+    """
+    heads, width = conv.heads, conv.out_channels
+    wx = conv.lin(x).view(-1, heads, width)
+    to_dst = (wx * conv.att_dst).sum(-1)
+    from_src = (wx * conv.att_src).sum(-1)
+    logits = F.leaky_relu(to_dst[:, None, :] + from_src[None, :, :], conv.negative_slope)
+    logits = logits.masked_fill(~listens[..., None], _NON_EDGE)
+    alpha = F.dropout(torch.softmax(logits, dim=0), conv.dropout, conv.training)
+    out = torch.einsum("ijh,jhc->ihc", alpha, wx)
+    return out.flatten(1) if conv.concat else out.mean(1)
 
 
 # ---------------------------------------------------------------------- method
