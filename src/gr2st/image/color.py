@@ -46,15 +46,18 @@ _LINEAR = _linear_table()
 _SCALED = img_as_float64(np.arange(256, dtype=np.uint8))
 
 
-def _check_uint8_rgb(rgb: np.ndarray, name: str) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim < 2 or rgb.shape[-1] != 3:
-        raise ValueError(f"{name}: expected uint8 RGB (..., 3), got {rgb.dtype} {rgb.shape}")
-    return rgb
+def _check_pixels(array: np.ndarray, dtype: type, name: str, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype != dtype or array.ndim < 2 or array.shape[-1] != 3:
+        raise ValueError(f"{name}: expected {what} (..., 3), got {array.dtype} {array.shape}")
+    return array
 
 
-def _blocks(n_rows: int) -> range:
-    return range(0, n_rows, _BLOCK_ROWS)
+def _row_blocks(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[slice]]:
+    """``pixels`` as rows ``(R, W, 3)``, a float32 output of that shape, and row blocks."""
+    rows = pixels.reshape(-1, *pixels.shape[-2:])
+    blocks = [slice(s, s + _BLOCK_ROWS) for s in range(0, len(rows), _BLOCK_ROWS)]
+    return rows, np.empty(rows.shape, np.float32), blocks
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -77,11 +80,9 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     >>> rgb_to_lab(np.array([[[255, 255, 255], [0, 0, 0]]], np.uint8)).round(2).tolist()
     [[[100.0, -0.0, 0.0], [0.0, 0.0, 0.0]]]
     """
-    rgb = _check_uint8_rgb(rgb, "rgb_to_lab")
-    rows = rgb.reshape(-1, *rgb.shape[-2:])
-    out = np.empty(rows.shape, np.float32)
-    for start in _blocks(len(rows)):
-        block = slice(start, start + _BLOCK_ROWS)
+    rgb = _check_pixels(rgb, np.uint8, "rgb_to_lab", "uint8 RGB")
+    rows, out, blocks = _row_blocks(rgb)
+    for block in blocks:
         xyz = _LINEAR[rows[block]] @ _XYZ_FROM_RGB
         xyz /= _WHITE32
         low = xyz <= 0.008856
@@ -119,18 +120,15 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     >>> lab_to_rgb(np.array([[[100.0, 0.0, 0.0]]], np.float32)).round(3).tolist()
     [[[1.0, 1.0, 1.0]]]
     """
-    lab = np.asarray(lab)
-    if lab.dtype != np.float32 or lab.ndim < 2 or lab.shape[-1] != 3:
-        raise ValueError(f"lab_to_rgb: expected float32 LAB (..., 3), got {lab.dtype} {lab.shape}")
-    rows = lab.reshape(-1, *lab.shape[-2:])
-    out = np.empty(rows.shape, np.float32)
-    for start in _blocks(len(rows)):
-        block = rows[start : start + _BLOCK_ROWS]
-        f = np.empty(block.shape, np.float32)
-        y = (block[..., 0] + 16.0) / 116.0
-        np.add(block[..., 1] / 500.0, y, out=f[..., 0])
+    lab = _check_pixels(lab, np.float32, "lab_to_rgb", "float32 LAB")
+    rows, out, blocks = _row_blocks(lab)
+    for block in blocks:
+        values = rows[block]
+        f = np.empty(values.shape, np.float32)
+        y = (values[..., 0] + 16.0) / 116.0
+        np.add(values[..., 1] / 500.0, y, out=f[..., 0])
         f[..., 1] = y
-        np.subtract(y, block[..., 2] / 200.0, out=f[..., 2])
+        np.subtract(y, values[..., 2] / 200.0, out=f[..., 2])
         np.maximum(f[..., 2], 0, out=f[..., 2], where=f[..., 2] < 0)
         low = f <= 0.2068966
         xyz = np.power(f, 3.0)
@@ -144,7 +142,7 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
         srgb *= 1.055
         srgb -= 0.055
         srgb[low] = linear[low] * 12.92
-        np.clip(srgb, 0, 1, out=out[start : start + _BLOCK_ROWS])
+        np.clip(srgb, 0, 1, out=out[block])
     return out.reshape(lab.shape)
 
 
@@ -158,7 +156,7 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     >>> hsv_saturation(np.array([[[200, 100, 100], [0, 0, 0]]], np.uint8)).tolist()
     [[0.5, 0.0]]
     """
-    rgb = _check_uint8_rgb(rgb, "hsv_saturation")
+    rgb = _check_pixels(rgb, np.uint8, "hsv_saturation", "uint8 RGB")
     value = _SCALED[rgb.max(axis=-1)]
     delta = value - _SCALED[rgb.min(axis=-1)]
     saturation = np.zeros(delta.shape, np.float64)

@@ -213,8 +213,9 @@ def read_bundle(
                 "or was replaced"
             )
     bank = _load_tensors(folder / BANK_FILE)
+    has_image_keys = bool(meta["bank"].get(IMAGE_KEYS))
     expected_tensors = PANEL_BANK + (ALL_GENES_BANK if meta["genes"]["all"] else ())
-    if meta["bank"].get("image_keys"):
+    if has_image_keys:
         expected_tensors += (IMAGE_KEYS,)
     missing = [k for k in expected_tensors if k not in bank]
     if missing:
@@ -225,7 +226,7 @@ def read_bundle(
         "panel": (n_spots, len(meta["genes"]["panel"])),
         "groups": (n_spots,),
     }
-    if meta["bank"].get("image_keys"):
+    if has_image_keys:
         shapes[IMAGE_KEYS] = shapes["keys"]
     if meta["genes"]["all"]:
         shapes["all_indptr"] = (n_spots + 1,)

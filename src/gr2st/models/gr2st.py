@@ -34,6 +34,7 @@ from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.models.bundle import (
     ALL_GENES_BANK,
+    IMAGE_KEYS,
     ImageSettings,
     read_bundle,
     write_bundle,
@@ -814,7 +815,7 @@ class GR2ST:
         bank = self._require_bank("save")
         tensors = {"keys": bank.keys, "panel": bank.panel, "groups": bank.groups}
         if bank.image_keys is not None:
-            tensors["image_keys"] = bank.image_keys
+            tensors[IMAGE_KEYS] = bank.image_keys
         all_names: list[str] = []
         nnz = 0
         matrix: sp.csr_matrix | None = bank.all_values
@@ -841,7 +842,7 @@ class GR2ST:
             "bank": {
                 "n_spots": int(bank.keys.shape[0]),
                 "embedding_dim": int(bank.keys.shape[1]),
-                "image_keys": bank.image_keys is not None,
+                IMAGE_KEYS: bank.image_keys is not None,
                 "panel_values": "dense float32",
                 "all_values": "CSR float32" if all_names else None,
                 "all_nnz": nnz,
@@ -908,7 +909,7 @@ class GR2ST:
             groups=bank["groups"],
             all_genes=all_genes,
             all_values=all_values,
-            image_keys=bank.get("image_keys"),
+            image_keys=bank.get(IMAGE_KEYS),
         )
         model.meta = meta
         model.path = folder
@@ -928,21 +929,20 @@ def _mixture(results: Sequence[RetrievalResult]) -> tuple[np.ndarray, np.ndarray
     >>> [x.tolist() for x in _mixture([a, b])]
     [[[1.0]], [[1.4142135623730951]], [[0.5, 0.5]]]
     """
+    provenances = []
     for res in results:
         assert res.provenance is not None
+        provenances.append(res.provenance)
     if len(results) == 1:
-        only = results[0]
-        assert only.provenance is not None
-        return only.mean, only.std, only.provenance
+        return results[0].mean, results[0].std, provenances[0]
     means = np.stack([r.mean for r in results])
     mean = means.mean(axis=0)
     # Law of total variance: within-retrieval variance plus the spread of their means.
     second = np.stack([r.std**2 for r in results]).mean(axis=0) + ((means - mean) ** 2).mean(0)
-    provenance = np.stack([r.provenance for r in results if r.provenance is not None]).mean(0)
     return (
         mean.astype(results[0].mean.dtype),
         np.sqrt(second).astype(results[0].std.dtype),
-        provenance,
+        np.stack(provenances).mean(0),
     )
 
 
