@@ -139,3 +139,55 @@ def test_run_benchmark_rejects_an_unknown_selection(
 ) -> None:
     with pytest.raises(GR2STConfigError, match="select: expected one of"):
         _run(sections, tmp_path / "out", methods=["knn"], select="outer")
+
+
+def test_prediction_only_candidates_share_one_fit_per_inner_fold(
+    sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gr2st = METHODS.get("gr2st")
+    fits: list[tuple[str, ...]] = []
+    fit = gr2st.fit
+
+    def counted(self: Any, train: Any, **kwargs: Any) -> None:
+        fits.append(tuple(self.overrides))
+        fit(self, train, **kwargs)
+
+    monkeypatch.setattr(gr2st, "fit", counted)
+    grid = parse_grid(["gr2st:predict.top_k=3,40", "gr2st:predict.bank=spots,both"], ["gr2st"])
+    options: dict[str, Any] = {
+        "methods": ["gr2st"],
+        "grid": grid,
+        "select": "inner",
+        "inner_folds": 1,
+        "overrides": ["gr2st:train.epochs=2", "gr2st:model.proj_dim=16", "gr2st:model.heads=2"],
+    }
+    shared = _run(sections, tmp_path / "shared", **options)
+    # Three outer folds: one inner fit (four candidates) and one outer fit each.
+    assert len(fits) == 6
+    fits.clear()
+    monkeypatch.setattr(gr2st, "prediction_fields", ())
+    refit = _run(sections, tmp_path / "refit", **options)
+    assert len(fits) == 3 * (4 + 1)
+    for fold in ("S0", "S1", "S2"):
+        a = shared["methods"]["gr2st"]["folds"][fold]["selection"]
+        b = refit["methods"]["gr2st"]["folds"][fold]["selection"]
+        assert a["inner_mean_pcc"] == pytest.approx(b["inner_mean_pcc"], abs=1e-6)
+        assert len(set(a["inner_mean_pcc"].values())) > 1
+        assert a["chosen"] == b["chosen"]
+
+
+def test_a_fitted_method_switches_only_its_prediction_settings() -> None:
+    gr2st = METHODS.get("gr2st")
+    base = gr2st(feature_key=FEATURES, overrides=["predict.top_k=5"])
+    other = gr2st(feature_key=FEATURES, overrides=["predict.top_k=9", "predict.bank=images"])
+    base.use_prediction_settings(other)
+    assert (base.config.predict.top_k, base.config.predict.bank) == (9, "images")
+    with pytest.raises(GR2STConfigError, match="only its prediction settings \\(predict\\)"):
+        base.use_prediction_settings(gr2st(feature_key=FEATURES, overrides=["train.epochs=3"]))
+    # Early stopping validates with the prediction settings, so they become fit settings.
+    stopping = gr2st(feature_key=FEATURES, overrides=["train.early_stopping=true"])
+    assert "predict" in stopping.fit_settings()
+    with pytest.raises(GR2STConfigError, match="refit"):
+        stopping.use_prediction_settings(
+            gr2st(feature_key=FEATURES, overrides=["train.early_stopping=true", "predict.top_k=9"])
+        )

@@ -481,8 +481,11 @@ def _select(
     if select == "none" or len(choices) == 1:
         return Selection(choice=choices[0], scores={}, inner_folds=[])
 
+    # Candidates that differ only in prediction settings share one fit per inner fold.
+    fitted: dict[str, Method[Any]] = {}
+    fitted_on: list[str] = []
+
     def fit_predict(extra: tuple[str, ...], inner: list[AnnData], test: AnnData) -> np.ndarray:
-        seed_everything(seed)
         method = cls(
             feature_key=feature_key,
             profile=profile,
@@ -492,7 +495,18 @@ def _select(
             progress=False,
             checkpoint_every=checkpoint_every,
         )
-        method.fit(inner)
+        inner_names = [section_name(a) for a in inner]
+        if inner_names != fitted_on:
+            fitted.clear()
+            fitted_on[:] = inner_names
+        key = json.dumps(method.fit_settings(), sort_keys=True)
+        if key in fitted:
+            fitted[key].use_prediction_settings(method)
+            method = fitted[key]
+        else:
+            seed_everything(seed)
+            method.fit(inner)
+            fitted[key] = method
         return method.predict(test if cls.is_ceiling else _blind(test))
 
     return select_inner(choices, train, fit_predict=fit_predict, max_folds=inner_folds)

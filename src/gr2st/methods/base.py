@@ -86,6 +86,9 @@ class Method(ABC, Generic[C]):
     profile_aliases: ClassVar[Mapping[str, str]] = {}
     #: Dataset → the variant of the ``paper`` profile its published evaluation used.
     dataset_profiles: ClassVar[Mapping[str, str]] = {}
+    #: Top-level config fields that change only what a fitted method predicts: inner
+    #: selection fits once per setting of the others and switches these on the fit.
+    prediction_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def profile_for(cls, profile: str | None, dataset: str) -> str | None:
@@ -151,6 +154,30 @@ class Method(ABC, Generic[C]):
     def describe(self) -> dict[str, Any]:
         """Settings to record in ``results.json`` (profile and resolved config)."""
         return {"profile": self.profile, **config_to_dict(self.config)}
+
+    def fit_settings(self) -> dict[str, Any]:
+        """The resolved settings a fit depends on: the config less :attr:`prediction_fields`.
+
+        Examples
+        --------
+        >>> m = METHODS.get("gr2st")(feature_key="X_f", overrides=["predict.top_k=50"])
+        >>> "predict" in m.fit_settings(), m.fit_settings()["train"]["epochs"] > 0
+        (False, True)
+        """
+        settings = config_to_dict(self.config)
+        for name in self.prediction_fields:
+            settings.pop(name, None)
+        return settings
+
+    def use_prediction_settings(self, other: Method[C]) -> None:
+        """Predict from now on with ``other``'s config, which may differ from this fitted
+        method's only in :attr:`prediction_fields` (else a one-line error)."""
+        if type(other) is not type(self) or other.fit_settings() != self.fit_settings():
+            raise GR2STConfigError(
+                f"{self.name}: a fitted method can switch only its prediction settings "
+                f"({', '.join(self.prediction_fields) or 'none'}); refit for the others"
+            )
+        self.config = other.config
 
     def train_network(
         self,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from gr2st.config import config_to_dict
 from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.models import GR2ST, GR2STConfig, Prediction
@@ -46,6 +47,7 @@ class GR2STMethod(Method[GR2STConfig]):
     profiles = PROFILES
     profile_aliases = PROFILE_ALIASES
     dataset_profiles = DATASET_PROFILES
+    prediction_fields = ("predict",)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -80,6 +82,18 @@ class GR2STMethod(Method[GR2STConfig]):
             self.models.append(model)
         stats = [m.training_stats for m in self.models if m.training_stats is not None]
         self.training_stats = sum(stats[1:], stats[0]) if stats else None
+
+    def fit_settings(self) -> dict[str, Any]:
+        settings = super().fit_settings()
+        if self.config.train.early_stopping:
+            # The validation that picks the epochs retrieves with the prediction settings.
+            settings["predict"] = config_to_dict(self.config.predict)
+        return settings
+
+    def use_prediction_settings(self, other: Method[GR2STConfig]) -> None:
+        super().use_prediction_settings(other)
+        for model in self.models:
+            model.config = replace(model.config, predict=self.config.predict)
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
