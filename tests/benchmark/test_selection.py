@@ -12,13 +12,7 @@ from anndata import AnnData
 
 from gr2st._constants import feature_key
 from gr2st.benchmark import run_benchmark
-from gr2st.benchmark.selection import (
-    Choice,
-    parse_grid,
-    select_inner,
-    spatial_halves,
-    spot_coordinates,
-)
+from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coordinates
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import prepare_section
@@ -137,36 +131,7 @@ def test_select_inner_without_candidates_or_inner_folds_keeps_the_first() -> Non
 
     choices = [Choice(), Choice(smooth=SmoothConfig(weight=0.5))]
     assert select_inner(choices[:1], [AnnData(), AnnData()], fit_predict=never).choice == choices[0]
-    assert select_inner(choices, [], fit_predict=never).choice == choices[0]
-
-
-def test_a_single_training_section_is_validated_on_its_spatial_halves(
-    sections: list[AnnData],
-) -> None:
-    genes = list(sections[0].var_names)
-    only = prepare_section(sections[0], genes=genes)
-    seen: list[tuple[list[str], str]] = []
-
-    def fit_predict(overrides: Any, inner: list[AnnData], test: AnnData) -> np.ndarray:
-        seen.append(
-            ([str(a.obs["section"].iloc[0]) for a in inner], str(test.obs["section"].iloc[0]))
-        )
-        (train,) = inner
-        assert not set(train.obs_names) & set(test.obs_names)
-        assert train.n_obs + test.n_obs == only.n_obs
-        return np.tile(np.asarray(train.X).mean(0), (test.n_obs, 1))
-
-    choices = parse_grid(["smooth.weight=0,0.75"], ["mean"])["mean"]
-    sel = select_inner(choices, [only], fit_predict=fit_predict)
-    assert sel.inner_folds == ["S0/1", "S0/2"]
-    assert seen == [(["S0/2"], "S0/1"), (["S0/1"], "S0/2")]
-    # The halves are the two sides of the longer axis' median.
-    coords = spot_coordinates(only)
-    axis = int(np.argmax(np.ptp(coords, axis=0)))
-    first, second = spatial_halves(only)
-    assert spot_coordinates(first)[:, axis].max() <= spot_coordinates(second)[:, axis].min()
-    assert abs(first.n_obs - second.n_obs) <= 1
-    assert set(sel.scores) == {c.label for c in choices}
+    assert select_inner(choices, [AnnData()], fit_predict=never).choice == choices[0]
 
 
 def test_run_benchmark_rejects_an_unknown_selection(

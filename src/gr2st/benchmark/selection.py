@@ -7,10 +7,6 @@ the best mean per-gene Pearson r over an inner leave-one-section-out on its *tra
 sections only. The held-out section is never seen; the chosen values are recorded per
 fold in ``results.json``.
 
-A fold with a single training section (e.g. one patient's only section) has no other
-section to validate on; its inner folds are then the section's two spatial halves
-(:func:`spatial_halves`), each predicted by a fit on the other.
-
 Without ``--select inner`` the first value of every grid key is used (so a one-value grid
 is simply a fixed setting, e.g. ``--grid smooth.weight=0.5``).
 """
@@ -26,7 +22,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from gr2st._constants import SECTION, SPATIAL
+from gr2st._constants import SPATIAL
 from gr2st.config import apply_overrides, split_override
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
@@ -126,31 +122,6 @@ def smoothed(pred: np.ndarray, test: AnnData, choice: Choice) -> np.ndarray:
     return smooth_predictions(pred, spot_coordinates(test), choice.smooth)
 
 
-def spatial_halves(adata: AnnData) -> list[AnnData]:
-    """``adata`` cut at the median of its longer spatial axis into two sections of (nearly)
-    equal size, named ``<section>/1`` and ``<section>/2``.
-
-    Examples
-    --------
-    >>> from gr2st.datasets import synthetic
-    >>> halves = spatial_halves(synthetic(n_sections=1, n_genes=3, grid=(4, 6))[0])
-    >>> [(section_name(h), h.n_obs) for h in halves]
-    [('S0/1', 12), ('S0/2', 12)]
-    """
-    coords = spot_coordinates(adata)
-    axis = int(np.argmax(np.ptp(coords, axis=0)))
-    # Stable ranks, so ties on the cut line split by spot order, not arbitrarily.
-    first = np.zeros(adata.n_obs, dtype=bool)
-    first[np.argsort(coords[:, axis], kind="stable")[: adata.n_obs // 2]] = True
-    name = section_name(adata)
-    halves = []
-    for i, mask in enumerate((first, ~first), start=1):
-        half = adata[mask].copy()
-        half.obs[SECTION] = f"{name}/{i}"
-        halves.append(half)
-    return halves
-
-
 @dataclass
 class Selection:
     """The outcome of an inner cross-validation.
@@ -189,10 +160,10 @@ def select_inner(
     Parameters
     ----------
     choices
-        Candidates; on a tie the first wins.
+        Candidates; on a tie (or when no inner fold is possible, with one training
+        section) the first wins.
     train
-        The outer fold's training sections (prepared, with expression); a single
-        section is validated on its two spatial halves (:func:`spatial_halves`).
+        The outer fold's training sections (prepared, with expression).
     fit_predict
         ``fit_predict(overrides, inner_train, inner_test) -> predictions``: fits the
         method with ``overrides`` on ``inner_train`` and predicts ``inner_test`` (which
@@ -215,10 +186,8 @@ def select_inner(
     >>> sel.choice == choices[0], sel.inner_folds
     (True, ['S0', 'S1'])
     """
-    if len(choices) == 1 or not train:
+    if len(train) < 2 or len(choices) == 1:
         return Selection(choice=choices[0], scores={}, inner_folds=[])
-    if len(train) == 1:
-        train = spatial_halves(train[0])
     totals: dict[str, list[float]] = {c.label: [] for c in choices}
     folds = []
     for i, held_out in enumerate(train[: max_folds or len(train)]):
