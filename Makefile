@@ -25,7 +25,7 @@ install: $(STAMP)
 # method's predictions may be smoothed over each spot's 6 nearest spots; the weight is
 # chosen per method and fold by leave-one-section-out on the fold's training sections
 # (two inner folds), never on the held-out section, and recorded in results.json.
-RUN_OPTIONS := --tta 8 --grid smooth.weight=0,0.25,0.5,0.75 --grid gr2st:predict.bank=both,images,spots --select inner --inner-folds 2
+RUN_OPTIONS := --tta 8 --grid smooth.weight=0,0.25,0.5,0.75 --grid gr2st:predict.bank=both,images,spots --grid gr2st:train.ensemble=1,3 --select inner --inner-folds 2
 run: $(STAMP)
 	$(VENV)/bin/gr2st benchmark --data $(or $(DATA),auto) $(if $(SECTIONS),--sections $(SECTIONS)) --methods gr2st,ridge,knn,mean,oracle --profile default $(RUN_OPTIONS) --out $(OUT)
 
