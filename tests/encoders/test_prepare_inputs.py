@@ -58,7 +58,8 @@ def test_matches_separate_feature_and_nuclei_steps(sections, colour_encoder, tmp
     )
     assert [r.section for r in reports] == ["S0", "S1", "S2"]
     assert all(not r.features_cached and not r.nuclei_cached for r in reports)
-    assert all(r.total_s >= r.encode_s + r.nuclei_s for r in reports)
+    # Nuclei are measured while the next batch is encoded: the two times overlap.
+    assert all(r.total_s >= max(r.encode_s, r.nuclei_s) > 0 for r in reports)
     for got, want in zip(sections, expected, strict=True):
         np.testing.assert_array_equal(
             got.obsm[feature_key("colour")], want.obsm[feature_key("colour")]

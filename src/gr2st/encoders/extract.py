@@ -101,7 +101,9 @@ class SectionReport:
         in the background meanwhile, or not needed).
     encode_s, nuclei_s
         Time spent encoding patches and measuring nuclei (the patch reading and stain
-        normalisation run alongside, in a background thread).
+        normalisation run alongside, in a background thread). The nuclei of a batch are
+        measured while the next one is encoded, so the two overlap: their sum may exceed
+        ``total_s``.
     total_s
         Wall time of the section, everything included except the cache look-up, which
         is done for all sections before the first one is processed.
