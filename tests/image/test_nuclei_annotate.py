@@ -173,7 +173,8 @@ def test_config_errors(imaged_section: AnnData, kwargs: dict, message: str) -> N
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_her2st6_classical_types_are_varied(her2st_root: Path) -> None:
-    """All six imaged HER2ST sections: not one class everywhere, and fast enough."""
+    """All six imaged HER2ST sections: not one class everywhere (speed: printed; the
+    benchmarks measure it)."""
     from gr2st.io import read_her2st
 
     dominant = np.zeros(6, dtype=np.int64)
@@ -194,6 +195,3 @@ def test_her2st6_classical_types_are_varied(her2st_root: Path) -> None:
     )
     assert share.max() < 0.8
     assert (dominant > 0.05 * dominant.sum()).sum() >= 3
-    # Generous floor for shared CI machines: ~25 spots/s end to end (JPEG decoding
-    # included) was measured on a 2-core machine running 7 other jobs.
-    assert spots / seconds > 5
