@@ -13,6 +13,7 @@ from anndata import AnnData
 from gr2st._constants import feature_key
 from gr2st.benchmark import run_benchmark
 from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coordinates
+from gr2st.config import config_to_dict
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import prepare_section
@@ -141,19 +142,22 @@ def test_run_benchmark_rejects_an_unknown_selection(
         _run(sections, tmp_path / "out", methods=["knn"], select="outer")
 
 
-def test_prediction_only_candidates_share_one_fit_per_inner_fold(
+def test_candidates_that_a_fit_can_adopt_share_it_within_an_inner_fold(
     sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gr2st = METHODS.get("gr2st")
-    fits: list[tuple[str, ...]] = []
-    fit = gr2st.fit
+    trained: list[int] = []
+    add_members = gr2st._add_members
 
-    def counted(self: Any, train: Any, **kwargs: Any) -> None:
-        fits.append(tuple(self.overrides))
-        fit(self, train, **kwargs)
+    def counted(self: Any, workdir: Any) -> None:
+        trained.append(max(0, self.config.train.ensemble - len(self.models)))
+        add_members(self, workdir)
 
-    monkeypatch.setattr(gr2st, "fit", counted)
-    grid = parse_grid(["gr2st:predict.top_k=3,40", "gr2st:predict.bank=spots,both"], ["gr2st"])
+    monkeypatch.setattr(gr2st, "_add_members", counted)
+    grid = parse_grid(
+        ["gr2st:predict.top_k=3,40", "gr2st:train.ensemble=1,2", "gr2st:predict.bank=spots,both"],
+        ["gr2st"],
+    )
     options: dict[str, Any] = {
         "methods": ["gr2st"],
         "grid": grid,
@@ -162,12 +166,18 @@ def test_prediction_only_candidates_share_one_fit_per_inner_fold(
         "overrides": ["gr2st:train.epochs=2", "gr2st:model.proj_dim=16", "gr2st:model.heads=2"],
     }
     shared = _run(sections, tmp_path / "shared", **options)
-    # Three outer folds: one inner fit (four candidates) and one outer fit each.
-    assert len(fits) == 6
-    fits.clear()
+    chosen = [
+        int(shared["methods"]["gr2st"]["folds"][f]["selection"]["chosen"]["train.ensemble"])
+        for f in ("S0", "S1", "S2")
+    ]
+    # Per outer fold: one model, one more when the first 2-model candidate comes, then
+    # the outer fit of the chosen size.
+    assert sum(trained) == sum(1 + 1 + n for n in chosen)
+    trained.clear()
     monkeypatch.setattr(gr2st, "prediction_fields", ())
+    monkeypatch.setattr(gr2st, "fit_settings", lambda self: config_to_dict(self.config))
     refit = _run(sections, tmp_path / "refit", **options)
-    assert len(fits) == 3 * (4 + 1)
+    assert sum(trained) == sum(4 * (1 + 2) + n for n in chosen)
     for fold in ("S0", "S1", "S2"):
         a = shared["methods"]["gr2st"]["folds"][fold]["selection"]
         b = refit["methods"]["gr2st"]["folds"][fold]["selection"]
@@ -176,18 +186,34 @@ def test_prediction_only_candidates_share_one_fit_per_inner_fold(
         assert a["chosen"] == b["chosen"]
 
 
-def test_a_fitted_method_switches_only_its_prediction_settings() -> None:
+def test_a_fitted_method_adopts_only_what_leaves_its_fit_unchanged(
+    sections: list[AnnData],
+) -> None:
     gr2st = METHODS.get("gr2st")
-    base = gr2st(feature_key=FEATURES, overrides=["predict.top_k=5"])
-    other = gr2st(feature_key=FEATURES, overrides=["predict.top_k=9", "predict.bank=images"])
-    base.use_prediction_settings(other)
-    assert (base.config.predict.top_k, base.config.predict.bank) == (9, "images")
-    with pytest.raises(GR2STConfigError, match="only its prediction settings \\(predict\\)"):
-        base.use_prediction_settings(gr2st(feature_key=FEATURES, overrides=["train.epochs=3"]))
+    small = ["train.epochs=2", "model.proj_dim=16", "model.heads=2"]
+    train = [prepare_section(a, genes=list(a.var_names)) for a in sections[:2]]
+    fitted = gr2st(feature_key=FEATURES, overrides=[*small, "predict.top_k=5"])
+    fitted.fit(train)
+    wider = gr2st(
+        feature_key=FEATURES,
+        overrides=[*small, "predict.top_k=9", "predict.bank=images", "train.ensemble=2"],
+    )
+    fitted.adopt(wider)
+    assert (fitted.config.predict.top_k, fitted.config.predict.bank) == (9, "images")
+    assert [m.config.predict.top_k for m in fitted.models] == [9, 9]
+    fresh = gr2st(feature_key=FEATURES, overrides=wider.overrides)
+    fresh.fit(train)
+    test = prepare_section(sections[2], genes=list(sections[2].var_names))
+    np.testing.assert_allclose(fitted.predict(test), fresh.predict(test), rtol=1e-5, atol=1e-6)
+    # Back to one model: the first member alone predicts.
+    fitted.adopt(gr2st(feature_key=FEATURES, overrides=[*small, "predict.top_k=9"]))
+    np.testing.assert_allclose(fitted.predict(test), fitted.models[0].predict(test).mean, rtol=1e-6)
+    with pytest.raises(GR2STConfigError, match=r"^gr2st: train differ from the fitted settings"):
+        fitted.adopt(gr2st(feature_key=FEATURES, overrides=[*small, "train.epochs=3"]))
     # Early stopping validates with the prediction settings, so they become fit settings.
     stopping = gr2st(feature_key=FEATURES, overrides=["train.early_stopping=true"])
     assert "predict" in stopping.fit_settings()
-    with pytest.raises(GR2STConfigError, match="refit"):
-        stopping.use_prediction_settings(
+    with pytest.raises(GR2STConfigError, match="predict differ"):
+        stopping.adopt(
             gr2st(feature_key=FEATURES, overrides=["train.early_stopping=true", "predict.top_k=9"])
         )

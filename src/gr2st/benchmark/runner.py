@@ -481,7 +481,8 @@ def _select(
     if select == "none" or len(choices) == 1:
         return Selection(choice=choices[0], scores={}, inner_folds=[])
 
-    # Candidates that differ only in prediction settings share one fit per inner fold.
+    # Candidates whose fits differ only in what a fitted method can adopt (prediction
+    # settings; GR2ST's ensemble size) share one fit per inner fold.
     fitted: dict[str, Method[Any]] = {}
     fitted_on: list[str] = []
 
@@ -501,7 +502,7 @@ def _select(
             fitted_on[:] = inner_names
         key = json.dumps(method.fit_settings(), sort_keys=True)
         if key in fitted:
-            fitted[key].use_prediction_settings(method)
+            fitted[key].adopt(method)
             method = fitted[key]
         else:
             seed_everything(seed)

@@ -87,7 +87,7 @@ class Method(ABC, Generic[C]):
     #: Dataset → the variant of the ``paper`` profile its published evaluation used.
     dataset_profiles: ClassVar[Mapping[str, str]] = {}
     #: Top-level config fields that change only what a fitted method predicts: inner
-    #: selection fits once per setting of the others and switches these on the fit.
+    #: selection fits once per setting of the others and :meth:`adopt`\ s these.
     prediction_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
@@ -169,13 +169,18 @@ class Method(ABC, Generic[C]):
             settings.pop(name, None)
         return settings
 
-    def use_prediction_settings(self, other: Method[C]) -> None:
-        """Predict from now on with ``other``'s config, which may differ from this fitted
-        method's only in :attr:`prediction_fields` (else a one-line error)."""
-        if type(other) is not type(self) or other.fit_settings() != self.fit_settings():
+    def adopt(self, other: Method[C]) -> None:
+        """Take over ``other``'s settings on this fitted method, doing only the work they
+        add; they may differ only in what :meth:`fit_settings` leaves out (else a one-line
+        error)."""
+        if type(other) is not type(self):
+            raise GR2STConfigError(f"{self.name}: cannot adopt the settings of {other.name!r}")
+        mine, theirs = self.fit_settings(), other.fit_settings()
+        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if changed:
             raise GR2STConfigError(
-                f"{self.name}: a fitted method can switch only its prediction settings "
-                f"({', '.join(self.prediction_fields) or 'none'}); refit for the others"
+                f"{self.name}: {', '.join(changed)} differ from the fitted settings; a fitted "
+                "method adopts only prediction settings, refit for the others"
             )
         self.config = other.config
 

@@ -52,6 +52,7 @@ class GR2STMethod(Method[GR2STConfig]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.models: list[GR2ST] = []
+        self._train: list[AnnData] = []
 
     @property
     def model(self) -> GR2ST | None:
@@ -65,9 +66,13 @@ class GR2STMethod(Method[GR2STConfig]):
         resumable.
         """
         self.models = []
-        for i in range(self.config.train.ensemble):
+        self._train = list(train)
+        self._add_members(workdir)
+
+    def _add_members(self, workdir: Path | None) -> None:
+        for i in range(len(self.models), self.config.train.ensemble):
             model = GR2ST(
-                train,
+                self._train,
                 feature_key=self.feature_key,
                 config=self.config,
                 seed=member_seed(self.seed, i),
@@ -84,14 +89,21 @@ class GR2STMethod(Method[GR2STConfig]):
         self.training_stats = sum(stats[1:], stats[0]) if stats else None
 
     def fit_settings(self) -> dict[str, Any]:
+        """Member ``i``'s seed does not depend on the ensemble's size, so a fit of ``k``
+        models holds every smaller ensemble and grows into a larger one: the size is not a
+        fit setting."""
         settings = super().fit_settings()
+        del settings["train"]["ensemble"]
         if self.config.train.early_stopping:
             # The validation that picks the epochs retrieves with the prediction settings.
             settings["predict"] = config_to_dict(self.config.predict)
         return settings
 
-    def use_prediction_settings(self, other: Method[GR2STConfig]) -> None:
-        super().use_prediction_settings(other)
+    def adopt(self, other: Method[GR2STConfig]) -> None:
+        """Also train the members a larger ``train.ensemble`` adds (a smaller one predicts
+        with the first members)."""
+        super().adopt(other)
+        self._add_members(None)
         for model in self.models:
             model.config = replace(model.config, predict=self.config.predict)
 
@@ -123,7 +135,7 @@ class GR2STMethod(Method[GR2STConfig]):
     def _trained(self, what: str) -> list[GR2ST]:
         if not self.models:
             raise GR2STConfigError(f"gr2st: {what}() called before fit()")
-        return self.models
+        return self.models[: self.config.train.ensemble]
 
     @staticmethod
     def _combined(parts: list[Prediction]) -> Prediction:
