@@ -102,6 +102,7 @@ class GR2STMethod(Method[GR2STConfig]):
     def adopt(self, other: Method[GR2STConfig]) -> None:
         """Also train the members a larger ``train.ensemble`` adds (a smaller one predicts
         with the first members)."""
+        self._trained("adopt")
         super().adopt(other)
         self._add_members(None)
         for model in self.models:
