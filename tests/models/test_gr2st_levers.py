@@ -129,11 +129,15 @@ def test_ensemble_averages_models_of_derived_seeds(sections: list[AnnData]) -> N
     for i in range(2):
         model = _model(train, "train.epochs=3", "train.ensemble=2", seed=member_seed(5, i))
         model.train(progress=False)
-        members.append(model.predict(test).mean)
-    np.testing.assert_allclose(method.predict(test), np.mean(members, axis=0), rtol=1e-5)
+        members.append(model.predict(test))
+    means = np.array([m.mean for m in members], dtype=np.float64)
+    np.testing.assert_allclose(method.predict(test), means.mean(axis=0), rtol=1e-5)
     full = method.predict_full(test)
     assert full.std.shape == full.mean.shape
-    assert np.all(full.std >= 0)
+    # The spread of all members' neighbours together: mean variance plus that of the means.
+    stds = np.array([m.std for m in members], dtype=np.float64)
+    expected = np.sqrt((stds**2).mean(axis=0) + means.var(axis=0))
+    np.testing.assert_allclose(full.std, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(full.provenance.sum(axis=1), 1.0, rtol=1e-5)
     assert method.training_stats is not None
     assert method.training_stats.epochs_run == 6

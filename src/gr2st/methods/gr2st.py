@@ -22,6 +22,7 @@ from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.models import GR2ST, GR2STConfig, Prediction
 from gr2st.models.config import DATASET_PROFILES, PROFILE_ALIASES, PROFILES
+from gr2st.retrieval import mixture
 
 
 @register_method
@@ -142,15 +143,10 @@ class GR2STMethod(Method[GR2STConfig]):
     def _combined(parts: list[Prediction]) -> Prediction:
         if len(parts) == 1:
             return parts[0]
-        mean = np.mean([p.mean for p in parts], axis=0)
-        second = np.mean([p.std.astype(np.float64) ** 2 + p.mean**2 for p in parts], axis=0)
-        std = np.sqrt(np.maximum(second - mean.astype(np.float64) ** 2, 0.0))
-        return replace(
-            parts[0],
-            mean=mean.astype(np.float32),
-            std=std.astype(np.float32),
-            provenance=np.mean([p.provenance for p in parts], axis=0),
+        mean, std, provenance = mixture(
+            [p.mean for p in parts], [p.std for p in parts], [p.provenance for p in parts]
         )
+        return replace(parts[0], mean=mean, std=std, provenance=provenance)
 
 
 def member_seed(seed: int, member: int) -> int:

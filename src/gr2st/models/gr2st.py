@@ -41,7 +41,7 @@ from gr2st.models.bundle import (
 )
 from gr2st.models.config import GR2STConfig, get_profile
 from gr2st.models.module import GR2STModule
-from gr2st.retrieval import RetrievalResult, retrieve
+from gr2st.retrieval import mixture, retrieve
 from gr2st.sections import SectionArrays, dense, features, section_arrays, section_name
 from gr2st.training import (
     DEFAULT_CHECKPOINT_SECONDS,
@@ -690,7 +690,11 @@ class GR2ST:
             )
             for keys in key_sets
         ]
-        mean, std, provenance = _mixture(results)
+        provenances = [r.provenance for r in results if r.provenance is not None]
+        assert len(provenances) == len(results)  # retrieve() was given the key groups
+        mean, std, provenance = mixture(
+            [r.mean for r in results], [r.std for r in results], provenances
+        )
         return Prediction(
             mean=mean,
             std=std,
@@ -914,36 +918,6 @@ class GR2ST:
         model.meta = meta
         model.path = folder
         return model
-
-
-def _mixture(results: Sequence[RetrievalResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, spread and provenance of an equal-weight mixture of retrievals.
-
-    Examples
-    --------
-    >>> from gr2st.retrieval import RetrievalResult
-    >>> a = RetrievalResult(mean=np.array([[0.0]]), std=np.array([[1.0]]),
-    ...                     provenance=np.array([[1.0, 0.0]]))
-    >>> b = RetrievalResult(mean=np.array([[2.0]]), std=np.array([[1.0]]),
-    ...                     provenance=np.array([[0.0, 1.0]]))
-    >>> [x.tolist() for x in _mixture([a, b])]
-    [[[1.0]], [[1.4142135623730951]], [[0.5, 0.5]]]
-    """
-    provenances = []
-    for res in results:
-        assert res.provenance is not None
-        provenances.append(res.provenance)
-    if len(results) == 1:
-        return results[0].mean, results[0].std, provenances[0]
-    means = np.stack([r.mean for r in results])
-    mean = means.mean(axis=0)
-    # Law of total variance: within-retrieval variance plus the spread of their means.
-    second = np.stack([r.std**2 for r in results]).mean(axis=0) + ((means - mean) ** 2).mean(0)
-    return (
-        mean.astype(results[0].mean.dtype),
-        np.sqrt(second).astype(results[0].std.dtype),
-        np.stack(provenances).mean(0),
-    )
 
 
 def _named(adata: AnnData, name: str) -> AnnData:

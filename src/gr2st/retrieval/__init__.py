@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gr2st.retrieval.knn import RetrievalResult, neighbour_weights, retrieve
+from gr2st.retrieval.knn import RetrievalResult, mixture, neighbour_weights, retrieve
 
-__all__ = ["RetrievalResult", "neighbour_weights", "retrieve"]
+__all__ = ["RetrievalResult", "mixture", "neighbour_weights", "retrieve"]

@@ -8,6 +8,7 @@ query, the weights summing to one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,3 +192,32 @@ def retrieve(
     return RetrievalResult(
         mean=mean_out, std=std_out, provenance=prov_out, indices=idx_out, weights=w_out
     )
+
+
+def mixture(
+    means: Sequence[np.ndarray], stds: Sequence[np.ndarray], provenances: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, spread and provenance of an equal-weight mixture of predictions of the same
+    spots (retrievals from several banks, or an ensemble's models).
+
+    The spread follows the law of total variance: the mean of the variances plus the
+    variance of the means (computed in float64, returned in the inputs' dtype).
+
+    Examples
+    --------
+    >>> mean, std, prov = mixture(
+    ...     [np.array([[0.0]]), np.array([[2.0]])],
+    ...     [np.array([[1.0]]), np.array([[1.0]])],
+    ...     [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])],
+    ... )
+    >>> mean.tolist(), std.tolist(), prov.tolist()
+    ([[1.0]], [[1.4142135623730951]], [[0.5, 0.5]])
+    """
+    if len(means) == 1:
+        return means[0], stds[0], provenances[0]
+    stacked = np.stack(means)
+    mean = stacked.mean(axis=0)
+    spread = stacked.astype(np.float64) - mean
+    variance = np.mean([s.astype(np.float64) ** 2 for s in stds], axis=0)
+    variance += (spread**2).mean(axis=0)
+    return mean, np.sqrt(variance).astype(stds[0].dtype), np.stack(provenances).mean(axis=0)
