@@ -22,10 +22,12 @@ install: $(STAMP)
 # Without DATA: ../shared/data/her2st or data/her2st when they hold the sections, else
 # the sections are downloaded into data/her2st (checked, resumable) first.
 # Features: EfficientNet-Lite0 averaged over the 8 flips/rotations of each patch. Every
-# method's predictions may be smoothed over each spot's 6 nearest spots; the weight is
-# chosen per method and fold by leave-one-section-out on the fold's training sections
-# (two inner folds), never on the held-out section, and recorded in results.json.
-RUN_OPTIONS := --tta 8 --grid smooth.weight=0,0.25,0.5,0.75 --grid gr2st:predict.bank=both,images,spots --grid gr2st:train.ensemble=1,3 --select inner --inner-folds 2
+# method may be fitted on training expression aligned per section (each gene moved to the
+# pooled level and spread) and its predictions smoothed over each spot's 6 nearest spots;
+# these, GR2ST's retrieval bank and its number of models are chosen per method and fold
+# by leave-one-section-out on the fold's training sections (two inner folds), never on
+# the held-out section, and recorded in results.json.
+RUN_OPTIONS := --tta 8 --grid smooth.weight=0,0.25,0.5,0.75 --grid expression.align=none,standardize --grid gr2st:predict.bank=both,images,spots --grid gr2st:train.ensemble=1,3 --select inner --inner-folds 2
 run: $(STAMP)
 	$(VENV)/bin/gr2st benchmark --data $(or $(DATA),auto) $(if $(SECTIONS),--sections $(SECTIONS)) --methods gr2st,ridge,knn,mean,oracle --profile default $(RUN_OPTIONS) --out $(OUT)
 

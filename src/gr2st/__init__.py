@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from gr2st.datasets import synthetic
     from gr2st.encoders import extract_patches, get_encoder, prepare_image_inputs
     from gr2st.evaluation import pearson_per_gene
-    from gr2st.genes import common_genes, get_panel, prepare_section, prepare_sections
+    from gr2st.genes import (
+        align_sections,
+        common_genes,
+        get_panel,
+        prepare_section,
+        prepare_sections,
+    )
     from gr2st.io import list_her2st, read_cscc, read_h5ad, read_her2st, read_visium
     from gr2st.methods import METHODS
     from gr2st.models import GR2ST
@@ -70,7 +76,8 @@ _EXPORTS = {
         ("list_her2st", "read_cscc", "read_h5ad", "read_her2st", "read_visium"), "gr2st.io"
     ),
     **dict.fromkeys(
-        ("common_genes", "get_panel", "prepare_section", "prepare_sections"), "gr2st.genes"
+        ("align_sections", "common_genes", "get_panel", "prepare_section", "prepare_sections"),
+        "gr2st.genes",
     ),
     **dict.fromkeys(("extract_patches", "get_encoder", "prepare_image_inputs"), "gr2st.encoders"),
     "pearson_per_gene": "gr2st.evaluation",
@@ -99,6 +106,7 @@ __all__ = [
     "UNS",
     "Bundle",
     "__version__",
+    "align_sections",
     "benchmark",
     "common_genes",
     "extract_patches",

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from anndata import AnnData
 
 from gr2st._constants import feature_key
@@ -115,5 +116,18 @@ def sections(tmp_path: Path) -> list[AnnData]:
     secs = synthetic(
         n_sections=3, n_genes=12, grid=(6, 6), signal=2.0, image_dir=tmp_path / "img", seed=1
     )
+    add_toy_features(secs)
+    return secs
+
+
+@pytest.fixture
+def four_sections(tmp_path: Path) -> list[AnnData]:
+    """Four sections; S1 has a batch effect (its first six genes read 4x deeper)."""
+    secs = synthetic(
+        n_sections=4, n_genes=12, grid=(6, 6), signal=2.0, image_dir=tmp_path / "img", seed=1
+    )
+    counts = secs[1].X.toarray()
+    counts[:, :6] *= 4
+    secs[1].X = sp.csr_matrix(counts)
     add_toy_features(secs)
     return secs

@@ -16,7 +16,7 @@ from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coo
 from gr2st.config import config_to_dict
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
-from gr2st.genes import prepare_section
+from gr2st.genes import align_sections, prepare_section
 from gr2st.graph import SmoothConfig, smooth_predictions
 from gr2st.methods import METHODS
 
@@ -72,7 +72,7 @@ def test_smoothing_is_applied_to_every_fold_prediction(
             _predictions(tmp_path / "smooth", "knn", name), expected, rtol=1e-6
         )
         chosen = res["methods"]["knn"]["folds"][name]["selection"]["chosen"]
-        assert chosen == {"smooth.weight": 0.5, "smooth.k": 4}
+        assert chosen == {"expression.align": "none", "smooth.weight": 0.5, "smooth.k": 4}
 
 
 def test_inner_selection_never_fits_or_scores_on_the_outer_test_section(
@@ -217,3 +217,81 @@ def test_a_fitted_method_adopts_only_what_leaves_its_fit_unchanged(
     assert "predict" in stopping.fit_settings()
     other = gr2st(feature_key=FEATURES, overrides=["train.early_stopping=true", "predict.top_k=9"])
     assert stopping.fit_settings() != other.fit_settings()
+
+
+def test_alignment_fits_every_method_on_aligned_training_sections(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    grid = parse_grid(["expression.align=standardize"], ["knn"])
+    res = _run(sections, tmp_path / "out", methods=["knn"], grid=grid)
+    genes = list(sections[0].var_names)
+    prepared = {str(a.obs["section"].iloc[0]): prepare_section(a, genes=genes) for a in sections}
+    for fold, test in prepared.items():
+        train = align_sections([a for n, a in prepared.items() if n != fold], how="standardize")
+        knn = METHODS.get("knn")(feature_key=FEATURES)
+        knn.fit(train)
+        np.testing.assert_allclose(
+            _predictions(tmp_path / "out", "knn", fold), knn.predict(test), rtol=1e-6
+        )
+        chosen = res["methods"]["knn"]["folds"][fold]["selection"]["chosen"]
+        assert chosen["expression.align"] == "standardize"
+    with pytest.raises(GR2STConfigError, match=r"^--grid expression.align=zscore: expected one"):
+        parse_grid(["expression.align=none,zscore"], ["knn"])
+
+
+def test_inner_selection_fits_each_alignment_on_aligned_inner_sections(
+    sections: list[AnnData],
+) -> None:
+    prepared = [prepare_section(a, genes=list(a.var_names)) for a in sections]
+    choices = parse_grid(["expression.align=none,center", "smooth.weight=0,0.5"], ["knn"])["knn"]
+    seen: list[tuple[str, list[np.ndarray]]] = []
+
+    def fit_predict(choice: Choice, inner: list[AnnData], test: AnnData) -> np.ndarray:
+        seen.append((choice.align, [np.asarray(a.X).mean(0) for a in inner]))
+        return np.tile(np.asarray(inner[0].X).mean(0), (test.n_obs, 1))
+
+    select_inner(choices, prepared, fit_predict=fit_predict, max_folds=1)
+    # One fit per alignment (the smoothing candidates share it), on the aligned sections.
+    assert [align for align, _ in seen] == ["none", "center"]
+    plain, centred = seen[0][1], seen[1][1]
+    assert not np.allclose(plain[0], plain[1], atol=1e-3)
+    np.testing.assert_allclose(centred[0], centred[1], atol=1e-5)
+    np.testing.assert_allclose(centred[0], np.mean(plain, axis=0), atol=1e-5)
+
+
+def test_gr2st_fits_are_shared_within_an_alignment_only(
+    four_sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gr2st = METHODS.get("gr2st")
+    trained: list[int] = []
+    add_members = gr2st._add_members
+
+    def counted(self: Any, workdir: Any) -> None:
+        trained.append(max(0, self.config.train.ensemble - len(self.models)))
+        add_members(self, workdir)
+
+    monkeypatch.setattr(gr2st, "_add_members", counted)
+    grid = parse_grid(
+        ["expression.align=none,standardize", "gr2st:predict.bank=spots,both"], ["gr2st"]
+    )
+    res = _run(
+        four_sections,
+        tmp_path / "out",
+        methods=["gr2st"],
+        grid=grid,
+        select="inner",
+        inner_folds=1,
+        overrides=[
+            "gr2st:train.epochs=2",
+            "gr2st:model.proj_dim=16",
+            "gr2st:model.heads=2",
+            "gr2st:predict.top_k=5",
+        ],
+    )
+    # Per outer fold: one model per alignment in the inner fold (the bank candidates
+    # adopt it), then the outer fit.
+    assert sum(trained) == 4 * 3
+    for fold in ("S0", "S1", "S2", "S3"):
+        scores = res["methods"]["gr2st"]["folds"][fold]["selection"]["inner_mean_pcc"]
+        assert len(scores) == 4
+        assert len(set(scores.values())) == 4

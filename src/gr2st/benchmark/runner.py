@@ -44,7 +44,7 @@ from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import section_metrics
 from gr2st.evaluation.splits import Fold, make_folds
 from gr2st.executors import Executor, LocalExecutor, Task, get_executor
-from gr2st.genes import prepare_section
+from gr2st.genes import align_sections, prepare_section
 from gr2st.methods import METHODS, Method
 from gr2st.methods.base import panel_only_message
 from gr2st.sections import section_name, stack_expression
@@ -486,11 +486,11 @@ def _select(
     fitted: dict[str, Method[Any]] = {}
     fitted_on: list[str] = []
 
-    def fit_predict(extra: tuple[str, ...], inner: list[AnnData], test: AnnData) -> np.ndarray:
+    def fit_predict(choice: Choice, inner: list[AnnData], test: AnnData) -> np.ndarray:
         method = cls(
             feature_key=feature_key,
             profile=profile,
-            overrides=[*overrides, *extra],
+            overrides=[*overrides, *choice.overrides],
             seed=seed,
             device=device,
             progress=False,
@@ -500,7 +500,7 @@ def _select(
         if inner_names != fitted_on:
             fitted.clear()
             fitted_on[:] = inner_names
-        key = json.dumps(method.fit_settings(), sort_keys=True)
+        key = json.dumps([choice.align, method.fit_settings()], sort_keys=True)
         if key in fitted:
             fitted[key].adopt(method)
             method = fitted[key]
@@ -618,14 +618,16 @@ def _run_fold(
         checkpoint_every=checkpoint_every,
     )
     start = time.perf_counter()
-    method.fit([prepared[s] for s in fold.train], workdir=workdir)
+    method.fit(align_sections([prepared[s] for s in fold.train], how=choice.align), workdir=workdir)
+    values = (
+        None
+        if targets is None
+        else align_sections([targets[s] for s in fold.train], how=choice.align)
+    )
     predictions: dict[str, np.ndarray] = {}
     for section in fold.test:
         test = prepared[section] if cls.is_ceiling else _blind(prepared[section])
-        if targets is None:
-            raw = method.predict(test)
-        else:
-            raw = method.predict_values(test, [targets[s] for s in fold.train])
+        raw = method.predict(test) if values is None else method.predict_values(test, values)
         pred = smoothed(np.asarray(raw, dtype=np.float32), prepared[section], choice)
         expected = truths[section].shape
         if pred.shape != expected:

@@ -1,7 +1,8 @@
 """Model selection without peeking: choices made by inner cross-validation on training sections.
 
-Every choice a method's result depends on — a hyperparameter override, the strength of
-the spatial smoothing of its predictions — can be given as a grid (``gr2st benchmark
+Every choice a method's result depends on — a hyperparameter override, the per-section
+alignment of the training expression, the strength of the spatial smoothing of its
+predictions — can be given as a grid (``gr2st benchmark
 --grid``); with ``--select inner`` each outer fold picks, per method, the choice with
 the best mean per-gene Pearson r over an inner leave-one-section-out on its *training*
 sections only. The held-out section is never seen; the chosen values are recorded per
@@ -26,11 +27,15 @@ from gr2st._constants import SPATIAL
 from gr2st.config import apply_overrides, split_override
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
+from gr2st.genes.normalize import SECTION_ALIGNMENTS, align_sections
 from gr2st.graph import SmoothConfig, smooth_predictions
 from gr2st.sections import grid_coordinates, section_name, stack_expression
 
 #: Grid keys that post-process every method's predictions (the rest are overrides).
 SMOOTH_KEYS = ("smooth.weight", "smooth.k")
+#: Grid key of the per-section alignment of every method's training expression
+#: (:func:`gr2st.genes.align_sections`).
+ALIGN_KEY = "expression.align"
 SELECTIONS = ("none", "inner")
 
 
@@ -42,16 +47,21 @@ class Choice:
     ----------
     overrides
         ``key=value`` overrides of the method (on top of the run's own).
+    align
+        How the training sections' expression is aligned before the fit (one of
+        :data:`gr2st.genes.SECTION_ALIGNMENTS`).
     smooth
         Spatial smoothing of the predictions.
     """
 
     overrides: tuple[str, ...] = ()
+    align: str = "none"
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
 
     def describe(self) -> dict[str, Any]:
         """The chosen values, as recorded in ``results.json``."""
         values: dict[str, Any] = dict(split_override(o) for o in self.overrides)
+        values[ALIGN_KEY] = self.align
         values["smooth.weight"] = self.smooth.weight
         values["smooth.k"] = self.smooth.k
         return values
@@ -64,7 +74,8 @@ class Choice:
 def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[Choice]]:
     """``--grid`` items → each method's candidate choices (their Cartesian product).
 
-    ``smooth.weight=0,0.5`` and ``smooth.k=6`` apply to every method; ``key=v1,v2``
+    ``smooth.weight=0,0.5``, ``smooth.k=6`` and ``expression.align=none,standardize``
+    apply to every method; ``key=v1,v2``
     to every method too (as an override, which each method must accept);
     ``method:key=v1,v2`` to one method. The first value of each key comes first, so the
     first choice is the grid's default.
@@ -72,8 +83,8 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[C
     Examples
     --------
     >>> grid = parse_grid(["smooth.weight=0,0.5", "knn:top_k=50,200"], ["knn", "ridge"])
-    >>> [c.label for c in grid["knn"]][:2]
-    ['top_k=50, smooth.weight=0.0, smooth.k=6', 'top_k=50, smooth.weight=0.5, smooth.k=6']
+    >>> grid["knn"][1].label
+    'top_k=50, expression.align=none, smooth.weight=0.5, smooth.k=6'
     >>> len(grid["knn"]), len(grid["ridge"])
     (4, 2)
     """
@@ -97,16 +108,24 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[C
 
 def _product(keys: Mapping[str, list[str]]) -> list[Choice]:
     smooth_keys = [k for k in keys if k in SMOOTH_KEYS]
-    override_keys = [k for k in keys if k not in SMOOTH_KEYS]
+    override_keys = [k for k in keys if k not in SMOOTH_KEYS and k != ALIGN_KEY]
+    aligns = keys.get(ALIGN_KEY, ["none"])
+    for how in aligns:
+        if how not in SECTION_ALIGNMENTS:
+            raise GR2STConfigError(
+                f"--grid {ALIGN_KEY}={how}: expected one of {', '.join(SECTION_ALIGNMENTS)}"
+            )
     choices = []
     for values in itertools.product(*(keys[k] for k in override_keys)):
         overrides = tuple(f"{k}={v}" for k, v in zip(override_keys, values, strict=True))
-        for smooth_values in itertools.product(*(keys[k] for k in smooth_keys)):
-            settings = [
-                f"{k.split('.', 1)[1]}={v}" for k, v in zip(smooth_keys, smooth_values, strict=True)
-            ]
-            smooth = apply_overrides(SmoothConfig(), settings, owner="--grid smooth")
-            choices.append(Choice(overrides=overrides, smooth=smooth))
+        for how in aligns:
+            for smooth_values in itertools.product(*(keys[k] for k in smooth_keys)):
+                settings = [
+                    f"{k.split('.', 1)[1]}={v}"
+                    for k, v in zip(smooth_keys, smooth_values, strict=True)
+                ]
+                smooth = apply_overrides(SmoothConfig(), settings, owner="--grid smooth")
+                choices.append(Choice(overrides=overrides, align=how, smooth=smooth))
     return choices or [Choice()]
 
 
@@ -152,7 +171,7 @@ def select_inner(
     choices: Sequence[Choice],
     train: Sequence[AnnData],
     *,
-    fit_predict: Callable[[tuple[str, ...], list[AnnData], AnnData], np.ndarray],
+    fit_predict: Callable[[Choice, list[AnnData], AnnData], np.ndarray],
     max_folds: int | None = None,
 ) -> Selection:
     """Pick the best of ``choices`` by leave-one-section-out over ``train`` only.
@@ -165,10 +184,11 @@ def select_inner(
     train
         The outer fold's training sections (prepared, with expression).
     fit_predict
-        ``fit_predict(overrides, inner_train, inner_test) -> predictions``: fits the
-        method with ``overrides`` on ``inner_train`` and predicts ``inner_test`` (which
-        it receives without its expression). Called once per inner fold and distinct
-        overrides: the smoothing candidates reuse the same predictions.
+        ``fit_predict(choice, inner_train, inner_test) -> predictions``: fits the
+        method with ``choice.overrides`` on ``inner_train`` (already aligned as
+        ``choice.align`` says) and predicts ``inner_test`` (which it receives without its
+        expression). Called once per inner fold and distinct overrides and alignment:
+        the smoothing candidates reuse the same predictions.
     max_folds
         At most this many inner folds (holding out the first training sections in
         turn); None: one per training section.
@@ -179,7 +199,7 @@ def select_inner(
     >>> from gr2st.genes import prepare_section
     >>> secs = [prepare_section(s, genes=list(s.var_names))
     ...         for s in synthetic(n_sections=3, n_genes=6, grid=(5, 5))]
-    >>> def mean_of_train(overrides, inner_train, test):
+    >>> def mean_of_train(choice, inner_train, test):
     ...     return np.tile(stack_expression(inner_train).mean(0), (test.n_obs, 1))
     >>> choices = parse_grid(["smooth.weight=0,0.5"], ["mean"])["mean"]
     >>> sel = select_inner(choices, secs, fit_predict=mean_of_train, max_folds=2)
@@ -194,13 +214,17 @@ def select_inner(
         inner = [a for j, a in enumerate(train) if j != i]
         folds.append(section_name(held_out))
         truth = stack_expression([held_out])
-        cache: dict[tuple[str, ...], np.ndarray] = {}
+        aligned: dict[str, list[AnnData]] = {}
+        cache: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
         for choice in choices:
-            if choice.overrides not in cache:
-                cache[choice.overrides] = np.asarray(
-                    fit_predict(choice.overrides, inner, held_out), dtype=np.float32
+            key = (choice.overrides, choice.align)
+            if key not in cache:
+                if choice.align not in aligned:
+                    aligned[choice.align] = align_sections(inner, how=choice.align)
+                cache[key] = np.asarray(
+                    fit_predict(choice, aligned[choice.align], held_out), dtype=np.float32
                 )
-            pred = smoothed(cache[choice.overrides], held_out, choice)
+            pred = smoothed(cache[key], held_out, choice)
             r = pearson_per_gene(pred, truth)
             totals[choice.label].append(float(np.nanmean(r)) if np.isfinite(r).any() else 0.0)
     scores = {label: float(np.mean(v)) for label, v in totals.items()}

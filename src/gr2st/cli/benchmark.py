@@ -408,8 +408,10 @@ def benchmark_command(
         "--grid",
         metavar="[METHOD:]KEY=V1,V2",
         help="Candidate values (repeatable): smooth.weight=0,0.5 and smooth.k=6 smooth every "
-        "method's predictions over each spot's nearest spots; other keys are overrides. "
-        "Without --select inner the first value is used.",
+        "method's predictions over each spot's nearest spots; expression.align=none,center,"
+        "standardize aligns each training section's genes to the pooled level (and spread) "
+        "before the fit; other keys are overrides. Without --select inner the first value "
+        "is used.",
     ),
     select: str = typer.Option(
         "none",

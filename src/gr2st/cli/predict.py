@@ -115,6 +115,11 @@ def train_command(
     overrides: list[str] = typer.Option(
         [], "--set", metavar="KEY=VALUE", help="Config override, e.g. train.epochs=50; repeatable."
     ),
+    align: str = typer.Option(
+        "none",
+        "--align",
+        help="Per-section alignment of the training expression: none, center or standardize.",
+    ),
     panel: str = typer.Option(
         "her2st-785", "--panel", help="Built-in panel name or gene-list file."
     ),
@@ -163,9 +168,10 @@ def train_command(
     cache_dir = cache or user_cache_dir() / "features"
     n_spots = sum(a.n_obs for a in adatas)
     n_all = max((a.n_vars for a in adatas), default=0)
-    # Bank: embeddings and panel expression (float32), all-genes CSR (about a quarter
-    # non-zero, 8 bytes each), plus the weights.
-    bundle_bytes = n_spots * (256 + len(genes)) * 4 + n_spots * n_all * 2 + 50_000_000
+    # Bank: embeddings and panel expression (float32), all-genes CSR (8 bytes per
+    # non-zero: about a quarter of them, all once aligned), plus the weights.
+    per_value = 2 if align == "none" else 8
+    bundle_bytes = n_spots * (256 + len(genes)) * 4 + n_spots * n_all * per_value + 50_000_000
     prepare_output(out, overwrite=overwrite, need_bytes=bundle_bytes, folder=True)
     check_writable(cache_dir, what="--cache", need_bytes=n_spots * 8_000)
     if not progress:
@@ -180,6 +186,7 @@ def train_command(
             method=method,
             profile=profile,
             overrides=overrides,
+            align=align,
             encoder=encoder or DEFAULT_ENCODER,
             nuclei=nuclei,
             stain=normalizer,

@@ -8,11 +8,20 @@ float32, raw counts in ``layers["counts"]``, and zero-library spots dropped.
 from __future__ import annotations
 
 from gr2st.genes.hvg import hvg_panel
-from gr2st.genes.normalize import SCALE, log_normalize, prepare_section, prepare_sections
+from gr2st.genes.normalize import (
+    SCALE,
+    SECTION_ALIGNMENTS,
+    align_sections,
+    log_normalize,
+    prepare_section,
+    prepare_sections,
+)
 from gr2st.genes.panels import check_genes, common_genes, get_panel, list_panels
 
 __all__ = [
     "SCALE",
+    "SECTION_ALIGNMENTS",
+    "align_sections",
     "check_genes",
     "common_genes",
     "get_panel",

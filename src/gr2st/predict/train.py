@@ -20,7 +20,13 @@ from gr2st._constants import (
 from gr2st.encoders import Encoder, get_encoder, prepare_image_inputs
 from gr2st.encoders.extract import StainOption, resolve_stain
 from gr2st.errors import GR2STConfigError
-from gr2st.genes import common_genes, get_panel, prepare_sections
+from gr2st.genes import (
+    SECTION_ALIGNMENTS,
+    align_sections,
+    common_genes,
+    get_panel,
+    prepare_sections,
+)
 from gr2st.models import GR2ST
 from gr2st.predict.bundle import BUNDLE_METHODS, BundleSettings, save_bundle
 
@@ -33,6 +39,7 @@ def train_bundle(
     method: str = "gr2st",
     profile: str = "default",
     overrides: Sequence[str] = (),
+    align: str = "none",
     encoder: Encoder | str = DEFAULT_ENCODER,
     nuclei: str = DEFAULT_NUCLEI,
     stain: StainOption = DEFAULT_STAIN,
@@ -61,6 +68,10 @@ def train_bundle(
         Only ``"gr2st"`` is supported.
     profile, overrides, seed, device
         As in :class:`~gr2st.models.GR2ST` (profile ``default`` or ``paper``).
+    align
+        Per-section alignment of the training expression before the fit and in the
+        bank (:func:`gr2st.genes.align_sections`): ``"none"``, ``"center"`` or
+        ``"standardize"``.
     encoder, nuclei, stain, size_px, cache_dir, batch_size
         As in :func:`~gr2st.encoders.prepare_image_inputs`.
     progress
@@ -92,6 +103,8 @@ def train_bundle(
         )
     if not sections:
         raise GR2STConfigError("train: expected at least one section")
+    if align not in SECTION_ALIGNMENTS:
+        raise GR2STConfigError(f"align {align!r}: expected one of {', '.join(SECTION_ALIGNMENTS)}")
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder, device=device)
     normalizer = resolve_stain(stain)
     say = report or (lambda line: None)
@@ -109,14 +122,17 @@ def train_bundle(
     )
     genes = get_panel(panel) if isinstance(panel, str | Path) else list(panel)
     say(f"normalising: {len(sections)} sections")
-    train = prepare_sections(sections, genes=genes, progress=progress)
+    train = align_sections(prepare_sections(sections, genes=genes, progress=progress), how=align)
     # Same library genes, same dropped spots: they were reported just above.
-    everything = prepare_sections(
-        sections,
-        genes=common_genes(sections),
-        library_genes=genes,
-        progress=progress,
-        log_dropped=False,
+    everything = align_sections(
+        prepare_sections(
+            sections,
+            genes=common_genes(sections),
+            library_genes=genes,
+            progress=progress,
+            log_dropped=False,
+        ),
+        how=align,
     )
     model = GR2ST(
         train,
