@@ -482,7 +482,8 @@ def _select(
         return Selection(choice=choices[0], scores={}, inner_folds=[])
 
     # Candidates whose fits differ only in what a fitted method can adopt (prediction
-    # settings; GR2ST's ensemble size) share one fit per inner fold.
+    # settings; GR2ST's ensemble size) share one fit per inner fold and alignment (an
+    # aligned section is other training data).
     fitted: dict[str, Method[Any]] = {}
     fitted_on: list[str] = []
 
