@@ -209,6 +209,13 @@ def test_predict_errors(bundle: tuple[Path, Path, list]) -> None:
     _, _, exc = _invoke("train", "--data", str(tmp / "her2st"), "--method", "knn", "--out", "x")
     assert isinstance(exc, GR2STConfigError)
     assert "bundles support gr2st only" in str(exc)
+    _, _, exc = _invoke(
+        "train", "--data", str(tmp / "her2st"), "--sections", "A1,A2", "--align", "zscore",
+        "--out", str(tmp / "aligned"),
+    )  # fmt: skip
+    assert isinstance(exc, GR2STConfigError)
+    assert str(exc) == "align 'zscore': expected one of none, center, standardize"
+    assert not (tmp / "aligned").exists()
     assert not (tmp / "e.h5ad").exists()
 
 
