@@ -24,7 +24,7 @@ from gr2st._constants import COUNTS_LAYER, HAS_COUNTS, UNS, ZERO_PANEL_SPOTS
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes.panels import check_genes
 from gr2st.io._validate import as_counts, examples
-from gr2st.sections import section_label
+from gr2st.sections import dense, section_label
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def align_sections(sections: Sequence[AnnData], *, how: str) -> list[AnnData]:
         )
     if how == "none" or not sections:
         return list(sections)
-    matrices = [_dense_float(s.X) for s in sections]
+    matrices = [dense(s.X, where=f"{section_label(s)}: X") for s in sections]
     widths = {m.shape[1] for m in matrices}
     if len(widths) > 1:
         raise GR2STDataError(f"X: sections disagree on the number of genes {sorted(widths)}")
@@ -253,10 +253,6 @@ def align_sections(sections: Sequence[AnnData], *, how: str) -> list[AnnData]:
             shifted = shifted * scale
         aligned.append(_with_x(adata, (shifted + pooled_mean).astype(np.float32)))
     return aligned
-
-
-def _dense_float(matrix: Any) -> np.ndarray:
-    return np.asarray(matrix.toarray() if sp.issparse(matrix) else matrix, dtype=np.float64)
 
 
 def _with_x(adata: AnnData, x: np.ndarray) -> AnnData:
