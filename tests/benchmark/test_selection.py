@@ -23,6 +23,21 @@ from gr2st.methods import METHODS
 FEATURES = feature_key("toy")  # filled by the `sections` fixture (conftest.py)
 
 
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many models each GR2ST fit or adoption trains, in order (0: it adopted only)."""
+    gr2st = METHODS.get("gr2st")
+    counts: list[int] = []
+    add_members = gr2st._add_members
+
+    def counted(self: Any, workdir: Any) -> None:
+        counts.append(max(0, self.config.train.ensemble - len(self.models)))
+        add_members(self, workdir)
+
+    monkeypatch.setattr(gr2st, "_add_members", counted)
+    return counts
+
+
 def _run(sections: list[AnnData], out: Path, **options: Any) -> dict[str, Any]:
     options.setdefault("genes", list(sections[0].var_names))
     return run_benchmark(
@@ -143,17 +158,12 @@ def test_run_benchmark_rejects_an_unknown_selection(
 
 
 def test_candidates_that_a_fit_can_adopt_share_it_within_an_inner_fold(
-    sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sections: list[AnnData],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trained: list[int],
 ) -> None:
     gr2st = METHODS.get("gr2st")
-    trained: list[int] = []
-    add_members = gr2st._add_members
-
-    def counted(self: Any, workdir: Any) -> None:
-        trained.append(max(0, self.config.train.ensemble - len(self.models)))
-        add_members(self, workdir)
-
-    monkeypatch.setattr(gr2st, "_add_members", counted)
     grid = parse_grid(
         ["gr2st:predict.top_k=3,40", "gr2st:train.ensemble=1,2", "gr2st:predict.bank=spots,both"],
         ["gr2st"],
@@ -260,17 +270,8 @@ def test_inner_selection_fits_each_alignment_on_aligned_inner_sections(
 
 
 def test_gr2st_fits_are_shared_within_an_alignment_only(
-    four_sections: list[AnnData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    four_sections: list[AnnData], tmp_path: Path, trained: list[int]
 ) -> None:
-    gr2st = METHODS.get("gr2st")
-    trained: list[int] = []
-    add_members = gr2st._add_members
-
-    def counted(self: Any, workdir: Any) -> None:
-        trained.append(max(0, self.config.train.ensemble - len(self.models)))
-        add_members(self, workdir)
-
-    monkeypatch.setattr(gr2st, "_add_members", counted)
     grid = parse_grid(
         ["expression.align=none,standardize", "gr2st:predict.bank=spots,both"], ["gr2st"]
     )
