@@ -94,8 +94,10 @@ class FileServer:
                 payload = body[start:]
                 if path in state.cut_after:
                     payload = payload[: state.cut_after.pop(path)]
-                self.wfile.write(payload)
+                # Counted before the write: the client may finish reading (and the test
+                # assert) before this thread runs again after the write returns.
                 state.sent[path] = state.sent.get(path, 0) + len(payload)
+                self.wfile.write(payload)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
