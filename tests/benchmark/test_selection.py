@@ -12,8 +12,15 @@ from anndata import AnnData
 
 from gr2st._constants import feature_key
 from gr2st.benchmark import run_benchmark
-from gr2st.benchmark.selection import Choice, parse_grid, select_inner, spot_coordinates
+from gr2st.benchmark.selection import (
+    Choice,
+    parse_grid,
+    select_inner,
+    spatial_blocks,
+    spot_coordinates,
+)
 from gr2st.config import config_to_dict
+from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import align_sections, prepare_section
@@ -148,6 +155,76 @@ def test_select_inner_without_candidates_or_inner_folds_keeps_the_first() -> Non
     choices = [Choice(), Choice(smooth=SmoothConfig(weight=0.5))]
     assert select_inner(choices[:1], [AnnData(), AnnData()], fit_predict=never).choice == choices[0]
     assert select_inner(choices, [AnnData()], fit_predict=never).choice == choices[0]
+
+
+def test_spatial_blocks_cut_a_section_into_contiguous_stripes_along_its_longer_side() -> None:
+    section = synthetic(n_sections=1, n_genes=4, grid=(5, 11), seed=2)[0]
+    coords = spot_coordinates(section)
+    axis = int(np.argmax(np.ptp(coords, axis=0)))
+    assert np.ptp(coords[:, axis]) > np.ptp(coords[:, 1 - axis])
+    pairs = spatial_blocks(section, n_blocks=3)
+    blocks = [block for _, block in pairs]
+    assert [b.n_obs for b in blocks] == [19, 18, 18]
+    assert sorted(i for b in blocks for i in b.obs_names) == sorted(section.obs_names)
+    for i, (rest, block) in enumerate(pairs, start=1):
+        assert set(rest.obs_names) == set(section.obs_names) - set(block.obs_names)
+        assert set(rest.obs["section"]) == {f"S0/rest{i}"}
+        assert set(block.obs["section"]) == {f"S0/block{i}"}
+        np.testing.assert_array_equal(block.X.toarray(), section[block.obs_names].X.toarray())
+    along = [spot_coordinates(b)[:, axis] for b in blocks]
+    assert along[0].max() <= along[1].min()
+    assert along[1].max() <= along[2].min()
+    assert set(section.obs["section"]) == {"S0"}  # the section itself is untouched
+
+
+def test_a_lone_training_section_is_cross_validated_over_its_stripes() -> None:
+    raw = synthetic(n_sections=1, n_genes=6, grid=(8, 8), seed=4)[0]
+    section = prepare_section(raw, genes=list(raw.var_names))
+    choices = [Choice(overrides=("noise=3",)), Choice(overrides=("noise=0",))]
+    seen: list[tuple[list[str], str, int]] = []
+
+    def fit_predict(choice: Choice, inner: list[AnnData], test: AnnData) -> np.ndarray:
+        names = [str(a.obs["section"].iloc[0]) for a in inner]
+        seen.append((names, str(test.obs["section"].iloc[0]), inner[0].n_obs + test.n_obs))
+        assert not set(inner[0].obs_names) & set(test.obs_names)
+        noise = float(choice.overrides[0].split("=")[1])
+        rng = np.random.default_rng(0)
+        return np.asarray(test.X) + rng.normal(scale=noise + 0.1, size=test.shape)
+
+    sel = select_inner(choices, [section], fit_predict=fit_predict, max_folds=2)
+    assert sel.inner_folds == ["S0/block1", "S0/block2"]
+    assert sel.choice == choices[1]
+    assert sel.scores[choices[1].label] > sel.scores[choices[0].label]
+    assert seen == [
+        (["S0/rest1"], "S0/block1", 64), (["S0/rest1"], "S0/block1", 64),
+        (["S0/rest2"], "S0/block2", 64), (["S0/rest2"], "S0/block2", 64),
+    ]  # fmt: skip
+    # Too few spots for three stripes of ten: nothing to cross-validate.
+    tiny = synthetic(n_sections=1, n_genes=6, grid=(5, 5))[0]
+    assert select_inner(choices, [tiny], fit_predict=fit_predict).choice == choices[0]
+
+
+def test_patient_split_selects_within_a_patients_only_section(
+    sections: list[AnnData], tmp_path: Path, tracker: Any
+) -> None:
+    # synthetic: S0, S1 → patient P0; S2 → P1 (so the P0 fold trains on S2 alone).
+    grid = parse_grid(["smooth.weight=0,0.5"], ["test-tracker"])
+    res = _run(
+        sections,
+        tmp_path / "out",
+        methods=["test-tracker"],
+        grid=grid,
+        select="inner",
+        split="patient",
+        inner_folds=2,
+    )
+    folds = res["methods"]["test-tracker"]["folds"]
+    assert folds["P0"]["selection"]["inner_folds"] == ["S2/block1", "S2/block2"]
+    assert folds["P1"]["selection"]["inner_folds"] == ["S0", "S1"]
+    assert [c["train"] for c in tracker.calls] == [
+        ("S2/rest1",), ("S2/rest2",), ("S2",),
+        ("S1",), ("S0",), ("S0", "S1"),
+    ]  # fmt: skip
 
 
 def test_run_benchmark_rejects_an_unknown_selection(

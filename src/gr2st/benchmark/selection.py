@@ -5,8 +5,10 @@ alignment of the training expression, the strength of the spatial smoothing of i
 predictions — can be given as a grid (``gr2st benchmark
 --grid``); with ``--select inner`` each outer fold picks, per method, the choice with
 the best mean per-gene Pearson r over an inner leave-one-section-out on its *training*
-sections only. The held-out section is never seen; the chosen values are recorded per
-fold in ``results.json``.
+sections only. A fold with a single training section (e.g. a patient split whose other
+patient has one section) is cross-validated within it instead, over contiguous stripes of
+its spots (:func:`spatial_blocks`). The held-out section is never seen; the chosen values
+are recorded per fold in ``results.json``.
 
 Without ``--select inner`` the first value of every grid key is used (so a one-value grid
 is simply a fixed setting, e.g. ``--grid smooth.weight=0.5``).
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from gr2st._constants import SPATIAL
+from gr2st._constants import SECTION, SPATIAL
 from gr2st.config import apply_overrides, split_override
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
@@ -37,6 +39,10 @@ SMOOTH_KEYS = ("smooth.weight", "smooth.k")
 #: (:func:`gr2st.genes.align_sections`).
 ALIGN_KEY = "expression.align"
 SELECTIONS = ("none", "inner")
+#: A lone training section is cut into this many stripes for its inner folds.
+SECTION_BLOCKS = 3
+#: ... unless a stripe would hold fewer spots than this (then the first choice is kept).
+MIN_BLOCK_SPOTS = 10
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,46 @@ def smoothed(pred: np.ndarray, test: AnnData, choice: Choice) -> np.ndarray:
     return smooth_predictions(pred, spot_coordinates(test), choice.smooth)
 
 
+def spatial_blocks(
+    adata: AnnData, *, n_blocks: int = SECTION_BLOCKS
+) -> list[tuple[AnnData, AnnData]]:
+    """Inner folds within one section: ``(rest, stripe)`` for each of ``n_blocks`` stripes.
+
+    The spots are ranked along the longer side of the section and cut into contiguous
+    stripes of equal size (±1); each stripe is held out once and the other stripes are
+    its training data. Held-out stripes are named ``<section>/block<i>`` and their
+    training parts ``<section>/rest<i>``, so that fits on different parts never share a
+    cache entry. Contiguous stripes rather than random spots keep the held-out spots away
+    from most of their training neighbours, as a new section would be.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> section = synthetic(n_sections=1, n_genes=3, grid=(6, 4))[0]
+    >>> [(section_name(rest), rest.n_obs, section_name(block), block.n_obs)
+    ...  for rest, block in spatial_blocks(section)][0]
+    ('S0/rest1', 16, 'S0/block1', 8)
+    """
+    coords = spot_coordinates(adata)
+    axis = int(np.argmax(np.ptp(coords, axis=0))) if len(coords) else 0
+    order = np.argsort(coords[:, axis], kind="stable")
+    name = section_name(adata)
+    pairs = []
+    for i, stripe in enumerate(np.array_split(order, n_blocks), start=1):
+        held = np.zeros(adata.n_obs, dtype=bool)
+        held[stripe] = True
+        pairs.append(
+            (_renamed(adata[~held], f"{name}/rest{i}"), _renamed(adata[held], f"{name}/block{i}"))
+        )
+    return pairs
+
+
+def _renamed(view: AnnData, name: str) -> AnnData:
+    part = view.copy()
+    part.obs[SECTION] = name
+    return part
+
+
 @dataclass
 class Selection:
     """The outcome of an inner cross-validation.
@@ -179,10 +225,11 @@ def select_inner(
     Parameters
     ----------
     choices
-        Candidates; on a tie (or when no inner fold is possible, with one training
-        section) the first wins.
+        Candidates; on a tie (or when no inner fold is possible) the first wins.
     train
-        The outer fold's training sections (prepared, with expression).
+        The outer fold's training sections (prepared, with expression). A single
+        section is cross-validated over its :func:`spatial_blocks` (when each stripe has
+        at least :data:`MIN_BLOCK_SPOTS` spots).
     fit_predict
         ``fit_predict(choice, inner_train, inner_test) -> predictions``: fits the
         method with ``choice.overrides`` on ``inner_train`` (already aligned as
@@ -190,8 +237,8 @@ def select_inner(
         expression). Called once per inner fold and distinct overrides and alignment:
         the smoothing candidates reuse the same predictions.
     max_folds
-        At most this many inner folds (holding out the first training sections in
-        turn); None: one per training section.
+        At most this many inner folds (holding out the first training sections, or
+        stripes, in turn); None: one per training section (or stripe).
 
     Examples
     --------
@@ -206,12 +253,16 @@ def select_inner(
     >>> sel.choice == choices[0], sel.inner_folds
     (True, ['S0', 'S1'])
     """
-    if len(train) < 2 or len(choices) == 1:
+    splits: list[tuple[list[AnnData], AnnData]]
+    if len(choices) > 1 and len(train) > 1:
+        splits = [([a for j, a in enumerate(train) if j != i], a) for i, a in enumerate(train)]
+    elif len(choices) > 1 and train and train[0].n_obs >= SECTION_BLOCKS * MIN_BLOCK_SPOTS:
+        splits = [([rest], block) for rest, block in spatial_blocks(train[0])]
+    else:
         return Selection(choice=choices[0], scores={}, inner_folds=[])
     totals: dict[str, list[float]] = {c.label: [] for c in choices}
     folds = []
-    for i, held_out in enumerate(train[: max_folds or len(train)]):
-        inner = [a for j, a in enumerate(train) if j != i]
+    for inner, held_out in splits[: max_folds or len(splits)]:
         folds.append(section_name(held_out))
         truth = stack_expression([held_out])
         aligned: dict[str, list[AnnData]] = {}

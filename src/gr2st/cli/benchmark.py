@@ -418,7 +418,8 @@ def benchmark_command(
         "--select",
         metavar="MODE",
         help="inner: each fold picks every method's --grid values by leave-one-section-out "
-        "on its training sections only (recorded in results.json); none: first values.",
+        "on its training sections only (a lone training section: over three stripes of "
+        "its spots; recorded in results.json); none: first values.",
     ),
     inner_folds: int | None = typer.Option(
         None,
