@@ -37,7 +37,14 @@ from gr2st._utils.files import remove_stale_temps, sha256_bytes
 from gr2st._utils.lock import lock_folder
 from gr2st._utils.seed import seed_everything
 from gr2st.benchmark.report import build_results, write_outputs
-from gr2st.benchmark.selection import SELECTIONS, Choice, Selection, select_inner, smoothed
+from gr2st.benchmark.selection import (
+    SECTION_BLOCKS,
+    SELECTIONS,
+    Choice,
+    Selection,
+    select_inner,
+    smoothed,
+)
 from gr2st.benchmark.store import FoldRecord, FoldStore, rescore, to_jsonable
 from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
@@ -343,7 +350,9 @@ def run_benchmark(
                 overrides=routed[name],
                 settings=settings[name],
                 fold=[fold.name, list(fold.train), list(fold.test)],
-                **_selection_fingerprint(candidates[name], select, inner_folds),
+                **_selection_fingerprint(
+                    candidates[name], select, inner_folds, n_train=len(fold.train)
+                ),
             )
             record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
             if record is not None:
@@ -450,7 +459,7 @@ def _executor(executor: Executor | str | Callable[[], Executor], stack: ExitStac
 
 
 def _selection_fingerprint(
-    choices: Sequence[Choice], select: str, inner_folds: int | None
+    choices: Sequence[Choice], select: str, inner_folds: int | None, *, n_train: int
 ) -> dict[str, Any]:
     """What of the selection settings a fold's result depends on (nothing by default, so
     folds saved before selection existed still count)."""
@@ -459,7 +468,11 @@ def _selection_fingerprint(
     labels = [c.label for c in choices]
     if select == "none" or len(choices) == 1:
         return {"choice": labels[0]}
-    return {"choices": labels, "select": select, "inner_folds": inner_folds}
+    inner = {"choices": labels, "select": select, "inner_folds": inner_folds}
+    if n_train == 1:
+        # Such folds kept the first choice before lone sections were cut into stripes.
+        inner["section_blocks"] = SECTION_BLOCKS
+    return inner
 
 
 def _select(
