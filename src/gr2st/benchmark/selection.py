@@ -198,7 +198,7 @@ class Selection:
     scores
         Mean inner-validation PCC of every candidate (by label).
     inner_folds
-        The held-out training section of each inner fold.
+        The held-out training section (or stripe) of each inner fold.
     """
 
     choice: Choice
