@@ -6,10 +6,11 @@ Run it with the venv's Python from a folder outside the source tree::
 
 It checks that gr2st is imported from the installed wheel (not a source tree), that the
 package data (gene panels, Reinhard stain reference, download registry) is inside it,
-that ``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic → ``gr2st train`` → ``gr2st info`` →
-``gr2st predict`` (image + spot CSV, the new-slide path) through the installed command,
-with the default panel (her2st-785), stain normalisation (Reinhard) and encoder
-(EfficientNet-Lite0). ``--core-only`` also asserts that no optional extra is installed.
+that ``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic →
+``gr2st train`` → ``gr2st info`` → ``gr2st predict`` (image + spot CSV, the new-slide
+path) through the installed command, with the default panel (her2st-785), stain
+normalisation (Reinhard) and encoder (EfficientNet-Lite0). ``--core-only`` also asserts
+that no optional extra is installed.
 Exits non-zero on the first failed check.
 """
 

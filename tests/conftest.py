@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from range_server import RangeServer
 
 # ../shared/data/her2st relative to the repository root.

@@ -1,4 +1,4 @@
-"""Checked downloader: layout, resume, checksums, errors and archives, against a local range_server."""
+"""Checked downloader: layout, resume, checksums, errors and archives, against a local server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from range_server import RangeServer
 
 from gr2st.errors import GR2STConfigError
 from gr2st.io.download import (
@@ -33,6 +32,7 @@ from gr2st.io.download import (
     fetch,
     get_manifest,
 )
+from range_server import RangeServer
 
 FAST: dict[str, Any] = {"progress": False, "retries": 2, "retry_wait_s": 0.0, "timeout_s": 5.0}
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from range_server import RangeServer
 from typer.testing import CliRunner
 
 from gr2st._constants import MICRONS_PER_PIXEL, UNS
@@ -23,6 +22,7 @@ from gr2st.datasets import synthetic, write_hest_layout
 from gr2st.errors import GR2STConfigError
 from gr2st.io import read_hest
 from gr2st.io.download import HEST_REPO, DownloadError, fetch_hest, hest_manifest
+from range_server import RangeServer
 
 pytest.importorskip("huggingface_hub")
 

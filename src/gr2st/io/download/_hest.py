@@ -210,7 +210,7 @@ def fetch_hest(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> FetchReport:
-    """Download the files of ``manifest`` into ``dest`` with :func:`huggingface_hub.hf_hub_download`.
+    """Download the files of ``manifest`` into ``dest`` with ``huggingface_hub.hf_hub_download``.
 
     Files already there with the right size and hash are kept without a request.
     Each other file is downloaded into ``dest/.gr2st-download`` (huggingface_hub

@@ -3,9 +3,10 @@
 :func:`download_file` hands a URL to :func:`pooch.retrieve`, which downloads into a
 temporary file next to the destination, checks its sha256 and only then renames it.
 Pooch has no resume, so its downloader here is :class:`ResumingDownloader`: it streams
-with ``requests`` (urllib3's ``read1``) into ``<file>.part``, continues an existing ``.part`` with an HTTP
-``Range`` request, retries network failures, and checks what pooch cannot (the size,
-and the git blob id that GitHub's tree listing gives instead of a sha256).
+with ``requests`` (urllib3's ``read1``, so a cut connection loses no byte received) into
+``<file>.part``, continues an existing ``.part`` with an HTTP ``Range`` request,
+retries network failures, and checks what pooch cannot (the size, and the git blob id
+that GitHub's tree listing gives instead of a sha256).
 """
 
 from __future__ import annotations
