@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import random
@@ -213,6 +214,32 @@ def test_a_network_failure_names_the_url(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match=rf"network failure fetching {re.escape(url)}: .*"):
         download_file(url, tmp_path / "a.tsv", **FAST)
     assert not (tmp_path / "a.tsv").exists()
+
+
+def test_a_redirect_to_another_host_drops_the_authorization(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    data = payload(3_000, 15)
+    range_server.files["a.tsv"] = data
+
+    def moved(handler: http.server.BaseHTTPRequestHandler, path: str) -> bool:
+        if path != "moved/a.tsv":
+            return False
+        handler.send_response(302)  # to "localhost": the same server under another host name
+        handler.send_header("Location", f"http://localhost:{range_server.port}/a.tsv")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return True
+
+    range_server.routes.append(moved)
+    headers = {"Authorization": "Bearer secret"}
+    url = range_server.url + "moved/a.tsv"
+    download_file(url, tmp_path / "a.tsv", sha256=sha(data), headers=headers, **FAST)
+    assert (tmp_path / "a.tsv").read_bytes() == data
+    assert [(h.path, h.auth) for h in range_server.requests] == [
+        ("moved/a.tsv", "Bearer secret"),
+        ("a.tsv", None),
+    ]
 
 
 def test_a_network_failure_keeps_the_partial_data_for_the_next_run(
