@@ -5,11 +5,12 @@ Run it with the venv's Python from a folder outside the source tree::
     cd "$(mktemp -d)" && /path/to/venv/bin/python /path/to/scripts/wheel_smoke.py --core-only
 
 It checks that gr2st is imported from the installed wheel (not a source tree), that the
-package data (gene panels, Reinhard stain reference) is inside it, that ``gr2st --version``
-and ``python -m gr2st`` run, and then goes synthetic → ``gr2st train`` → ``gr2st info`` →
-``gr2st predict`` (image + spot CSV, the new-slide path) through the installed command,
-with the default panel (her2st-785), stain normalisation (Reinhard) and encoder
-(EfficientNet-Lite0). ``--core-only`` also asserts that no optional extra is installed.
+package data (gene panels, Reinhard stain reference, download registry) is inside it,
+that ``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic →
+``gr2st train`` → ``gr2st info`` → ``gr2st predict`` (image + spot CSV, the new-slide
+path) through the installed command, with the default panel (her2st-785), stain
+normalisation (Reinhard) and encoder (EfficientNet-Lite0). ``--core-only`` also asserts
+that no optional extra is installed.
 Exits non-zero on the first failed check.
 """
 
@@ -36,6 +37,7 @@ OPTIONAL = {
     "torchstain": "macenko",
     "ray": "ray",
     "spatialdata": "spatialdata",
+    "huggingface_hub": "hest",
 }
 
 
@@ -83,13 +85,21 @@ def main() -> None:
     from gr2st.genes import get_panel
     from gr2st.image.stain import load_reference
 
-    for rel in ("genes/data/her2st-785.txt", "genes/data/cscc-171.txt"):
+    for rel in (
+        "genes/data/her2st-785.txt",
+        "genes/data/cscc-171.txt",
+        "io/download/datasets.toml",
+    ):
         item = resources.files("gr2st") / rel
         check(item.is_file() and Path(str(item)).is_relative_to(where.parent), f"{rel} in wheel")
     panel = get_panel("her2st-785")
     check(len(panel) == 785, "panel her2st-785 has 785 genes")
     check(len(get_panel("cscc-171")) == 171, "panel cscc-171 has 171 genes")
     check(len(load_reference()["mean"]) == 3, "Reinhard stain reference JSON in wheel")
+    # `gr2st data fetch her2st` works from a core install: pooch and the shipped registry.
+    from gr2st.io.download import get_manifest
+
+    check(len(get_manifest("her2st").files) == 88, "download registry: 88 pinned HER2ST files")
 
     bin_dir = Path(sys.executable).parent
     gr2st_cmd = str(bin_dir / "gr2st")

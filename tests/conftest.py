@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from range_server import RangeServer
+
 # ../shared/data/her2st relative to the repository root.
 _DEFAULT_HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 
@@ -27,6 +29,14 @@ def _restore_cli_output_setup() -> Iterator[None]:
     saved = logger.handlers[:], logger.level, logger.propagate, warnings.showwarning
     yield
     logger.handlers, logger.level, logger.propagate, warnings.showwarning = saved
+
+
+@pytest.fixture
+def range_server() -> Iterator[RangeServer]:
+    """A local HTTP server with byte ranges and a request log (``tests/range_server.py``)."""
+    server = RangeServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import re
 import sys
-import threading
-import urllib.parse
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -21,47 +17,9 @@ from gr2st.cli.main import app, main
 from gr2st.datasets import synthetic, write_her2st_layout
 from gr2st.io import download
 from gr2st.io.download import DownloadError, Manifest, RemoteFile
+from range_server import RangeServer
 
 SECTIONS = ["B4", "C2"]
-
-
-class Server:
-    """Serves a folder over HTTP on 127.0.0.1 with Range support, recording each GET."""
-
-    def __init__(self, root: Path) -> None:
-        self.requests: list[tuple[str, str | None]] = []
-        state = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path.lstrip("/"))
-                state.requests.append((rel, self.headers.get("Range")))
-                path = root / rel
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                start = int(match.group(1)) if match else 0
-                if match:
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                self.wfile.write(body[start:])
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -74,10 +32,9 @@ def served(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(served: Path) -> Iterator[Server]:
-    srv = Server(served)
-    yield srv
-    srv.close()
+def server(served: Path, range_server: RangeServer) -> RangeServer:
+    range_server.root = served
+    return range_server
 
 
 def _manifest(served: Path, base_url: str) -> Manifest:
@@ -121,7 +78,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_auto_downloads_checks_and_then_reuses_without_a_request(
     served: Path,
-    server: Server,
+    server: RangeServer,
     workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -147,7 +104,7 @@ def test_auto_downloads_checks_and_then_reuses_without_a_request(
 
 
 def test_an_interrupted_download_resumes(
-    served: Path, server: Server, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    served: Path, server: RangeServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _serve(monkeypatch, served, server.url)
     image = "ST-imgs/B/B4/B4.jpg"
@@ -156,12 +113,12 @@ def test_an_interrupted_download_resumes(
     part.parent.mkdir(parents=True)
     part.write_bytes(body[: len(body) // 2])  # what an interrupted run leaves behind
     find_or_fetch_her2st(SECTIONS, progress=False)
-    assert (image, f"bytes={len(body) // 2}-") in server.requests
+    assert (image, f"bytes={len(body) // 2}-") in server.gets()
     assert _files(workdir / FETCH_DEST) == _files(served)
 
 
 def test_a_corrupt_file_is_not_kept_under_its_final_name(
-    served: Path, server: Server, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    served: Path, server: RangeServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _serve(monkeypatch, served, server.url)
     manifest = _manifest(served, server.url)
@@ -183,7 +140,7 @@ def test_offline_fails_at_once_with_one_line_and_writes_nothing(
     # .invalid never resolves (RFC 6761): what an offline machine sees.
     _serve(monkeypatch, served, "http://gr2st-offline.invalid/data/")
     waits: list[float] = []
-    monkeypatch.setattr(download.time, "sleep", waits.append)
+    monkeypatch.setattr(time, "sleep", waits.append)
     argv = ["gr2st", "benchmark", "--data", "auto", "--sections", "B4,C2", "--methods", "mean"]
     monkeypatch.setattr(sys, "argv", [*argv, "--no-progress"])
     with pytest.raises(SystemExit) as exit_info:
@@ -227,7 +184,7 @@ def test_an_existing_folder_holding_the_sections_is_used_as_is(
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:section .* obs\\['cell_type'\\] is missing:UserWarning")
 def test_benchmark_data_auto_fetches_then_runs(
-    served: Path, server: Server, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    served: Path, server: RangeServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _serve(monkeypatch, served, server.url)
     (workdir / "panel.txt").write_text("\n".join(f"GENE{i:03d}" for i in range(6)) + "\n")

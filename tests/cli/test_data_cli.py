@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import shlex
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,30 +13,16 @@ from typer.testing import CliRunner
 from gr2st.cli.main import app, main
 from gr2st.io import download
 from gr2st.io.download import Manifest, RemoteFile
+from range_server import RangeServer
 
 FILES = {"ST-cnts/A1.tsv.gz": b"counts" * 1000, "ST-spotfiles/A1_selection.tsv": b"x\ty\n1\t2\n"}
 
 
-class QuietFolderHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder without logging each request to stderr."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[str]:
+def mirror(range_server: RangeServer) -> str:
     """URL of a local server holding ``FILES`` under their relative paths."""
-    root = tmp_path / "served"
-    for rel, data in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    handler = functools.partial(QuietFolderHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
+    range_server.files.update(FILES)
+    return range_server.url
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import http.server
@@ -12,10 +11,7 @@ import random
 import re
 import socket
 import tarfile
-import threading
-import urllib.parse
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,86 +33,9 @@ from gr2st.io.download import (
     fetch,
     get_manifest,
 )
+from range_server import RangeServer
 
 FAST: dict[str, Any] = {"progress": False, "retries": 2, "retry_wait_s": 0.0, "timeout_s": 5.0}
-
-
-class QuietFolderHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder without logging each request to stderr."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@dataclass
-class FileServer:
-    """HTTP server on 127.0.0.1 serving in-memory files, with optional Range support.
-
-    ``requests`` records (path, Range header) of every GET; ``sent`` the body bytes
-    written per path; ``cut_after[path] = n`` makes the first GET of ``path`` announce
-    the full length but close the connection after ``n`` bytes.
-    """
-
-    files: dict[str, bytes] = field(default_factory=dict)
-    honour_range: bool = True
-    cut_after: dict[str, int] = field(default_factory=dict)
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-    sent: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        state = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path.lstrip("/"))
-                range_header = self.headers.get("Range")
-                state.requests.append((path, range_header))
-                if path not in state.files:
-                    self.send_error(404)
-                    return
-                body = state.files[path]
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
-                if match and state.honour_range:
-                    start = int(match.group(1))
-                    if start >= len(body):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                if path in state.cut_after:
-                    payload = payload[: state.cut_after.pop(path)]
-                # Counted before the write: the client may finish reading (and the test
-                # assert) before this thread runs again after the write returns.
-                state.sent[path] = state.sent.get(path, 0) + len(payload)
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    srv = FileServer()
-    yield srv
-    srv.close()
 
 
 def payload(n: int, seed: int) -> bytes:
@@ -154,88 +73,96 @@ def small_manifest(base_url: str, content: dict[str, bytes] = CONTENT) -> Manife
 # ------------------------------------------------------------------------ plain files
 
 
-def test_fetch_writes_the_exact_layout(server: FileServer, tmp_path: Path) -> None:
-    server.files.update(CONTENT)
-    report = fetch(small_manifest("http://unused.invalid/"), tmp_path, mirror=server.url, **FAST)
+def test_fetch_writes_the_exact_layout(range_server: RangeServer, tmp_path: Path) -> None:
+    range_server.files.update(CONTENT)
+    report = fetch(
+        small_manifest("http://unused.invalid/"), tmp_path, mirror=range_server.url, **FAST
+    )
     assert files_under(tmp_path) == CONTENT
     assert report.downloaded == list(CONTENT)
     assert report.skipped == []
     assert report.bytes_downloaded == sum(len(b) for b in CONTENT.values())
     assert report.dest == tmp_path.resolve()
-    assert sorted(p for p, _ in server.requests) == sorted(CONTENT)
+    assert sorted(p for p, _ in range_server.gets()) == sorted(CONTENT)
 
 
 def test_second_fetch_skips_present_files_without_any_request(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
-    server.files.update(CONTENT)
-    manifest = small_manifest(server.url)
+    range_server.files.update(CONTENT)
+    manifest = small_manifest(range_server.url)
     fetch(manifest, tmp_path, **FAST)
-    server.requests.clear()
+    range_server.requests.clear()
     report = fetch(manifest, tmp_path, **FAST)
-    assert server.requests == []
+    assert range_server.requests == []
     assert report.downloaded == []
     assert report.skipped == list(CONTENT)
     assert report.bytes_downloaded == 0
 
 
-def test_a_wrong_existing_file_is_downloaded_again(server: FileServer, tmp_path: Path) -> None:
-    server.files.update(CONTENT)
+def test_a_wrong_existing_file_is_downloaded_again(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.files.update(CONTENT)
     bad = tmp_path / "ST-spotfiles/A1_selection.tsv"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"x" * len(CONTENT["ST-spotfiles/A1_selection.tsv"]))  # right size only
-    report = fetch(small_manifest(server.url), tmp_path, **FAST)
+    report = fetch(small_manifest(range_server.url), tmp_path, **FAST)
     assert "ST-spotfiles/A1_selection.tsv" in report.downloaded
     assert files_under(tmp_path) == CONTENT
 
 
 def test_resume_requests_only_the_remainder_of_a_part_file(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     data = CONTENT["ST-imgs/A/A1/some_HE.jpg"]
-    server.files["img.jpg"] = data
+    range_server.files["img.jpg"] = data
     done = 1_500_000
     part = tmp_path / "img.jpg.part"
     part.write_bytes(data[:done])
     received = download_file(
-        server.url + "img.jpg", tmp_path / "img.jpg", size=len(data), sha256=sha(data), **FAST
+        range_server.url + "img.jpg", tmp_path / "img.jpg", size=len(data), sha256=sha(data), **FAST
     )
-    assert server.requests == [("img.jpg", f"bytes={done}-")]
-    assert server.sent["img.jpg"] == received == len(data) - done
+    assert range_server.gets() == [("img.jpg", f"bytes={done}-")]
+    assert range_server.sent["img.jpg"] == received == len(data) - done
     assert (tmp_path / "img.jpg").read_bytes() == data
     assert not part.exists()
 
 
 def test_an_interrupted_transfer_is_resumed_by_the_retry(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     data = CONTENT["ST-imgs/A/A1/some_HE.jpg"]
-    server.files["img.jpg"] = data
-    server.cut_after["img.jpg"] = 1_000_000
-    download_file(server.url + "img.jpg", tmp_path / "img.jpg", sha256=sha(data), **FAST)
-    assert server.requests == [("img.jpg", None), ("img.jpg", "bytes=1000000-")]
-    assert server.sent["img.jpg"] == len(data)  # nothing was sent twice
+    range_server.files["img.jpg"] = data
+    range_server.cut_after["img.jpg"] = 1_000_000
+    download_file(range_server.url + "img.jpg", tmp_path / "img.jpg", sha256=sha(data), **FAST)
+    assert range_server.gets() == [("img.jpg", None), ("img.jpg", "bytes=1000000-")]
+    assert range_server.sent["img.jpg"] == len(data)  # nothing was sent twice
     assert (tmp_path / "img.jpg").read_bytes() == data
 
 
-def test_a_server_ignoring_range_restarts_the_file(server: FileServer, tmp_path: Path) -> None:
+def test_a_server_ignoring_range_restarts_the_file(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
     data = payload(50_000, 7)
-    server.files["a.tsv"] = data
-    server.honour_range = False
+    range_server.files["a.tsv"] = data
+    range_server.honour_range = False
     (tmp_path / "a.tsv.part").write_bytes(data[:20_000])
     download_file(
-        server.url + "a.tsv", tmp_path / "a.tsv", size=len(data), sha256=sha(data), **FAST
+        range_server.url + "a.tsv", tmp_path / "a.tsv", size=len(data), sha256=sha(data), **FAST
     )
-    assert server.requests == [("a.tsv", "bytes=20000-")]
+    assert range_server.gets() == [("a.tsv", "bytes=20000-")]
     assert (tmp_path / "a.tsv").read_bytes() == data  # no duplicated prefix
 
 
-def test_a_part_file_longer_than_expected_is_discarded(server: FileServer, tmp_path: Path) -> None:
+def test_a_part_file_longer_than_expected_is_discarded(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
     data = payload(5_000, 8)
-    server.files["a.tsv"] = data
+    range_server.files["a.tsv"] = data
     (tmp_path / "a.tsv.part").write_bytes(payload(9_000, 9))
-    download_file(server.url + "a.tsv", tmp_path / "a.tsv", size=len(data), **FAST)
-    assert server.requests == [("a.tsv", None)]
+    download_file(range_server.url + "a.tsv", tmp_path / "a.tsv", size=len(data), **FAST)
+    assert range_server.gets() == [("a.tsv", None)]
     assert (tmp_path / "a.tsv").read_bytes() == data
 
 
@@ -243,34 +170,40 @@ def test_a_part_file_longer_than_expected_is_discarded(server: FileServer, tmp_p
     ("expect", "message"),
     [
         ({"size": 1_233}, r"size 1234 bytes, expected 1233"),
-        ({"sha256": "0" * 64}, r"sha256 [0-9a-f]{64}, expected 0{64}"),
+        ({"sha256": "0" * 64}, r"sha256 differs, expected 0{64}"),
         ({"git_sha1": "1" * 40}, r"git blob id [0-9a-f]{40}, expected 1{40}"),
     ],
 )
 def test_a_mismatch_is_a_clear_error_and_the_bad_file_is_removed(
-    server: FileServer, tmp_path: Path, expect: dict[str, Any], message: str
+    range_server: RangeServer, tmp_path: Path, expect: dict[str, Any], message: str
 ) -> None:
-    server.files["s.tsv"] = CONTENT["ST-spotfiles/A1_selection.tsv"]
-    url = server.url + "s.tsv"
+    range_server.files["s.tsv"] = CONTENT["ST-spotfiles/A1_selection.tsv"]
+    url = range_server.url + "s.tsv"
     with pytest.raises(DownloadError, match=rf"checksum mismatch for {re.escape(url)}: {message}"):
         download_file(url, tmp_path / "s.tsv", **expect, **FAST)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_right_git_blob_id_is_accepted(server: FileServer, tmp_path: Path) -> None:
+def test_the_right_git_blob_id_is_accepted(range_server: RangeServer, tmp_path: Path) -> None:
     data = CONTENT["ST-spotfiles/A1_selection.tsv"]
-    server.files["s.tsv"] = data
-    download_file(server.url + "s.tsv", tmp_path / "s.tsv", git_sha1=git_blob_id(data), **FAST)
+    range_server.files["s.tsv"] = data
+    download_file(
+        range_server.url + "s.tsv", tmp_path / "s.tsv", git_sha1=git_blob_id(data), **FAST
+    )
     assert (tmp_path / "s.tsv").read_bytes() == data
 
 
-def test_a_missing_file_is_a_404_error_naming_the_url(server: FileServer, tmp_path: Path) -> None:
-    server.files.update(CONTENT)
+def test_a_missing_file_is_a_404_error_naming_the_url(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.files.update(CONTENT)
     content = {**CONTENT, "ST-cnts/Z9.tsv.gz": b"never served"}
-    with pytest.raises(DownloadError, match=re.escape(f"{server.url}ST-cnts/Z9.tsv.gz") + ".*404"):
-        fetch(small_manifest(server.url, content), tmp_path, **FAST)
+    with pytest.raises(
+        DownloadError, match=re.escape(f"{range_server.url}ST-cnts/Z9.tsv.gz") + ".*404"
+    ):
+        fetch(small_manifest(range_server.url, content), tmp_path, **FAST)
     assert not (tmp_path / "ST-cnts/Z9.tsv.gz").exists()
-    assert [p for p, _ in server.requests].count("ST-cnts/Z9.tsv.gz") == 1  # 404 is not retried
+    assert [p for p, _ in range_server.gets()].count("ST-cnts/Z9.tsv.gz") == 1  # 404 is not retried
 
 
 def test_a_network_failure_names_the_url(tmp_path: Path) -> None:
@@ -283,32 +216,58 @@ def test_a_network_failure_names_the_url(tmp_path: Path) -> None:
     assert not (tmp_path / "a.tsv").exists()
 
 
+def test_a_redirect_to_another_host_drops_the_authorization(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    data = payload(3_000, 15)
+    range_server.files["a.tsv"] = data
+
+    def moved(handler: http.server.BaseHTTPRequestHandler, path: str) -> bool:
+        if path != "moved/a.tsv":
+            return False
+        handler.send_response(302)  # to "localhost": the same server under another host name
+        handler.send_header("Location", f"http://localhost:{range_server.port}/a.tsv")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return True
+
+    range_server.routes.append(moved)
+    headers = {"Authorization": "Bearer secret"}
+    url = range_server.url + "moved/a.tsv"
+    download_file(url, tmp_path / "a.tsv", sha256=sha(data), headers=headers, **FAST)
+    assert (tmp_path / "a.tsv").read_bytes() == data
+    assert [(h.path, h.auth) for h in range_server.requests] == [
+        ("moved/a.tsv", "Bearer secret"),
+        ("a.tsv", None),
+    ]
+
+
 def test_a_network_failure_keeps_the_partial_data_for_the_next_run(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     data = payload(40_000, 10)
-    server.files["a.tsv"] = data
-    server.cut_after["a.tsv"] = 15_000
+    range_server.files["a.tsv"] = data
+    range_server.cut_after["a.tsv"] = 15_000
     with pytest.raises(DownloadError, match=r"15000 bytes kept in .*a\.tsv\.part, run again"):
-        download_file(server.url + "a.tsv", tmp_path / "a.tsv", **{**FAST, "retries": 0})
+        download_file(range_server.url + "a.tsv", tmp_path / "a.tsv", **{**FAST, "retries": 0})
     assert not (tmp_path / "a.tsv").exists()
     assert (tmp_path / "a.tsv.part").read_bytes() == data[:15_000]
-    download_file(server.url + "a.tsv", tmp_path / "a.tsv", sha256=sha(data), **FAST)
-    assert server.requests[-1] == ("a.tsv", "bytes=15000-")
+    download_file(range_server.url + "a.tsv", tmp_path / "a.tsv", sha256=sha(data), **FAST)
+    assert range_server.gets()[-1] == ("a.tsv", "bytes=15000-")
     assert (tmp_path / "a.tsv").read_bytes() == data
 
 
 # ------------------------------------------------------------------------ tree listing
 
 
-def listing_manifest(server: FileServer, tree: Mapping[str, object]) -> Manifest:
-    server.files["tree.json"] = json.dumps(tree).encode()
+def listing_manifest(range_server: RangeServer, tree: Mapping[str, object]) -> Manifest:
+    range_server.files["tree.json"] = json.dumps(tree).encode()
     return Manifest(
         name="listed",
-        base_url=server.url + "data/",
+        base_url=range_server.url + "data/",
         files=(RemoteFile("ST-cnts/A1.tsv.gz", 3, sha(b"abc")),),
         listing=GitTreeListing(
-            url=server.url + "tree.json?recursive=1",
+            url=range_server.url + "tree.json?recursive=1",
             prefix="data/",
             pattern=r"ST-imgs/[A-Z]/[A-Z][0-9]+/[^/]+\.jpg",
         ),
@@ -316,11 +275,11 @@ def listing_manifest(server: FileServer, tree: Mapping[str, object]) -> Manifest
 
 
 def test_listed_files_are_discovered_and_checked_by_git_blob_id(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     images = {"ST-imgs/A/A1/x_HE.jpg": payload(900, 11), "ST-imgs/D/D2/y.jpg": payload(700, 12)}
-    server.files["data/ST-cnts/A1.tsv.gz"] = b"abc"
-    server.files.update({f"data/{p}": b for p, b in images.items()})
+    range_server.files["data/ST-cnts/A1.tsv.gz"] = b"abc"
+    range_server.files.update({f"data/{p}": b for p, b in images.items()})
     tree = {
         "truncated": False,
         "tree": [
@@ -333,19 +292,21 @@ def test_listed_files_are_discovered_and_checked_by_git_blob_id(
             {"path": "res/ST-imgs/A/A1/z.jpg", "type": "blob", "size": 1, "sha": "3" * 40},
         ],
     }
-    report = fetch(listing_manifest(server, tree), tmp_path, **FAST)
+    report = fetch(listing_manifest(range_server, tree), tmp_path, **FAST)
     assert files_under(tmp_path) == {"ST-cnts/A1.tsv.gz": b"abc", **images}
     assert sorted(report.downloaded) == sorted(["ST-cnts/A1.tsv.gz", *images])
 
 
-def test_a_listed_file_with_another_blob_id_is_rejected(server: FileServer, tmp_path: Path) -> None:
-    server.files["data/ST-cnts/A1.tsv.gz"] = b"abc"
-    server.files["data/ST-imgs/A/A1/x.jpg"] = b"tampered"
+def test_a_listed_file_with_another_blob_id_is_rejected(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.files["data/ST-cnts/A1.tsv.gz"] = b"abc"
+    range_server.files["data/ST-imgs/A/A1/x.jpg"] = b"tampered"
     tree = {
         "tree": [{"path": "data/ST-imgs/A/A1/x.jpg", "type": "blob", "size": 8, "sha": "4" * 40}]
     }
     with pytest.raises(DownloadError, match=r"x\.jpg: git blob id [0-9a-f]{40}, expected 4{40}"):
-        fetch(listing_manifest(server, tree), tmp_path, **FAST)
+        fetch(listing_manifest(range_server, tree), tmp_path, **FAST)
     assert not (tmp_path / "ST-imgs/A/A1/x.jpg").exists()
 
 
@@ -359,22 +320,22 @@ def test_a_listed_file_with_another_blob_id_is_rejected(server: FileServer, tmp_
     ],
 )
 def test_an_unusable_listing_says_the_manual_step(
-    server: FileServer, tmp_path: Path, tree: dict[str, object] | None, message: str
+    range_server: RangeServer, tmp_path: Path, tree: dict[str, object] | None, message: str
 ) -> None:
-    manifest = listing_manifest(server, tree or {})
+    manifest = listing_manifest(range_server, tree or {})
     if tree is None:
-        del server.files["tree.json"]
+        del range_server.files["tree.json"]
     with pytest.raises(DownloadError, match=message):
         fetch(manifest, tmp_path, **FAST)
     assert not any(tmp_path.iterdir())  # the listing is read before any download
 
 
 def test_a_listing_is_checked_even_when_the_manifest_pins_some_of_its_files(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     image = b"pinned image"
-    server.files["data/ST-imgs/A/A1/x.jpg"] = image
-    manifest = listing_manifest(server, {"tree": []})
+    range_server.files["data/ST-imgs/A/A1/x.jpg"] = image
+    manifest = listing_manifest(range_server, {"tree": []})
     pinned = Manifest(
         name="listed",
         base_url=manifest.base_url,
@@ -384,16 +345,18 @@ def test_a_listing_is_checked_even_when_the_manifest_pins_some_of_its_files(
     with pytest.raises(DownloadError, match=r"lists no file matching"):
         fetch(pinned, tmp_path, **FAST)  # an empty listing is an error, not "nothing new"
     only_pinned = {"path": "data/ST-imgs/A/A1/x.jpg", "type": "blob", "size": 12, "sha": "5" * 40}
-    server.files["tree.json"] = json.dumps({"tree": [only_pinned]}).encode()
+    range_server.files["tree.json"] = json.dumps({"tree": [only_pinned]}).encode()
     report = fetch(pinned, tmp_path, **FAST)  # pinned by sha256: the listing's id is unused
     assert report.downloaded == ["ST-imgs/A/A1/x.jpg"]
     assert files_under(tmp_path) == {"ST-imgs/A/A1/x.jpg": image}
 
 
-def test_a_listing_entry_without_a_blob_id_is_an_error(server: FileServer, tmp_path: Path) -> None:
+def test_a_listing_entry_without_a_blob_id_is_an_error(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
     entry = {"path": "data/ST-imgs/A/A1/x.jpg", "type": "blob", "size": 3, "sha": "XYZ"}
     with pytest.raises(DownloadError, match=r"entry data/ST-imgs/A/A1/x\.jpg lacks .* blob id"):
-        fetch(listing_manifest(server, {"tree": [entry]}), tmp_path, **FAST)
+        fetch(listing_manifest(range_server, {"tree": [entry]}), tmp_path, **FAST)
 
 
 # ---------------------------------------------------------------------------- archives
@@ -437,19 +400,19 @@ RAW_MEMBERS = {
 }
 
 
-def archive_manifest(server: FileServer) -> Manifest:
-    server.files["suppl/RAW.tar"] = make_tar(RAW_MEMBERS, symlink="GSM1_P2_ST_rep1.jpg.link")
+def archive_manifest(range_server: RangeServer) -> Manifest:
+    range_server.files["suppl/RAW.tar"] = make_tar(RAW_MEMBERS, symlink="GSM1_P2_ST_rep1.jpg.link")
     return Manifest(
         name="archived",
-        base_url=server.url + "suppl/",
+        base_url=range_server.url + "suppl/",
         archives=(TarArchive("RAW.tar", cscc_like_members()),),
     )
 
 
 def test_an_archive_is_extracted_flat_keeping_only_wanted_members(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
-    report = fetch(archive_manifest(server), tmp_path, **FAST)
+    report = fetch(archive_manifest(range_server), tmp_path, **FAST)
     assert files_under(tmp_path) == {
         "GSM1_P2_ST_rep1_stdata.tsv.gz": RAW_MEMBERS["GSM1_P2_ST_rep1_stdata.tsv.gz"],
         "GSM1_P2_ST_rep1.jpg": JPEG,  # gunzipped
@@ -463,16 +426,16 @@ def test_an_archive_is_extracted_flat_keeping_only_wanted_members(
         "GSM4_P10_ST_rep1_stdata.tsv.gz",
         "GSM4_P10_ST_rep1.jpg",
     ]
-    server.requests.clear()
-    again = fetch(archive_manifest(server), tmp_path, **FAST)
-    assert server.requests == []
+    range_server.requests.clear()
+    again = fetch(archive_manifest(range_server), tmp_path, **FAST)
+    assert range_server.requests == []
     assert again.skipped == ["RAW.tar"]
 
 
-def test_keep_archives_leaves_the_tar(server: FileServer, tmp_path: Path) -> None:
-    manifest = archive_manifest(server)
+def test_keep_archives_leaves_the_tar(range_server: RangeServer, tmp_path: Path) -> None:
+    manifest = archive_manifest(range_server)
     fetch(manifest, tmp_path, keep_archives=True, **FAST)
-    assert (tmp_path / "RAW.tar").read_bytes() == server.files["suppl/RAW.tar"]
+    assert (tmp_path / "RAW.tar").read_bytes() == range_server.files["suppl/RAW.tar"]
 
 
 @pytest.mark.parametrize("name", ["../GSM1_P2_ST_rep1_stdata.tsv.gz", "/tmp/GSM1_x.tsv.gz"])
@@ -579,7 +542,7 @@ def test_cscc_manifest_selects_each_section_file_exactly() -> None:
 
 
 def test_the_cscc_manifest_fetches_a_geo_like_tar_into_the_flat_layout(
-    server: FileServer, tmp_path: Path
+    range_server: RangeServer, tmp_path: Path
 ) -> None:
     expected: dict[str, bytes] = {}
     members: dict[str, bytes] = {"GSE144236_cSCC_counts.txt.gz": b"scRNA, not wanted"}
@@ -596,11 +559,11 @@ def test_the_cscc_manifest_fetches_a_geo_like_tar_into_the_flat_layout(
             f"{gsm}_spot_data-selection-{s}.tsv.gz": spots,
             f"{gsm}_{s}.jpg": image,
         }
-    server.files["geo/GSE144240_RAW.tar"] = make_tar(members)
-    report = fetch("cscc", tmp_path, mirror=server.url + "geo", **FAST)
+    range_server.files["geo/GSE144240_RAW.tar"] = make_tar(members)
+    report = fetch("cscc", tmp_path, mirror=range_server.url + "geo", **FAST)
     assert files_under(tmp_path) == expected
     assert sorted(report.extracted) == sorted(expected)
-    assert server.requests == [("geo/GSE144240_RAW.tar", None)]
+    assert range_server.gets() == [("geo/GSE144240_RAW.tar", None)]
 
 
 def test_manifest_paths_must_stay_inside_the_folder() -> None:
@@ -616,22 +579,17 @@ def test_manifest_paths_must_stay_inside_the_folder() -> None:
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_her2st_manifest_matches_the_real_files(her2st_root: Path, tmp_path: Path) -> None:
+def test_her2st_manifest_matches_the_real_files(
+    her2st_root: Path, range_server: RangeServer, tmp_path: Path
+) -> None:
     root = her2st_root.resolve()
     m = get_manifest("her2st")
     local = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert {f.path for f in m.files} <= local
     # Serve the real folder as a mirror: the built-in manifest must fetch it unchanged.
-    handler = functools.partial(QuietFolderHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        static = Manifest(name="her2st", base_url=m.base_url, files=m.files)
-        mirror = f"http://127.0.0.1:{httpd.server_address[1]}/"
-        report = fetch(static, tmp_path, mirror=mirror, **FAST)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    range_server.root = root
+    static = Manifest(name="her2st", base_url=m.base_url, files=m.files)
+    report = fetch(static, tmp_path, mirror=range_server.url, **FAST)
     assert len(report.downloaded) == 88
     fetched = files_under(tmp_path)
     assert set(fetched) == {f.path for f in m.files}

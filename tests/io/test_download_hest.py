@@ -1,13 +1,14 @@
-"""``fetch hest``: HEST-1k samples from a local server laid out as the Hugging Face hub."""
+"""``fetch hest``: HEST-1k samples through huggingface_hub, from a local server laid out as
+the Hugging Face hub (its endpoint argument points there; nothing leaves 127.0.0.1)."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import re
-import threading
+import socket
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,116 +21,71 @@ from gr2st.cli.main import app
 from gr2st.datasets import synthetic, write_hest_layout
 from gr2st.errors import GR2STConfigError
 from gr2st.io import read_hest
-from gr2st.io.download import HEST_REPO, DownloadError, fetch, hest_manifest
+from gr2st.io.download import HEST_REPO, DownloadError, fetch_hest, hest_manifest
+from range_server import RangeServer
 
-FAST: dict[str, Any] = {"progress": False, "retries": 2, "retry_wait_s": 0.0, "timeout_s": 5.0}
+pytest.importorskip("huggingface_hub")
+
 TOKEN = "hf_test_token"
-API = f"/api/datasets/{HEST_REPO}/paths-info/"
-RESOLVE = f"/datasets/{HEST_REPO}/resolve/"
+API = f"api/datasets/{HEST_REPO}/paths-info/"
+RESOLVE = f"datasets/{HEST_REPO}/resolve/"
+COMMIT = "c" * 40
 
 
 @dataclass
 class Hub:
-    """A hub on 127.0.0.1: ``paths-info`` API, ``resolve`` URLs that redirect to a storage
-    host (``localhost``, another host name for the same server) serving byte ranges.
+    """The hub's ``paths-info`` API and ``resolve`` URLs as routes of a :class:`RangeServer`.
 
-    ``files`` maps repository paths to bytes; paths of ``.json`` files are listed with a
-    git blob id, others as LFS files with their sha256. ``served`` replaces what the
-    storage host sends for a path; ``cut_after[path] = n`` closes the first transfer after
-    ``n`` bytes. ``requests`` records (method, path, Authorization, Range).
+    ``listed`` maps repository paths to their bytes (``.json`` files are listed with a
+    git blob id, others as LFS files with their sha256). A ``resolve`` request (HEAD or
+    GET, token required) redirects to the storage host ``localhost`` (another host name
+    for the same server), which serves ``server.files["cdn/<path>"]`` with byte ranges;
+    a test changes what storage sends by changing that entry.
     """
 
-    files: dict[str, bytes] = field(default_factory=dict)
-    served: dict[str, bytes] = field(default_factory=dict)
-    cut_after: dict[str, int] = field(default_factory=dict)
-    requests: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+    server: RangeServer
+    listed: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _record(self) -> str:
-                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-                hub.requests.append(
-                    (self.command, path, self.headers.get("Authorization"),
-                     self.headers.get("Range"))
-                )  # fmt: skip
-                return path
-
-            def _authorised(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
-                    return True
-                self.send_error(401)
-                return False
-
-            def do_POST(self) -> None:
-                path = self._record()
-                if not path.startswith(API) or not self._authorised():
-                    if path.startswith(API):
-                        return
-                    self.send_error(404)
-                    return
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                wanted = urllib.parse.parse_qs(body).get("paths", [])
-                listing = [hub.entry(p) for p in wanted if p in hub.files]
-                data = __import__("json").dumps(listing).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                path = self._record()
-                if path.startswith(RESOLVE):
-                    if not self._authorised():
-                        return
-                    name = path[len(RESOLVE) :].split("/", 1)[1]
-                    if name not in hub.files:
-                        self.send_error(404)
-                        return
-                    self.send_response(302)
-                    self.send_header("Location", f"{hub.storage}/cdn/{name}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if not path.startswith("/cdn/"):
-                    self.send_error(404)
-                    return
-                name = path[len("/cdn/") :]
-                body = hub.served.get(name, hub.files[name])
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match:
-                    start = int(match.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                if name in hub.cut_after:
-                    payload = payload[: hub.cut_after.pop(name)]
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self.server.routes.append(self._route)
+        self.server.files.update({f"cdn/{p}": b for p, b in self.listed.items()})
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.server.url.rstrip("/")
 
-    @property
-    def storage(self) -> str:
-        return f"http://localhost:{self.httpd.server_address[1]}"
+    def _route(self, handler: http.server.BaseHTTPRequestHandler, path: str) -> bool:
+        if not path.startswith((API, RESOLVE)):
+            return False
+        if handler.headers.get("Authorization") != f"Bearer {TOKEN}":
+            _reply(handler, 401, headers={"X-Error-Code": "GatedRepo"})
+        elif path.startswith(API):
+            length = int(handler.headers["Content-Length"])
+            wanted = urllib.parse.parse_qs(handler.rfile.read(length).decode()).get("paths", [])
+            body = json.dumps([self.entry(p) for p in wanted if p in self.listed]).encode()
+            _reply(handler, 200, body, {"Content-Type": "application/json"})
+        else:
+            name = path[len(RESOLVE) :].split("/", 1)[1]
+            if name not in self.listed:
+                _reply(handler, 404, headers={"X-Error-Code": "EntryNotFound"})
+                return True
+            entry = self.entry(name)
+            etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
+            _reply(
+                handler,
+                302,
+                headers={
+                    "Location": f"http://localhost:{self.server.port}/cdn/{name}",
+                    "X-Repo-Commit": COMMIT,
+                    "X-Linked-Etag": f'"{etag}"',
+                    "X-Linked-Size": str(entry["size"]),
+                    "ETag": f'"{etag}"',
+                },
+            )
+        return True
 
     def entry(self, path: str) -> dict[str, Any]:
-        data = self.files[path]
+        data = self.listed[path]
         blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         if path.endswith(".json"):
             return {"type": "file", "path": path, "size": len(data), "oid": blob}
@@ -137,9 +93,20 @@ class Hub:
         lfs = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
         return {"type": "file", "path": path, "size": len(data), "oid": pointer, "lfs": lfs}
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+
+def _reply(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +121,17 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def hub(samples: dict[str, bytes]) -> Iterator[Hub]:
-    server = Hub(files=dict(samples))
-    yield server
-    server.close()
+def hub(samples: dict[str, bytes], range_server: RangeServer) -> Hub:
+    return Hub(range_server, listed=dict(samples))
 
 
 def _fetch(hub: Hub, dest: Path, ids: list[str], **options: Any) -> Any:
-    manifest = hest_manifest(ids, endpoint=hub.url, token=TOKEN, timeout_s=5.0, **options)
-    return fetch(manifest, dest, headers={"Authorization": f"Bearer {TOKEN}"}, **FAST)
+    manifest = hest_manifest(ids, endpoint=hub.url, token=TOKEN, **options)
+    return fetch_hest(manifest, dest, token=TOKEN, progress=False)
+
+
+def _hits(hub: Hub, prefix: str) -> list[Any]:
+    return [h for h in hub.server.requests if h.path.startswith(prefix)]
 
 
 def test_fetched_samples_are_the_hub_layout_and_read(hub: Hub, tmp_path: Path) -> None:
@@ -170,71 +139,103 @@ def test_fetched_samples_are_the_hub_layout_and_read(hub: Hub, tmp_path: Path) -
     want = [f"{k}/{s}{x}" for s in ("S0", "S1")
             for k, x in (("st", ".h5ad"), ("wsis", ".tif"), ("metadata", ".json"))]  # fmt: skip
     assert report.downloaded == want
+    assert report.bytes_downloaded == sum(len(hub.listed[p]) for p in want)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                  if p.is_file()) == sorted(want)  # fmt: skip
     for path in want:
-        assert (tmp_path / path).read_bytes() == hub.files[path]
-    assert not (tmp_path / "patches").exists()
+        assert (tmp_path / path).read_bytes() == hub.listed[path]
     assert read_hest(tmp_path, "S1").uns[UNS][MICRONS_PER_PIXEL] == 2.0
     # The token goes to the hub, never to the storage host it redirects to.
-    api = [r for r in hub.requests if r[0] == "POST"]
-    assert len(api) == 1
-    assert api[0][2] == f"Bearer {TOKEN}"
-    resolved = [r for r in hub.requests if r[1].startswith(RESOLVE)]
-    stored = [r for r in hub.requests if r[1].startswith("/cdn/")]
-    assert len(resolved) == len(stored) == 6
-    assert all(r[1].startswith(f"{RESOLVE}main/") and r[2] == f"Bearer {TOKEN}" for r in resolved)
-    assert all(r[2] is None for r in stored)
+    api = _hits(hub, API)
+    assert [(h.method, h.auth) for h in api] == [("POST", f"Bearer {TOKEN}")]
+    resolved, stored = _hits(hub, RESOLVE), _hits(hub, "cdn/")
+    assert {h.path.split("/", 5)[-1] for h in resolved} == set(want)
+    assert all(h.path.startswith(f"{RESOLVE}main/") for h in resolved)
+    assert all(h.auth == f"Bearer {TOKEN}" for h in resolved)
+    assert sorted(h.path for h in stored if h.method == "GET") == sorted(f"cdn/{p}" for p in want)
+    assert all(h.auth is None for h in stored)
     # Everything present and correct: a second run downloads nothing.
-    hub.requests.clear()
+    hub.server.requests.clear()
     again = _fetch(hub, tmp_path, ["S0", "S1"])
     assert again.downloaded == []
     assert again.skipped == want
-    assert [r[0] for r in hub.requests] == ["POST"]
+    assert [h.method for h in hub.server.requests] == ["POST"]
 
 
 def test_patches_on_request_and_revision(hub: Hub, tmp_path: Path) -> None:
     report = _fetch(hub, tmp_path, ["S0"], patches=True, revision="v1.1")
     assert report.downloaded[-1] == "patches/S0.h5"
     assert (tmp_path / "patches" / "S0.h5").read_bytes() == b"HEST patches of S0"
-    assert any(r[1] == f"{API}v1.1" for r in hub.requests)
-    assert all(r[1].startswith(f"{RESOLVE}v1.1/") for r in hub.requests if "resolve" in r[1])
+    assert [h.path for h in _hits(hub, API)] == [f"{API}v1.1"]
+    assert all(h.path.startswith(f"{RESOLVE}v1.1/") for h in _hits(hub, RESOLVE))
 
 
-def test_an_interrupted_download_resumes(hub: Hub, tmp_path: Path) -> None:
+def test_a_transfer_cut_mid_way_resumes(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    # The client writes what it read in whole chunks (10 MiB): small ones for a small file.
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 500)
     wsi = "wsis/S0.tif"
-    hub.cut_after[wsi] = 1000
+    hub.server.cut_after[f"cdn/{wsi}"] = 1000
     _fetch(hub, tmp_path, ["S0"])
-    assert (tmp_path / wsi).read_bytes() == hub.files[wsi]
-    ranges = [r[3] for r in hub.requests if r[1] == f"/cdn/{wsi}"]
-    assert ranges == [None, "bytes=1000-"]
+    assert (tmp_path / wsi).read_bytes() == hub.listed[wsi]
+    assert [r for p, r in hub.server.gets() if p == f"cdn/{wsi}"] == [None, "bytes=1000-"]
+    assert hub.server.sent[f"cdn/{wsi}"] == len(hub.listed[wsi])  # nothing sent twice
 
 
-def test_content_that_does_not_match_the_listed_hash_is_removed(hub: Hub, tmp_path: Path) -> None:
-    wsi = "wsis/S0.tif"
-    good = hub.files[wsi]
-    hub.served[wsi] = good[:-1] + bytes([good[-1] ^ 1])
-    with pytest.raises(DownloadError, match=r"checksum mismatch for .*S0\.tif: sha256 "):
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("wsis/S0.tif", r"sha256 [0-9a-f]{64}, expected [0-9a-f]{64}"),  # LFS: content sha256
+        ("metadata/S0.json", r"git blob id [0-9a-f]{40}, expected [0-9a-f]{40}"),  # small file
+    ],
+)
+def test_content_that_does_not_match_the_listed_hash_is_removed(
+    hub: Hub, tmp_path: Path, path: str, problem: str
+) -> None:
+    good = hub.listed[path]
+    hub.server.files[f"cdn/{path}"] = good[:-1] + bytes([good[-1] ^ 1])  # same size
+    url = re.escape(f"{hub.url}/{RESOLVE}main/{path}")
+    with pytest.raises(DownloadError, match=rf"checksum mismatch for {url}: {problem}; the bad"):
         _fetch(hub, tmp_path, ["S0"])
-    assert not (tmp_path / wsi).exists()
-    assert not (tmp_path / "wsis" / "S0.tif.part").exists()
-    meta = "metadata/S0.json"  # small files are checked by git blob id
-    hub.served = {meta: hub.files[meta] + b" "}
-    with pytest.raises(DownloadError, match=r"S0\.json: size \d+ bytes, expected \d+"):
-        _fetch(hub, tmp_path, ["S0"])
+    assert not (tmp_path / path).exists()
+    assert not (tmp_path / ".gr2st-download").exists()  # no unchecked file is left
 
 
 def test_gated_without_token_and_unknown_ids(hub: Hub) -> None:
     with pytest.raises(DownloadError, match=r"HTTP 401\): MahmoodLab/hest is gated; accept its"):
-        hest_manifest(["S0"], endpoint=hub.url, token="", timeout_s=5.0)
+        hest_manifest(["S0"], endpoint=hub.url, token=False)
     with pytest.raises(DownloadError, match=r"MahmoodLab/hest@main has no st/NOPE\.h5ad, wsis/"):
-        hest_manifest(["S0", "NOPE"], endpoint=hub.url, token=TOKEN, timeout_s=5.0)
+        hest_manifest(["S0", "NOPE"], endpoint=hub.url, token=TOKEN)
     with pytest.raises(GR2STConfigError, match=r"give the sample ids"):
         hest_manifest([" "], endpoint=hub.url, token=TOKEN)
     with pytest.raises(GR2STConfigError, match=r"\['\.\./S0'\] are not HEST sample ids"):
         hest_manifest(["../S0"], endpoint=hub.url, token=TOKEN)
 
 
+def test_an_unreachable_hub_is_a_one_line_network_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.utils._http as hub_http
+
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)  # the client's backoff
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.raises(DownloadError) as info:
+        hest_manifest(["S0"], endpoint=endpoint, token=TOKEN)
+    message = str(info.value)
+    assert message.startswith(
+        f"network failure fetching {endpoint}/api/datasets/MahmoodLab/hest/paths-info/main: "
+    )
+    assert "\n" not in message
+
+
 def test_cli_fetch_hest(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # huggingface_hub's own token lookup
     dest = tmp_path / "hest"
     result = CliRunner().invoke(
         app,
@@ -242,6 +243,7 @@ def test_cli_fetch_hest(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
          "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 0, result.exception
+    assert "hest: downloading 6 files" in result.output
     assert "Done: 6 downloaded" in result.output
     assert f"gr2st benchmark --data {dest.resolve()}" in result.output
     assert read_hest(dest, "S0").n_obs == 12

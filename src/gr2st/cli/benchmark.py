@@ -173,9 +173,8 @@ def find_or_fetch_her2st(
         # Another run fetching into the same folder: wait for it, then find its files.
         with lock_folder(FETCH_DEST, what=f"download folder {FETCH_DEST}", wait=None):
             download.fetch(
-                "her2st",
+                download.get_manifest("her2st", sections=wanted),
                 FETCH_DEST,
-                sections=wanted,
                 mirror=mirror,
                 progress=progress,
                 log=typer.echo,

@@ -34,11 +34,12 @@ _FETCH_HELP = "\n\n".join(
         "hest: the HEST-1k samples given with --ids (e.g. TENX95,NCBI783), from the "
         "Hugging Face dataset MahmoodLab/hest: st/<id>.h5ad, wsis/<id>.tif, "
         "metadata/<id>.json (and patches/<id>.h5 with --patches), checked against the "
-        "sizes and sha256 the hub lists. The dataset is gated: accept its terms on the hub "
-        "and set HF_TOKEN to a read token (or run huggingface-cli login). --mirror names "
-        "another hub endpoint. Train and benchmark on the folder with --data DEST.",
-        "Interrupted downloads resume when the same command is run again; files already "
-        "present and correct are skipped.",
+        "sizes and sha256 the hub lists (needs the hest extra: pip install 'gr2st[hest]'). "
+        "The dataset is gated: accept its terms on the hub and set HF_TOKEN to a read token "
+        "(or run hf auth login). --mirror names another hub endpoint. Train and benchmark on "
+        "the folder with --data DEST.",
+        "Interrupted downloads resume when the same command is run again (hest: a transfer "
+        "cut mid-way resumes within the run); files already present and correct are skipped.",
     ]
 )
 
@@ -87,29 +88,29 @@ def fetch_command(
         raise GR2STConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
     chosen = _sections(dataset, sections)
     root = dest.expanduser().resolve()
-    headers = None
     if dataset == "hest":
         sample_ids = [i.strip() for i in (ids or "").split(",") if i.strip()]
-        token = download.hf_token()
-        manifest = download.hest_manifest(
-            sample_ids, patches=patches, revision=revision, endpoint=mirror, token=token
+        hub = download.hest_manifest(
+            sample_ids, patches=patches, revision=revision, endpoint=mirror
         )
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        mirror = None  # the manifest already points at the chosen endpoint
+        name, files = hub.name, [(root / f.path, f.size or 0) for f in hub.files]
     else:
         if ids is not None or patches or revision != "main":
             raise GR2STConfigError(f"--ids, --patches and --revision are for hest, not {dataset}")
         manifest = download.get_manifest(dataset, sections=chosen)
-    files = [(root / f.path, f.size or 0) for f in manifest.files]
-    # An archive is downloaded, then its members extracted next to it: twice its size.
-    files += [(root / a.path, 2 * (a.size or 0)) for a in manifest.archives]
+        name, files = manifest.name, [(root / f.path, f.size or 0) for f in manifest.files]
+        # An archive is downloaded, then its members extracted next to it: twice its size.
+        files += [(root / a.path, 2 * (a.size or 0)) for a in manifest.archives]
     check_writable(root, what="--dest", need_bytes=missing_bytes(files))
-    typer.echo(f"Fetching {manifest.name} into {root}")
+    typer.echo(f"Fetching {name} into {root}")
     # Two fetches into one folder would append to the same partial files.
     with locked_output(root, wait=wait, folder=True):
-        report = download.fetch(
-            manifest, root, mirror=mirror, progress=progress, headers=headers, log=typer.echo
-        )
+        if dataset == "hest":
+            report = download.fetch_hest(hub, root, progress=progress, log=typer.echo)
+        else:
+            report = download.fetch(
+                manifest, root, mirror=mirror, progress=progress, log=typer.echo
+            )
     megabytes = report.bytes_downloaded / 2**20
     typer.echo(
         f"Done: {len(report.downloaded)} downloaded ({megabytes:.1f} MiB), "
