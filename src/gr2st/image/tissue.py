@@ -395,7 +395,6 @@ def _raise_if_wrong(
     first: bool,
 ) -> None:
     path = summary.path
-    _check_colour(summary, allow_grey=allow_grey)
     override = "pass --allow-off-tissue to use them anyway"
     if summary.tissue_share == 0:
         if allow_off_tissue:
@@ -406,6 +405,7 @@ def _raise_if_wrong(
             f"{path}: no tissue detected (the image is blank or glass only); check that it "
             f"is section {check.section}'s H&E image, or {override}"
         )
+    _check_colour(summary, allow_grey=allow_grey)
     off = 1 - check.on_tissue
     best = max(check.layouts, key=lambda k: check.layouts[k])
     fit = check.layouts[best]
