@@ -233,7 +233,7 @@ def make_spatialdata_visium():
 
 class MiniB4:
     """A one-section HER2ST folder made from the real B4: its spot table, its counts of
-    the her2st-785 genes and its H&E image, all downscaled ``SCALE`` times."""
+    the her2st-785 genes and ERBB2, and its H&E image, pixels downscaled ``SCALE`` times."""
 
     SCALE = 4
 
@@ -245,7 +245,8 @@ class MiniB4:
         from gr2st.genes import get_panel
 
         counts = pd.read_csv(root / "ST-cnts" / "B4.tsv.gz", sep="\t", index_col=0)
-        self.counts = counts[[g for g in get_panel("her2st-785") if g in counts.columns]]
+        keep = [g for g in [*get_panel("her2st-785"), "ERBB2"] if g in counts.columns]
+        self.counts = counts[keep]
         spots = pd.read_csv(root / "ST-spotfiles" / "B4_selection.tsv", sep="\t")
         spots[["pixel_x", "pixel_y"]] /= self.SCALE
         self.spots = spots

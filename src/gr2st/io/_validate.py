@@ -320,7 +320,7 @@ def read_count_table(
     spots = table.index.astype(str)
     unique_ids(spots, path=path, what="count table")
     # The raw header: pandas renames a repeated name "<gene>.1".
-    names = pd.Index(header.fillna("").astype(str).str.strip())
+    names = pd.Index(header.fillna("").astype(str).str.strip().to_numpy())
     if len(names) == table.shape[1] and names.duplicated().any():
         table.columns = names
         table = _duplicate_genes(table, path=path, mode=duplicate_genes)
