@@ -272,7 +272,8 @@ class MiniB4:
 
         for sub in ("ST-cnts", "ST-spotfiles", "ST-imgs/B/B4"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        (self.counts if counts is None else counts).to_csv(folder / "ST-cnts" / "B4.tsv.gz", sep="\t")
+        table = self.counts if counts is None else counts
+        table.to_csv(folder / "ST-cnts" / "B4.tsv.gz", sep="\t")
         (self.spots if spots is None else spots).to_csv(
             folder / "ST-spotfiles" / "B4_selection.tsv", sep="\t", index=False
         )

@@ -45,15 +45,19 @@ def test_good_b4_passes_without_warning(mini_b4, tmp_path, caplog) -> None:
     assert check.warnings == ()
     assert not caplog.records
     record = adata.uns[UNS][IMAGE_CHECK]
-    assert record["on_tissue"] == check.on_tissue and record["n_spots"] == adata.n_obs
+    assert record["on_tissue"] == check.on_tissue
+    assert record["n_spots"] == adata.n_obs
 
 
 def test_swapped_pixel_columns_are_named(mini_b4, tmp_path) -> None:
     s = mini_b4.spots
     folder = mini_b4.write(tmp_path, spots=_moved(s, pixel_x=s.pixel_y, pixel_y=s.pixel_x))
     adata = _read(folder)
-    with pytest.raises(GR2STDataError, match=r"B4: \d+ of 283 spots .* pixel_x and pixel_y "
-                       r"look swapped .*--allow-off-tissue"):
+    with pytest.raises(
+        GR2STDataError,
+        match=r"B4: \d+ of 283 spots .* pixel_x and pixel_y "
+        r"look swapped .*--allow-off-tissue",
+    ):
         check_section_image(adata)
 
 
@@ -85,11 +89,12 @@ def test_misplaced_spots_are_an_error(mini_b4, tmp_path, name, factor, shift) ->
     s = mini_b4.spots
     spots = _moved(s, pixel_x=s.pixel_x * factor, pixel_y=s.pixel_y * factor - shift)
     adata = _read(mini_b4.write(tmp_path, spots=spots))
-    with pytest.raises(GR2STDataError, match="lie off the tissue of B4_HE.jpg"):
+    with pytest.raises(GR2STDataError, match=r"lie off the tissue of B4_HE\.jpg"):
         check_section_image(adata)
     # The override: a warning instead, and the numbers recorded.
     check = check_section_image(adata, allow_off_tissue=True)
-    assert check is not None and check.on_tissue < 0.75
+    assert check is not None
+    assert check.on_tissue < 0.75
 
 
 def test_all_white_image_is_an_error(mini_b4, tmp_path) -> None:
@@ -109,9 +114,12 @@ def test_a_few_spots_off_tissue_is_a_warning_logged_once(mini_b4, tmp_path, capl
         first = check_section_image(adata)
         again = check_section_image(adata)
     assert first == again
-    assert first is not None and 0.75 <= first.on_tissue < 0.95
+    assert first is not None
+    assert 0.75 <= first.on_tissue < 0.95
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith("B4: ") and "off the tissue" in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("B4: ")
+    assert "off the tissue" in lines[0]
     assert adata.uns[UNS][IMAGE_CHECK]["warnings"] == [lines[0]]
 
 
@@ -122,14 +130,16 @@ def test_grey_image_needs_allow_grey(mini_b4, tmp_path) -> None:
         check_section_image(adata)
     check = check_section_image(adata, allow_grey=True)
     # Tissue is found by darkness on a grey image: the spots still sit on it.
-    assert check is not None and check.grey and check.on_tissue >= 0.9
+    assert check is not None
+    assert check.grey
+    assert check.on_tissue >= 0.9
 
 
 def test_single_channel_file_is_grey(tmp_path) -> None:
     path = tmp_path / "grey.png"
     Image.fromarray(np.full((30, 40), 180, np.uint8)).save(path)
     assert read_image_summary(path).grey
-    with pytest.raises(GR2STDataError, match="grey.png: greyscale image"):
+    with pytest.raises(GR2STDataError, match=r"grey\.png: greyscale image"):
         check_image_colour(path)
 
 
@@ -142,7 +152,7 @@ def test_truncated_and_corrupted_jpeg_are_errors(mini_b4, tmp_path) -> None:
         corrupted[at] = int(rng.integers(0, 256))
     for name, data in [("truncated", raw[: len(raw) // 2]), ("corrupted", bytes(corrupted))]:
         adata = _read(mini_b4.write(tmp_path / name, image_bytes=data))
-        with pytest.raises(GR2STDataError, match="cannot decode the image .*truncated, corrupted"):
+        with pytest.raises(GR2STDataError, match=r"cannot decode the image .*truncated, corrupted"):
             check_section_image(adata)
 
 
@@ -158,8 +168,9 @@ def test_image_is_read_once(mini_b4, tmp_path) -> None:
 def test_pillow_warnings_become_one_line(tmp_path, caplog) -> None:
     path = tmp_path / "x.png"
     with caplog.at_level(logging.WARNING, logger="gr2st"), tissue._pillow_messages(path):
-        warnings.warn("Image size (99 pixels) exceeds limit", Image.DecompressionBombWarning,
-                      stacklevel=1)
+        warnings.warn(
+            "Image size (99 pixels) exceeds limit", Image.DecompressionBombWarning, stacklevel=1
+        )
     [record] = caplog.records
     assert record.getMessage() == (
         f"{path}: a very large image; decoding it whole needs 3 bytes of memory per pixel"
@@ -170,7 +181,9 @@ def test_detect_tissue_on_grey_uses_darkness() -> None:
     img = np.full((100, 100, 3), 240, np.uint8)
     img[20:60, 30:80] = 150
     mask = detect_tissue(img)
-    assert int(mask.sum()) == 2000 and mask[40, 50] and not mask[5, 5]
+    assert int(mask.sum()) == 2000
+    assert mask[40, 50]
+    assert not mask[5, 5]
 
 
 def test_check_without_image_is_none() -> None:
@@ -186,4 +199,5 @@ def test_synthetic_layout_fits(tmp_path) -> None:
     check = check_spots_on_image(
         sec.obsm["spatial"], image=sec.uns[UNS]["image_path"], spot_diameter_px=20, section="S0"
     )
-    assert check.on_tissue == 1.0 and check.warnings == ()
+    assert check.on_tissue == 1.0
+    assert check.warnings == ()

@@ -18,8 +18,11 @@ def test_duplicate_panel_gene_is_an_error_naming_it(mini_b4, tmp_path) -> None:
     assert "ERBB2" in counts.columns
     counts.insert(0, "ERBB2", counts.iloc[:, 10].to_numpy(), allow_duplicates=True)
     folder = mini_b4.write(tmp_path, counts=counts)
-    with pytest.raises(GR2STDataError, match=r"B4.tsv.gz: 1 gene name\(s\) appear in more than "
-                       r"one column \('ERBB2 ×2'\).*--duplicate-genes sum"):
+    with pytest.raises(
+        GR2STDataError,
+        match=r"B4.tsv.gz: 1 gene name\(s\) appear in more than "
+        r"one column \('ERBB2 ×2'\).*--duplicate-genes sum",
+    ):
         read_her2st(folder, "B4")
 
 
@@ -31,7 +34,8 @@ def test_duplicate_genes_summed_when_asked(mini_b4, tmp_path, caplog) -> None:
     folder = mini_b4.write(tmp_path, counts=counts)
     with caplog.at_level(logging.WARNING, logger="gr2st"):
         adata = read_her2st(folder, "B4", duplicate_genes="sum")
-    assert adata.var_names.is_unique and adata.n_vars == mini_b4.counts.shape[1]
+    assert adata.var_names.is_unique
+    assert adata.n_vars == mini_b4.counts.shape[1]
     assert "ERBB2.1" not in adata.var_names
     original = mini_b4.counts.loc[adata.obs_names]
     got = adata[:, ["ERBB2", first, other]].X.toarray()
@@ -49,8 +53,11 @@ def test_duplicate_genes_mode_is_checked(mini_b4, tmp_path) -> None:
 
 def test_counts_of_one_spot_against_the_spot_table_is_an_error(mini_b4, tmp_path) -> None:
     folder = mini_b4.write(tmp_path, counts=mini_b4.counts.iloc[:1])
-    with pytest.raises(GR2STDataError, match=r"1 of the 284 spots selected in B4_selection.tsv "
-                       r"have counts \(at least 50 % expected\)"):
+    with pytest.raises(
+        GR2STDataError,
+        match=r"1 of the 284 spots selected in B4_selection.tsv "
+        r"have counts \(at least 50 % expected\)",
+    ):
         read_her2st(folder, "B4")
 
 
@@ -76,6 +83,9 @@ def test_two_spots_at_one_pixel_position_is_an_error(mini_b4, tmp_path) -> None:
     spots = mini_b4.spots.copy()
     spots.loc[1, ["pixel_x", "pixel_y"]] = spots.loc[0, ["pixel_x", "pixel_y"]].to_numpy()
     folder = mini_b4.write(tmp_path, spots=spots)
-    with pytest.raises(GR2STDataError, match=r"1 pair\(s\) of spots share one pixel position "
-                       r"\(e.g. '8x13' and '9x13'"):
+    with pytest.raises(
+        GR2STDataError,
+        match=r"1 pair\(s\) of spots share one pixel position "
+        r"\(e.g. '8x13' and '9x13'",
+    ):
         read_her2st(folder, "B4")
