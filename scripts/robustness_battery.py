@@ -764,7 +764,7 @@ def build_cases(work: Path) -> list[Case]:
     def swap(t: pd.DataFrame) -> None:
         t[["x", "y"]] = t[["y", "x"]].to_numpy()
 
-    her2st_case("x/y swapped", lambda f: edit_table(spots(f), swap), "warn", "look swapped")
+    her2st_case("x/y swapped", lambda f: edit_table(spots(f), swap), "error", "look swapped")
     her2st_case(
         "array x = 1e20",
         lambda f: edit_table(spots(f), set_cell("x", 3, 1e20)),

@@ -169,19 +169,22 @@ def read_st_legacy(
             f"(count ids e.g. {examples(ids, n=2)}; spot-table ids e.g. "
             f"{examples(table.index, n=2)})"
         )
-    _check_overlap(counts, spots, listed=listed, keep=keep, n_table=len(table))
+    swapped = int(ids.isin(spot_ids(table["y"], table["x"], source=spots)).sum())
+    hint = (
+        f"its x and y columns look swapped ({swapped} ids match that way)"
+        if swapped > keep.sum()
+        else ""
+    )
+    _check_overlap(counts, spots, listed=listed, keep=keep, n_table=len(table), hint=hint)
     if len(table) > keep.sum():
         log.info("%s: %d spot-table rows lack counts", section, len(table) - int(keep.sum()))
     if not keep.all():
-        swapped = int(ids.isin(spot_ids(table["y"], table["x"], source=spots)).sum())
         report_dropped(
             section,
             int((~keep).sum()),
             len(ids),
             why=f"their count rows have no row in {spots.name}",
-            hint=f"its x and y columns look swapped ({swapped} ids match that way)"
-            if swapped > keep.sum()
-            else "",
+            hint=hint,
         )
     ids = ids[keep]
     joined = table.loc[ids]
@@ -214,7 +217,7 @@ def read_st_legacy(
 
 
 def _check_overlap(
-    counts: Path, spots: Path, *, listed: np.ndarray, keep: np.ndarray, n_table: int
+    counts: Path, spots: Path, *, listed: np.ndarray, keep: np.ndarray, n_table: int, hint: str
 ) -> None:
     """Refuse a count table and a spot table that share too few spots to be one section.
 
@@ -233,7 +236,7 @@ def _check_overlap(
     if low:
         raise GR2STDataError(
             f"{counts}: {'; '.join(low)} (at least {100 * MIN_SPOT_OVERLAP:.0f} % expected); "
-            "check that the count table and the spot table are of the same section"
+            + (hint or "check that the count table and the spot table are of the same section")
         )
 
 
