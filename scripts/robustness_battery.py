@@ -377,6 +377,238 @@ def kill_9_then_rerun(work: Path, data: Path) -> tuple[int, list[str]]:
 # --------------------------------------------------------------------------- the battery
 
 
+# ---- inputs built from the real HER2ST B4 (skipped when the data is absent)
+
+HER2ST_DATA = Path(os.environ.get("GR2ST_DATA") or REPO.parent / "shared" / "data" / "her2st")
+_B4: dict[str, Any] = {}
+
+
+def b4_parts() -> dict[str, Any]:
+    """B4's panel counts, spot table and image, pixels downscaled 4× (read once)."""
+    if not _B4:
+        from PIL import Image
+
+        from gr2st.genes import get_panel
+
+        counts = pd.read_csv(HER2ST_DATA / "ST-cnts" / "B4.tsv.gz", sep="\t", index_col=0)
+        keep = [g for g in [*get_panel("her2st-785"), "ERBB2"] if g in counts.columns]
+        table = pd.read_csv(HER2ST_DATA / "ST-spotfiles" / "B4_selection.tsv", sep="\t")
+        table[["pixel_x", "pixel_y"]] /= 4
+        [path] = (HER2ST_DATA / "ST-imgs" / "B" / "B4").glob("*.jpg")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("RGB", (img.size[0] // 4, img.size[1] // 4))
+                pixels = np.asarray(img.convert("RGB"))
+        _B4.update(counts=counts[keep], spots=table, image=pixels)
+    return _B4
+
+
+def b4_copy(folder: Path, **edits: Any) -> Path:
+    """A HER2ST folder holding B4 (see :func:`b4_parts`) with ``spots``, ``counts``,
+    ``image`` (pixels) or ``image_bytes`` replaced."""
+    from PIL import Image
+
+    parts = b4_parts()
+    for sub in ("ST-cnts", "ST-spotfiles", "ST-imgs/B/B4"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    counts_table = edits.get("counts", parts["counts"])
+    counts_table.to_csv(folder / "ST-cnts" / "B4.tsv.gz", sep="\t")
+    spot_table = edits.get("spots", parts["spots"])
+    spot_table.to_csv(folder / "ST-spotfiles" / "B4_selection.tsv", sep="\t", index=False)
+    image = folder / "ST-imgs" / "B" / "B4" / "B4_HE.jpg"
+    if "image_bytes" in edits:
+        image.write_bytes(edits["image_bytes"])
+    else:
+        Image.fromarray(edits.get("image", parts["image"])).save(image, quality=90)
+    (folder / "panel.txt").write_text("\n".join(parts["counts"].columns[:50]) + "\n")
+    return folder
+
+
+def b4_spots(**moves: Callable[[pd.DataFrame], Any]) -> Callable[[], dict[str, Any]]:
+    """Edits of B4's spot table: each keyword a column set to a function of the table."""
+
+    def edit() -> dict[str, Any]:
+        table = b4_parts()["spots"].copy()
+        new = {column: make(table) for column, make in moves.items()}
+        for column, values in new.items():
+            table[column] = values
+        return {"spots": table}
+
+    return edit
+
+
+def b4_image(make: Callable[[np.ndarray], np.ndarray]) -> Callable[[], dict[str, Any]]:
+    return lambda: {"image": np.ascontiguousarray(make(b4_parts()["image"]))}
+
+
+def other_image(section: str) -> Callable[[], dict[str, Any]]:
+    def edit() -> dict[str, Any]:
+        from PIL import Image
+
+        [path] = (HER2ST_DATA / "ST-imgs" / section[0] / section).glob("*.jpg")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.draft("RGB", (img.size[0] // 4, img.size[1] // 4))
+                return {"image": np.asarray(img.convert("RGB"))}
+
+    return edit
+
+
+def b4_jpeg_bytes(damage: str) -> Callable[[], dict[str, Any]]:
+    def edit() -> dict[str, Any]:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(b4_parts()["image"]).save(buffer, format="JPEG", quality=90)
+        raw = bytearray(buffer.getvalue())
+        if damage == "truncated":
+            return {"image_bytes": bytes(raw[: len(raw) // 2])}
+        rng = np.random.default_rng(0)
+        for at in rng.integers(len(raw) // 3, len(raw) - 100, 200):
+            raw[at] = int(rng.integers(0, 256))
+        return {"image_bytes": bytes(raw)}
+
+    return edit
+
+
+def b4_counts(edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[], dict[str, Any]]:
+    return lambda: {"counts": edit(b4_parts()["counts"].copy())}
+
+
+def _duplicate_erbb2(table: pd.DataFrame) -> pd.DataFrame:
+    table.insert(0, "ERBB2", table.iloc[:, 10].to_numpy(), allow_duplicates=True)
+    return table
+
+
+def _same_position(table: pd.DataFrame) -> Any:
+    values = table["pixel_x"].to_numpy().copy()
+    values[1] = values[0]
+    return values
+
+
+def input_cases(work: Path) -> list[Case]:
+    """The spot-on-image, image and counts checks on every command reading a section."""
+    if not (HER2ST_DATA / "ST-cnts" / "B4.tsv.gz").is_file():
+        print(f"(no HER2ST data at {HER2ST_DATA}: the inputs cases are skipped)")
+        return []
+    cases: list[Case] = []
+    commands: dict[str, Callable[[Path, Path], list[Any]]] = {
+        "data check": lambda f, o: ["data", "check", "--data", f, "--panel", f / "panel.txt"],
+        "features": lambda f, o: ["features", "--data", f, "--nuclei", "none", "--cache", o],
+        "train": lambda f, o: [
+            "train", "--data", f, "--panel", f / "panel.txt", "--cache", o / "c", "--out", o
+        ],
+        "benchmark": lambda f, o: [
+            "benchmark", "--data", f, "--methods", "knn", "--panel", f / "panel.txt",
+            "--cache", o / "c", "--out", o,
+        ],
+        "patches": lambda f, o: ["patches", "--data", f, "--section", "B4", "--out", o / "s.png"],
+    }  # fmt: skip
+
+    def case(
+        name: str,
+        edit: Callable[[], dict[str, Any]],
+        expect: str,
+        pattern: str,
+        *,
+        on: tuple[str, ...] = tuple(commands),
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        for command in on:
+            slug = re.sub(r"\W+", "-", f"{name}-{command}")
+
+            def args(command: str = command, slug: str = slug) -> list[str]:
+                folder = b4_copy(work / "b4" / slug, **edit())
+                return [*commands[command](folder, work / "b4-out" / slug), *extra]
+
+            absent = [] if expect != "error" else [work / "b4-out" / slug / "s.png"]
+            cases.append(Case("inputs", f"{name}: {command}", args, expect, pattern, absent))
+
+    swapped = b4_spots(pixel_x=lambda t: t["pixel_y"], pixel_y=lambda t: t["pixel_x"])
+    case("pixel_x/pixel_y swapped", swapped, "error", "pixel_x and pixel_y look swapped")
+    case("C2's image", other_image("C2"), "error", r"B4: \d+ of 283 spots .* lie off the tissue")
+    case("C3's image", other_image("C3"), "error", r"B4: \d+ of 283 spots .* lie off the tissue")
+    case(
+        "image rotated 90°",
+        b4_image(lambda a: np.rot90(a, k=-1)),
+        "error",
+        "rotated by 90° clockwise",
+    )
+    case("all-white image", b4_image(lambda a: np.full_like(a, 255)), "error", "no tissue detected")
+    case(
+        "spots moved onto glass",
+        b4_spots(pixel_y=lambda t: t["pixel_y"] - 800),
+        "error",
+        "lie off the tissue",
+    )
+    case(
+        "pixels in µm (×0.69)",
+        b4_spots(pixel_x=lambda t: t["pixel_x"] * 0.69, pixel_y=lambda t: t["pixel_y"] * 0.69),
+        "error",
+        "lie off the tissue",
+    )
+    case(
+        "pixels ÷10",
+        b4_spots(pixel_x=lambda t: t["pixel_x"] / 10, pixel_y=lambda t: t["pixel_y"] / 10),
+        "error",
+        "lie off the tissue",
+    )
+    grey = b4_image(lambda a: a.mean(axis=2, keepdims=True).astype(np.uint8).repeat(3, axis=2))
+    case("greyscale image", grey, "error", "greyscale image .*--allow-grey")
+    case("truncated JPEG", b4_jpeg_bytes("truncated"), "error", "truncated")
+    case("200 corrupted JPEG bytes", b4_jpeg_bytes("corrupted"), "error", "cannot decode")
+    case(
+        "ERBB2 twice",
+        b4_counts(_duplicate_erbb2),
+        "error",
+        r"\('ERBB2 ×2'\).*--duplicate-genes sum",
+    )
+    case(
+        "counts of 1 spot",
+        b4_counts(lambda t: t.iloc[:1]),
+        "error",
+        "1 of the 284 spots selected",
+    )
+    case(
+        "two spots at one pixel position",
+        b4_spots(pixel_x=_same_position, pixel_y=lambda t: _same_position(t.rename(
+            columns={"pixel_y": "pixel_x", "pixel_x": "pixel_y"}))),
+        "error",
+        "share one pixel position",
+    )  # fmt: skip
+    # The overrides: a warning (or nothing) where the user says they know.
+    case(
+        "swapped with --allow-off-tissue",
+        swapped,
+        "warn",
+        "look swapped .*--allow-off-tissue",
+        on=("data check",),
+        extra=("--allow-off-tissue",),
+    )
+    case("grey with --allow-grey", grey, "ok", "", on=("data check",), extra=("--allow-grey",))
+    case(
+        "ERBB2 twice with --duplicate-genes sum",
+        b4_counts(_duplicate_erbb2),
+        "warn",
+        "summed the counts of 1 gene",
+        on=("data check",),
+        extra=("--duplicate-genes", "sum"),
+    )
+    case("B4 as it is", dict, "ok", "", on=("data check",))
+    cases.append(
+        Case(
+            "inputs",
+            "--profile turbo --methods knn",
+            ["benchmark", "--methods", "knn", "--profile", "turbo", "--out", work / "turbo"],
+            "error",
+            "none of the methods knn has profiles",
+        )
+    )
+    return cases
+
+
 def build_cases(work: Path) -> list[Case]:
     data = toy_h5ad(work / "toy" / "data")
     panel = data.parent / "panel.txt"
@@ -532,7 +764,7 @@ def build_cases(work: Path) -> list[Case]:
     def swap(t: pd.DataFrame) -> None:
         t[["x", "y"]] = t[["y", "x"]].to_numpy()
 
-    her2st_case("x/y swapped", lambda f: edit_table(spots(f), swap), "warn", "look swapped")
+    her2st_case("x/y swapped", lambda f: edit_table(spots(f), swap), "error", "look swapped")
     her2st_case(
         "array x = 1e20",
         lambda f: edit_table(spots(f), set_cell("x", 3, 1e20)),
@@ -1016,6 +1248,7 @@ def build_cases(work: Path) -> list[Case]:
         )
     )
     add(Case("faults", "kill -9 then rerun", [], "ok", run=lambda: kill_9_then_rerun(work, data)))
+    cases += input_cases(work)
     return cases
 
 
@@ -1057,7 +1290,7 @@ def run_battery(work: Path) -> list[Result]:
 def summary(results: list[Result]) -> str:
     verdicts = ("ok", "traceback", "silent exit", "silent wrong answer")
     rows = [("area", "cases", *verdicts)]
-    for area in ("readers", "cli", "bundles", "faults"):
+    for area in ("readers", "inputs", "cli", "bundles", "faults"):
         mine = [r for r in results if r.area == area]
         rows.append(
             (area, str(len(mine)), *(str(sum(r.verdict == v for r in mine)) for v in verdicts))

@@ -239,3 +239,64 @@ def spatialdata_visium(
 def make_spatialdata_visium():
     """``make_spatialdata_visium(image, folder, **options)``: see :func:`spatialdata_visium`."""
     return spatialdata_visium
+
+
+class MiniB4:
+    """A one-section HER2ST folder made from the real B4: its spot table, its counts of
+    the her2st-785 genes and ERBB2, and its H&E image, pixels downscaled ``SCALE`` times."""
+
+    SCALE = 4
+
+    def __init__(self, root: Path) -> None:
+        import numpy as np
+        import pandas as pd
+        from PIL import Image
+
+        from gr2st.genes import get_panel
+
+        counts = pd.read_csv(root / "ST-cnts" / "B4.tsv.gz", sep="\t", index_col=0)
+        keep = [g for g in [*get_panel("her2st-785"), "ERBB2"] if g in counts.columns]
+        self.counts = counts[keep]
+        spots = pd.read_csv(root / "ST-spotfiles" / "B4_selection.tsv", sep="\t")
+        spots[["pixel_x", "pixel_y"]] /= self.SCALE
+        self.spots = spots
+        [image] = (root / "ST-imgs" / "B" / "B4").glob("*.jpg")
+        with warnings.catch_warnings():
+            # The 9k × 10k JPEG is above Pillow's decompression-bomb warning limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(image) as img:
+                img.draft("RGB", (img.size[0] // self.SCALE, img.size[1] // self.SCALE))
+                self.image = np.asarray(img.convert("RGB"))
+
+    def write(
+        self,
+        folder: Path,
+        *,
+        spots: Any = None,
+        counts: Any = None,
+        image: Any = None,
+        image_bytes: bytes | None = None,
+    ) -> Path:
+        """Write the folder; ``spots``/``counts``/``image`` replace the B4 tables/pixels."""
+        from PIL import Image
+
+        for sub in ("ST-cnts", "ST-spotfiles", "ST-imgs/B/B4"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        table = self.counts if counts is None else counts
+        table.to_csv(folder / "ST-cnts" / "B4.tsv.gz", sep="\t")
+        (self.spots if spots is None else spots).to_csv(
+            folder / "ST-spotfiles" / "B4_selection.tsv", sep="\t", index=False
+        )
+        path = folder / "ST-imgs" / "B" / "B4" / "B4_HE.jpg"
+        if image_bytes is not None:
+            path.write_bytes(image_bytes)
+        else:
+            Image.fromarray(self.image if image is None else image).save(path, quality=90)
+        (folder / "panel.txt").write_text("\n".join(self.counts.columns[:50]) + "\n")
+        return folder
+
+
+@pytest.fixture(scope="session")
+def mini_b4(her2st_root: Path) -> MiniB4:
+    """The real B4 downscaled 4× (see :class:`MiniB4`); skips without the real data."""
+    return MiniB4(her2st_root)

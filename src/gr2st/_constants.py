@@ -40,6 +40,8 @@ SOURCE_FORMAT: Final = "source_format"
 ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
 # False when X does not hold raw counts (a section read for prediction only); absent = True.
 HAS_COUNTS: Final = "has_counts"
+# Record of the spot-on-image check (gr2st.image.tissue.SpotCheck.to_dict()).
+IMAGE_CHECK: Final = "image_check"
 
 # PanNuke nuclear types in the reference's order; the index is the type id.
 NUCLEAR_TYPES: Final = ("nolabe", "necros", "neopla", "inflam", "connec", "no-neo")

@@ -320,14 +320,17 @@ def test_safe_defaults(
     assert isinstance(exc, GR2STDataError)
     assert "blank.png: no tissue detected (the image is blank or glass only)" in str(exc)
     assert not (tmp_path / "p.h5ad").exists()
-    # Half glass: spots there are counted in a warning and flagged, the rest predicted.
+    # Half glass: an error (more than a quarter of the spots off tissue) unless allowed;
+    # then spots there are counted in a warning and flagged, the rest predicted.
     half = np.asarray(Image.open(image)).copy()
     half[:, 170:] = 245
     Image.fromarray(half).save(tmp_path / "half.png")
+    half_args = [*common, "--spots", str(csv), "--image", str(tmp_path / "half.png"), "--mpp", "2"]
+    _, _, exc = _invoke(*half_args, *out)
+    assert isinstance(exc, GR2STDataError)
+    assert "spots: 18 of 36 spots (50 %) lie off the tissue of half.png" in str(exc)
     with caplog.at_level(logging.WARNING, logger="gr2st"):
-        code, _, exc = _invoke(
-            *common, "--spots", str(csv), "--image", str(tmp_path / "half.png"), "--mpp", "2", *out
-        )
+        code, _, exc = _invoke(*half_args, "--allow-off-tissue", *out)
     assert code == 0, exc
     pred = anndata.read_h5ad(tmp_path / "p.h5ad")
     off = int((~pred.obs["in_tissue"]).sum())
@@ -364,3 +367,26 @@ def test_predict_a_spatialdata_store(
                            "--out", str(tmp_path / "csv.h5ad"))  # fmt: skip
     assert code == 0, exc
     np.testing.assert_allclose(anndata.read_h5ad(tmp_path / "csv.h5ad").X, pred.X, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_refuses_swapped_spots_before_loading_the_encoder(
+    bundle: tuple[Path, Path, list], mini_b4, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gr2st.predict.bundle import Bundle
+
+    def no_encoder(self: Bundle) -> None:
+        raise AssertionError("the encoder was loaded before the input checks")
+
+    monkeypatch.setattr(Bundle, "load_encoder", no_encoder)
+    folder = mini_b4.write(tmp_path / "b4")
+    csv = tmp_path / "swapped.csv"
+    spots = mini_b4.spots
+    pd.DataFrame({"x": spots["pixel_y"], "y": spots["pixel_x"]}).to_csv(csv, index=False)
+    _, _, exc = _invoke(
+        "predict", "--model", str(bundle[0]), "--spots", str(csv), "--image",
+        str(folder / "ST-imgs/B/B4/B4_HE.jpg"), "--mpp", "2.76", "--out", str(tmp_path / "p.h5ad"),
+    )  # fmt: skip
+    assert isinstance(exc, GR2STDataError)
+    assert "pixel_x and pixel_y look swapped" in str(exc)
+    assert not (tmp_path / "p.h5ad").exists()

@@ -36,19 +36,20 @@ def _check(cli, root: Path):
     return cli("data", "check", "--data", root, "--panel", root.parent / "panel.txt")
 
 
-def test_swapped_x_y_columns_warn_with_counts(cli, her2st: Path) -> None:
+def test_swapped_x_y_columns_are_an_error_naming_them(cli, her2st: Path) -> None:
     def swap(table: pd.DataFrame) -> pd.DataFrame:
         table[["x", "y"]] = table[["y", "x"]].to_numpy()
         return table
 
     path = _edit_spots(her2st, swap)
     outcome = _check(cli, her2st)
-    assert outcome.code == 0
-    assert outcome.warnings == [
-        f"warning: A1: 32 of 48 spots (67 %) dropped: their count rows have no row in "
-        f"{path.name}; its x and y columns look swapped (48 ids match that way)"
-    ]
-    assert "A1: 16 spots" in outcome.out
+    # Two thirds of the spots would be dropped: not one section's two tables as they are.
+    assert outcome.code == 2
+    assert outcome.one_error() == (
+        f"error: {her2st / 'ST-cnts' / 'A1.tsv.gz'}: 16 of its 48 spots have a row in "
+        f"{path.name}; 16 of the 48 spots selected in {path.name} have counts (at least "
+        "50 % expected); its x and y columns look swapped (48 ids match that way)"
+    )
 
 
 def test_few_unmatched_spots_are_not_a_warning(cli, her2st: Path) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from gr2st._constants import CELL_TYPE, PATCHES, PATIENT
+from gr2st._constants import CELL_TYPE, IMAGE_CHECK, PATCHES, PATIENT, UNS
 from gr2st._utils.files import remove_stale_temps, sha256_bytes
 from gr2st._utils.lock import lock_folder
 from gr2st._utils.seed import seed_everything
@@ -82,6 +82,25 @@ def _profile_for(cls: type[Method[Any]], requested: str | None, dataset: str) ->
     they lack it; ``paper`` may have a per-dataset variant); the others have one set of
     settings."""
     return cls.profile_for(requested, dataset) if cls.learned else None
+
+
+def check_profile(profile: str | None, classes: Mapping[str, type[Method[Any]]]) -> None:
+    """Refuse a ``profile`` that no method of ``classes`` has (it would apply to none).
+
+    Examples
+    --------
+    >>> from gr2st.methods.base import METHODS
+    >>> check_profile("turbo", {"knn": METHODS.get("knn")})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STConfigError: --profile turbo: none of the methods knn has profiles ...
+    """
+    if profile is None or any(cls.learned for cls in classes.values()):
+        return
+    raise GR2STConfigError(
+        f"--profile {profile}: none of the methods {', '.join(classes)} has profiles (they "
+        "learn nothing and have one set of settings); drop --profile or add a learned method"
+    )
 
 
 def _blind(adata: AnnData) -> AnnData:
@@ -296,6 +315,7 @@ def run_benchmark(
         raise GR2STConfigError(f"inner_folds: expected a positive number, got {inner_folds!r}")
     candidates = {name: list((grid or {}).get(name) or [Choice()]) for name in method_names}
     classes = {name: METHODS.get(name) for name in method_names}
+    check_profile(profile, classes)
     routed = route_overrides(overrides, method_names)
     settings: dict[str, Any] = {}
     profiles: dict[str, str] = {}
@@ -432,6 +452,14 @@ def run_benchmark(
         feature_key=feature_key,
         seed=seed,
     )
+    # The spot-on-image check of each section, where the command line ran it.
+    image_checks = {
+        section_name(a): a.uns[UNS][IMAGE_CHECK]
+        for a in sections
+        if IMAGE_CHECK in a.uns.get(UNS, {})
+    }
+    if image_checks:
+        results["image_checks"] = to_jsonable(image_checks)
     write_outputs(
         out,
         results,

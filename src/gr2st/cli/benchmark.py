@@ -20,6 +20,12 @@ from gr2st._constants import (
 )
 from gr2st._utils.preflight import check_memory
 from gr2st.cli._guard import say, wait_option
+from gr2st.cli._inputs import (
+    InputChecks,
+    allow_grey_option,
+    allow_off_tissue_option,
+    duplicate_genes_option,
+)
 from gr2st.cli.scale import (
     ADDRESS_OPTION,
     CPUS_PER_TASK_OPTION,
@@ -226,14 +232,26 @@ def _cache_bytes(sections: Sequence[AnnData], dim: int) -> int:
     return sum(a.n_obs for a in sections) * (dim * 4 + 2_000)
 
 
-def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[AnnData]]:
+def load_sections(
+    root: Path, names: Sequence[str] | None, *, checks: InputChecks | None = None
+) -> tuple[str, list[AnnData]]:
     """Read the sections of a HER2ST folder, a HEST folder or a folder of ``.h5ad`` files.
 
     ``names`` None means the samples with an image (HER2ST's imaged sections, HEST's
     samples with a whole-slide image, every ``.h5ad`` file); ``["all"]`` means every
-    HER2ST section. Returns the dataset name recorded in ``results.json`` and the
-    sections.
+    HER2ST section. Every section with an image then gets the spot-on-image check
+    (``checks`` relaxes it). Returns the dataset name recorded in ``results.json`` and
+    the sections.
     """
+    checks = checks or InputChecks()
+    dataset, adatas = _read_sections(root, names, duplicate_genes=checks.duplicate_genes)
+    checks.check_images(adatas)
+    return dataset, adatas
+
+
+def _read_sections(
+    root: Path, names: Sequence[str] | None, *, duplicate_genes: str
+) -> tuple[str, list[AnnData]]:
     from gr2st.io import is_hest_folder, list_her2st, list_hest, read_h5ad, read_her2st, read_hest
     from gr2st.sections import section_name
 
@@ -252,7 +270,7 @@ def load_sections(root: Path, names: Sequence[str] | None) -> tuple[str, list[An
             names = table.loc[table["has_image"], "section"].tolist()
             if not names:
                 raise GR2STDataError(f"{root}: no HER2ST section has an image under ST-imgs/")
-        return "her2st", [read_her2st(root, n) for n in names]
+        return "her2st", [read_her2st(root, n, duplicate_genes=duplicate_genes) for n in names]
     files = sorted(root.glob("*.h5ad"))
     if not files:
         raise GR2STDataError(
@@ -469,10 +487,14 @@ def benchmark_command(
     ray_cpus: int | None = RAY_CPUS_OPTION,
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
     gpus_per_task: float = GPUS_PER_TASK_OPTION,
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
+    duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
     from gr2st._utils.preflight import check_patch_memory, check_writable
     from gr2st._utils.seed import check_device
     from gr2st.benchmark import render_table, run_benchmark
+    from gr2st.benchmark.runner import check_profile
     from gr2st.benchmark.selection import SELECTIONS, parse_grid
     from gr2st.benchmark.store import claimed_output
     from gr2st.encoders import (
@@ -487,6 +509,7 @@ def benchmark_command(
 
     check_device(device)
     method_names = resolve_methods(methods)
+    check_profile(profile, {m: METHODS.get(m) for m in method_names})
     if select not in SELECTIONS:
         raise GR2STConfigError(f"--select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
     candidates = parse_grid(grid, method_names)
@@ -494,7 +517,15 @@ def benchmark_command(
     check_writable(out)
     check_patch_memory(size or DEFAULT_PATCH_PX, 32)
     root = resolve_data_dir(data, sections=chosen, progress=progress)
-    dataset, adatas = load_sections(root, chosen)
+    dataset, adatas = load_sections(
+        root,
+        chosen,
+        checks=InputChecks(
+            allow_off_tissue=allow_off_tissue,
+            allow_grey=allow_grey,
+            duplicate_genes=duplicate_genes,
+        ),
+    )
     name = encoder_name(
         encoder or DEFAULT_ENCODER,
         tta=tta,

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from gr2st.cli._guard import locked_output, missing_bytes, wait_option
+from gr2st.cli._inputs import allow_grey_option, allow_off_tissue_option, duplicate_genes_option
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io import download
 
@@ -142,15 +143,20 @@ def check_command(
         help="HER2ST folder (default: $GR2ST_DATA, else ../shared/data/her2st).",
     ),
     panel: str = typer.Option("her2st-785", "--panel", help="Gene panel every section needs."),
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
+    duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
-    """Load every HER2ST section, check the panel genes, and say what can run.
+    """Load every HER2ST section, check the panel genes and images, and say what can run.
 
-    Prints one line per section (spots, image, zero-panel spots) and exits with an
-    error naming the first section that does not read.
+    Prints one line per section (spots, image and the share of spots on its tissue,
+    zero-panel spots) and exits with an error naming the first section that does not
+    read, or whose image is unreadable or does not match its spots.
     """
     from gr2st._constants import IMAGE_PATH, UNS
     from gr2st.cli.benchmark import resolve_data_dir
     from gr2st.genes import check_genes, get_panel
+    from gr2st.image.tissue import check_section_image
     from gr2st.io import list_her2st, read_her2st
     from gr2st.io._validate import report_dropped
 
@@ -161,7 +167,10 @@ def check_command(
         raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
     imaged = []
     for name in table["section"]:
-        adata = read_her2st(root, name)
+        adata = read_her2st(root, name, duplicate_genes=duplicate_genes)
+        image_check = check_section_image(
+            adata, allow_off_tissue=allow_off_tissue, allow_grey=allow_grey
+        )
         check_genes(adata, genes, source=f"{root}/ST-cnts/{name}.tsv.gz")
         library = np.asarray(adata[:, genes].X.sum(axis=1)).ravel()
         report_dropped(
@@ -173,8 +182,11 @@ def check_command(
         image = adata.uns[UNS][IMAGE_PATH]
         if image is not None:
             imaged.append(name)
+        on_tissue = (
+            f" ({100 * image_check.on_tissue:.0f} % of spots on tissue)" if image_check else ""
+        )
         typer.echo(
-            f"{name}: {adata.n_obs} spots, image {'yes' if image else 'no '}, "
+            f"{name}: {adata.n_obs} spots, image {'yes' if image else 'no '}{on_tissue}, "
             f"{int((library == 0).sum())} spot(s) with zero {panel} counts"
         )
     typer.echo(f"{len(table)} sections read; all contain the {len(genes)} {panel} genes.")

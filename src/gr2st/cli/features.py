@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
+from gr2st.cli._inputs import (
+    InputChecks,
+    allow_grey_option,
+    allow_off_tissue_option,
+    duplicate_genes_option,
+)
 from gr2st.cli.scale import (
     ADDRESS_OPTION,
     CPUS_PER_TASK_OPTION,
@@ -58,11 +64,11 @@ class SectionSource:
     path: Path
     name: str
 
-    def read(self) -> AnnData:
+    def read(self, *, duplicate_genes: str = "error") -> AnnData:
         from gr2st.io import read_h5ad, read_her2st, read_hest
 
         if self.kind == "her2st":
-            return read_her2st(self.path, self.name)
+            return read_her2st(self.path, self.name, duplicate_genes=duplicate_genes)
         if self.kind == "hest":
             return read_hest(self.path, self.name)
         return read_h5ad(self.path)
@@ -125,12 +131,15 @@ def featurize_section(
     size: int,
     cache_dir: Path,
     batch_size: int,
+    checks: InputChecks,
 ) -> InputResult:
-    """One task: read ``source``, compute its features and nuclei into the cache."""
+    """One task: read and check ``source``, compute its features and nuclei into the cache."""
     from gr2st.encoders import prepare_image_inputs
 
+    adata = source.read(duplicate_genes=checks.duplicate_genes)
+    checks.check_images([adata])
     [report] = prepare_image_inputs(
-        [source.read()],
+        [adata],
         encoder=_worker_encoder(encoder, device, backend),
         nuclei=nuclei,
         size_px=size,
@@ -216,6 +225,9 @@ def features_command(
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
     gpus_per_task: float = GPUS_PER_TASK_OPTION,
     max_retries: int = MAX_RETRIES_OPTION,
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
+    duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
     from gr2st._utils.preflight import check_patch_memory, check_writable
     from gr2st._utils.seed import check_device
@@ -231,6 +243,9 @@ def features_command(
     from gr2st.image.workers import default_workers
 
     check_device(device)
+    checks = InputChecks(
+        allow_off_tissue=allow_off_tissue, allow_grey=allow_grey, duplicate_genes=duplicate_genes
+    )
     cache_dir = cache or user_cache_dir() / "features"
     check_writable(cache_dir, what="--cache")
     check_patch_memory(size, batch_size)
@@ -250,6 +265,7 @@ def features_command(
                 "size": size,
                 "cache_dir": cache_dir.absolute(),
                 "batch_size": batch_size,
+                "checks": checks,
             },
             executor=lambda: make_executor(
                 executor,
@@ -263,7 +279,7 @@ def features_command(
         )
         return
     root = resolve_data_dir(data)
-    _, adatas = load_sections(root, _sections(sections))
+    _, adatas = load_sections(root, _sections(sections), checks=checks)
     name = encoder_name(encoder or DEFAULT_ENCODER, tta=tta, context_px=context, size_px=size)
     options = {} if "hf:" in name else {"backend": backend}
     enc = get_encoder(name, device=device, **options)

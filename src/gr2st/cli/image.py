@@ -9,6 +9,12 @@ import typer
 from gr2st._constants import DEFAULT_PATCH_PX
 from gr2st._utils.preflight import check_patch_memory
 from gr2st.cli._guard import overwrite_option, prepare_output
+from gr2st.cli._inputs import (
+    InputChecks,
+    allow_grey_option,
+    allow_off_tissue_option,
+    duplicate_genes_option,
+)
 from gr2st.errors import GR2STConfigError
 
 _HELP = """Write a PNG grid of N random spot patches with their ids, to check by eye that
@@ -59,6 +65,9 @@ def patches(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random choice of spots."),
     overwrite: bool = overwrite_option(),
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
+    duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
     from gr2st.cli.benchmark import load_sections
     from gr2st.image import contact_sheet, get_stain_normalizer, open_slide
@@ -70,6 +79,9 @@ def patches(
     # A contact sheet is a few MB at most.
     prepare_output(out, overwrite=overwrite, need_bytes=20_000_000)
     normalizer = get_stain_normalizer(stain, reference=reference) if stain else None
+    checks = InputChecks(
+        allow_off_tissue=allow_off_tissue, allow_grey=allow_grey, duplicate_genes=duplicate_genes
+    )
     query: QuerySpots
     if data is not None or section is not None:
         if data is None or section is None:
@@ -77,7 +89,7 @@ def patches(
         other = [spots, visium, h5ad, spatialdata, image]
         if any(v is not None for v in other) or grid:
             raise GR2STConfigError("give either --data/--section or one predict input, not both")
-        _, (adata,) = load_sections(data, [section])
+        _, (adata,) = load_sections(data, [section], checks=checks)
         query = spots_from_section(adata, source=section)
         slide_path = resolve_image(query, None)
     else:
@@ -93,6 +105,7 @@ def patches(
             library_id=library,
             platform=platform,
         )
+        checks.check_query(query, slide_path)
     with open_slide(slide_path) as slide:
         resolution = next((v for v in (mpp, query.mpp, slide.mpp) if v is not None), None)
         side = size

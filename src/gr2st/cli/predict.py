@@ -19,6 +19,12 @@ from gr2st.cli._guard import (
     refuse_existing,
     wait_option,
 )
+from gr2st.cli._inputs import (
+    InputChecks,
+    allow_grey_option,
+    allow_off_tissue_option,
+    duplicate_genes_option,
+)
 from gr2st.cli.scale import (
     ADDRESS_OPTION,
     CPUS_PER_TASK_OPTION,
@@ -141,6 +147,9 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     overwrite: bool = overwrite_option(),
     wait: float = wait_option(),
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
+    duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
     from gr2st._utils.preflight import check_patch_memory, check_writable
     from gr2st._utils.seed import check_device
@@ -164,7 +173,10 @@ def train_command(
     )
     chosen = _split(sections, "--sections")
     root = resolve_data_dir(data, sections=chosen, progress=progress)
-    _, adatas = load_sections(root, chosen)
+    checks = InputChecks(
+        allow_off_tissue=allow_off_tissue, allow_grey=allow_grey, duplicate_genes=duplicate_genes
+    )
+    _, adatas = load_sections(root, chosen, checks=checks)
     cache_dir = cache or user_cache_dir() / "features"
     n_spots = sum(a.n_obs for a in adatas)
     n_all = max((a.n_vars for a in adatas), default=0)
@@ -276,6 +288,8 @@ def predict_command(
         "runs here (default: one per CPU core, none on 2 cores or fewer; 0: a background "
         "thread).",
     ),
+    allow_off_tissue: bool = allow_off_tissue_option(),
+    allow_grey: bool = allow_grey_option(),
 ) -> None:
     from gr2st._utils.preflight import check_memory
     from gr2st._utils.seed import check_device
@@ -284,6 +298,7 @@ def predict_command(
     from gr2st.predict.spots import THUMBNAIL_PX
 
     check_device(device)
+    checks = InputChecks(allow_off_tissue=allow_off_tissue, allow_grey=allow_grey)
     if inputs is not None or executor != "local":
         given = {
             "--image": image,
@@ -312,6 +327,7 @@ def predict_command(
                 "batch_size": batch_size,
                 "max_output_gb": max_output_gb,
                 "device": device,
+                "checks": checks,
             },
             executor=lambda: make_executor(
                 executor,
@@ -328,7 +344,8 @@ def predict_command(
         raise GR2STConfigError(f"--out {out}: expected a .h5ad file name")
     prepare_output(out, overwrite=overwrite)
     plot_genes_list = _split(plot, "--plot") or []
-    bundle = load_bundle(model, device=device)
+    # Every cheap check first: the encoder and the slide's pixels come last.
+    bundle = load_bundle(model, device=device, check_encoder=False)
     chosen_genes = bundle.resolve_genes(genes)
     unknown = [g for g in plot_genes_list if g not in chosen_genes]
     if unknown:
@@ -349,6 +366,7 @@ def predict_command(
         library_id=library,
         platform=platform,
     )
+    checks.check_query(query, slide)
     # X and the uncertainty (float32), the measured layer, the thumbnail.
     n_layers = 3 if query.measured is not None else 2
     out_bytes = query.n_spots * len(chosen_genes) * 4 * n_layers + 3 * THUMBNAIL_PX**2
@@ -359,6 +377,7 @@ def predict_command(
         what=f"predicting {len(chosen_genes):,} genes at {query.n_spots:,} spots",
         hint="predict the panel or a gene list (--genes), or fewer spots",
     )
+    bundle.load_encoder()
     with locked_output(out, wait=wait):
         refuse_existing(out, overwrite=overwrite)  # written meanwhile by the run we waited for
         pred = predict_spots(
@@ -430,6 +449,7 @@ def predict_input(
     batch_size: int,
     max_output_gb: float,
     device: str,
+    checks: InputChecks,
 ) -> InputResult:
     """One task: predict the slide of ``source`` into ``out`` (skipped when up to date)."""
     from gr2st._constants import UNS
@@ -444,6 +464,7 @@ def predict_input(
     query, slide, thumbnail = load_query(
         h5ad=source, mpp=mpp, library_id=library, platform=platform
     )
+    checks.check_query(query, slide)
     pred = predict_spots(
         bundle,
         slide,

@@ -33,12 +33,18 @@ from gr2st._constants import (
     SPOT_DIAMETER_PX,
     UNS,
 )
-from gr2st.errors import GR2STDataError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".btf"})
 _N_EXAMPLES = 5
 #: Above this fraction of a section's spots dropped, a reader warns (else it logs INFO).
 DROPPED_WARN_FRACTION = 0.2
+#: What ``duplicate_genes`` of :func:`read_count_table` may be.
+DUPLICATE_GENES = ("error", "sum")
+#: A counts table and a spot table sharing less than this share of either is an error.
+MIN_SPOT_OVERLAP = 0.5
+#: Spot centres closer than this (px) are the same position.
+_SAME_POSITION_PX = 0.5
 #: Array (grid) coordinates beyond this are not grid positions.
 _MAX_GRID = 1e7
 
@@ -258,12 +264,16 @@ def as_counts(matrix: Any, *, source: str | Path) -> sp.csr_matrix:
     return sp.csr_matrix(matrix, dtype=dtype)
 
 
-def read_count_table(path: str | Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
+def read_count_table(
+    path: str | Path, *, duplicate_genes: str = "error"
+) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     """Read a spots × genes count table (tab-separated, optionally gzipped).
 
-    The first column holds the spot ids, the header the gene names. Duplicate gene
-    columns keep pandas' naming (the first copy keeps the name, later ones become
-    ``"<gene>.1"``, …), which is what the published loaders index.
+    The first column holds the spot ids, the header the gene names. A gene named twice
+    in the header is an error naming it (renaming one copy ``"<gene>.1"``, as pandas
+    does, would leave a wrong column under the gene's name), unless
+    ``duplicate_genes="sum"``: then the columns of each name are added up (a warning
+    says which).
 
     Returns
     -------
@@ -279,10 +289,15 @@ def read_count_table(path: str | Path) -> tuple[sp.csr_matrix, pd.Index, pd.Inde
     >>> X.toarray().tolist(), list(spots), list(genes)
     ([[0, 3]], ['1x1'], ['A', 'B'])
     """
+    if duplicate_genes not in DUPLICATE_GENES:
+        raise GR2STConfigError(
+            f"--duplicate-genes: expected {' or '.join(DUPLICATE_GENES)}, got {duplicate_genes!r}"
+        )
     path = require_file(path, what="count table")
     try:
         # low_memory=False parses the ~15k columns in one pass: about twice as fast here.
         table = pd.read_csv(path, sep="\t", index_col=0, engine="c", low_memory=False)
+        header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str).iloc[0, 1:]
     except pd.errors.EmptyDataError:
         raise GR2STDataError(f"{path}: count table is empty") from None
     except (ValueError, OSError, EOFError) as exc:
@@ -304,8 +319,34 @@ def read_count_table(path: str | Path) -> tuple[sp.csr_matrix, pd.Index, pd.Inde
         )
     spots = table.index.astype(str)
     unique_ids(spots, path=path, what="count table")
+    # The raw header: pandas renames a repeated name "<gene>.1".
+    names = pd.Index(header.fillna("").astype(str).str.strip().to_numpy())
+    if len(names) == table.shape[1] and names.duplicated().any():
+        table.columns = names
+        table = _duplicate_genes(table, path=path, mode=duplicate_genes)
     counts = as_counts(table.to_numpy(), source=path)
     return counts, spots, table.columns.astype(str)
+
+
+def _duplicate_genes(table: pd.DataFrame, *, path: Path, mode: str) -> pd.DataFrame:
+    """Refuse, or sum, the columns of gene names given more than once."""
+    repeated = table.columns[table.columns.duplicated()].unique()
+    times = table.columns.value_counts()
+    shown = examples(f"{g} ×{times[g]}" for g in repeated)
+    if mode != "sum":
+        raise GR2STDataError(
+            f"{path}: {len(repeated)} gene name(s) appear in more than one column "
+            f"({shown}); expected one column per gene, or pass --duplicate-genes sum to "
+            "add the columns of each name up"
+        )
+    log.warning(
+        "%s: summed the counts of %d gene name(s) given in more than one column (%s) "
+        "(--duplicate-genes sum)",
+        path,
+        len(repeated),
+        shown,
+    )
+    return table.T.groupby(level=0, sort=False).sum().T
 
 
 def pixels_per_grid_unit(grid_xy: np.ndarray, pixel_xy: np.ndarray, *, source: str | Path) -> float:
@@ -394,7 +435,8 @@ def validate_section(adata: AnnData, *, source: str | Path) -> None:
     listed in one message), at least one spot and one gene, unique spot ids and gene
     names, raw integer counts in ``X`` (unless ``uns["gr2st"]["has_counts"]`` is False:
     a section read for prediction only), a single section and patient, finite grid
-    coordinates and spot centres, a positive spot diameter and resolution, and, when
+    coordinates and spot centres, no two spots at one pixel position, a positive spot
+    diameter and resolution, and, when
     the section has an image, that the image is readable and every spot centre lies
     inside it.
 
@@ -461,6 +503,14 @@ def validate_section(adata: AnnData, *, source: str | Path) -> None:
             f"{source}: obsm[{SPATIAL!r}] has {int((~finite).sum())} spot(s) without finite "
             f"pixel positions (e.g. spot {adata.obs_names[first]!r} at "
             f"({spatial[first, 0]:g}, {spatial[first, 1]:g})); expected finite x, y"
+        )
+    same = cKDTree(spatial).query_pairs(_SAME_POSITION_PX, output_type="ndarray")
+    if len(same):
+        a, b = (adata.obs_names[i] for i in same[0])
+        raise GR2STDataError(
+            f"{source}: {len(same)} pair(s) of spots share one pixel position (e.g. {a!r} "
+            f"and {b!r} at ({spatial[same[0, 0], 0]:g}, {spatial[same[0, 0], 1]:g})); "
+            "expected one position per spot: check the spot table's pixel columns"
         )
     diameter = meta[SPOT_DIAMETER_PX]
     mpp = meta[MICRONS_PER_PIXEL]

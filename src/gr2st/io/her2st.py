@@ -23,7 +23,7 @@ _LABEL_COLUMNS = ("x", "y", "label")
 _HER2ST_NAME = re.compile(r"^[A-Z]\d+$")
 
 
-def read_her2st(root: str | Path, section: str) -> AnnData:
+def read_her2st(root: str | Path, section: str, *, duplicate_genes: str = "error") -> AnnData:
     """Read one HER2ST section from the public ``almaan/her2st`` folder layout.
 
     Files used under ``root``: ``ST-cnts/<S>.tsv.gz`` (or ``.tsv``),
@@ -43,6 +43,9 @@ def read_her2st(root: str | Path, section: str) -> AnnData:
         The HER2ST folder (holding ``ST-cnts/``, ``ST-spotfiles/``, …).
     section
         Section name, e.g. ``"B4"``; the patient is its letter.
+    duplicate_genes
+        ``"error"`` or ``"sum"``: what to do with a gene named in two count columns
+        (see :func:`gr2st.io.read_st_legacy`).
 
     Returns
     -------
@@ -81,6 +84,7 @@ def read_her2st(root: str | Path, section: str) -> AnnData:
         patient=section[0],
         image=_her2st_image(root, section),
         source_format="her2st",
+        duplicate_genes=duplicate_genes,
     )
     labels = root / "ST-pat" / "lbl" / f"{section}_labeled_coordinates.tsv"
     if labels.is_file():

@@ -52,6 +52,7 @@ from gr2st._constants import (
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io._validate import (
+    MIN_SPOT_OVERLAP,
     examples,
     numeric_columns,
     pixels_per_grid_unit,
@@ -84,6 +85,7 @@ def read_st_legacy(
     source_format: str = "st",
     pitch_um: float = ST_PITCH_UM,
     spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+    duplicate_genes: str = "error",
 ) -> AnnData:
     """Read one legacy-ST section from its count table, spot-detector table and image.
 
@@ -108,6 +110,9 @@ def read_st_legacy(
     pitch_um, spot_diameter_um
         Physical spot pitch and diameter of the array, used to turn the measured pixel
         pitch into µm/px and the spot diameter in pixels.
+    duplicate_genes
+        ``"error"`` (a gene named in two columns is an error) or ``"sum"`` (add them up);
+        see :func:`~gr2st.io._validate.read_count_table`.
 
     Returns
     -------
@@ -120,7 +125,8 @@ def read_st_legacy(
     ------
     GR2STDataError
         Missing or unreadable file, missing column, duplicate or unmatched spot ids,
-        non-numeric counts, or a spot centre outside the image.
+        duplicate gene names, a count table and spot table that share less than half
+        of either's spots, non-numeric counts, or a spot centre outside the image.
     GR2STConfigError
         A non-positive ``pitch_um`` or ``spot_diameter_um``.
 
@@ -141,9 +147,11 @@ def read_st_legacy(
         )
     counts, spots = Path(counts), Path(spots)
     section = section or counts.name.split(".")[0]
-    matrix, ids, genes = _read_st_counts(counts)
+    matrix, ids, genes = _read_st_counts(counts, duplicate_genes=duplicate_genes)
     table = read_table(spots, what="spot table", columns=_SPOT_COLUMNS)
     numeric_columns(table, _SPOT_COLUMNS, path=spots, what="spot table")
+    # Count rows of spots off tissue (selected = 0) still belong to the spot table.
+    listed = ids.isin(spot_ids(table["x"], table["y"], source=spots))
     if "selected" in table.columns:
         selected = pd.to_numeric(table["selected"], errors="coerce").to_numpy(dtype=float) != 0
         if not selected.all():
@@ -161,18 +169,22 @@ def read_st_legacy(
             f"(count ids e.g. {examples(ids, n=2)}; spot-table ids e.g. "
             f"{examples(table.index, n=2)})"
         )
+    swapped = int(ids.isin(spot_ids(table["y"], table["x"], source=spots)).sum())
+    hint = (
+        f"its x and y columns look swapped ({swapped} ids match that way)"
+        if swapped > keep.sum()
+        else ""
+    )
+    _check_overlap(counts, spots, listed=listed, keep=keep, n_table=len(table), hint=hint)
     if len(table) > keep.sum():
         log.info("%s: %d spot-table rows lack counts", section, len(table) - int(keep.sum()))
     if not keep.all():
-        swapped = int(ids.isin(spot_ids(table["y"], table["x"], source=spots)).sum())
         report_dropped(
             section,
             int((~keep).sum()),
             len(ids),
             why=f"their count rows have no row in {spots.name}",
-            hint=f"its x and y columns look swapped ({swapped} ids match that way)"
-            if swapped > keep.sum()
-            else "",
+            hint=hint,
         )
     ids = ids[keep]
     joined = table.loc[ids]
@@ -204,9 +216,35 @@ def read_st_legacy(
     return adata
 
 
-def _read_st_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
+def _check_overlap(
+    counts: Path, spots: Path, *, listed: np.ndarray, keep: np.ndarray, n_table: int, hint: str
+) -> None:
+    """Refuse a count table and a spot table that share too few spots to be one section.
+
+    ``listed``: count rows with any spot-table row; ``keep``: with a selected one.
+    """
+    n_keep = int(keep.sum())
+    shares = {
+        f"{int(listed.sum())} of its {len(listed)} spots have a row in {spots.name}": (
+            listed.mean() if len(listed) else 0.0
+        ),
+        f"{n_keep} of the {n_table} spots selected in {spots.name} have counts": (
+            n_keep / n_table if n_table else 1.0
+        ),
+    }
+    low = [text for text, share in shares.items() if share < MIN_SPOT_OVERLAP]
+    if low:
+        raise GR2STDataError(
+            f"{counts}: {'; '.join(low)} (at least {100 * MIN_SPOT_OVERLAP:.0f} % expected); "
+            + (hint or "check that the count table and the spot table are of the same section")
+        )
+
+
+def _read_st_counts(
+    path: Path, *, duplicate_genes: str = "error"
+) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     """Counts with rounded ``"<x>x<y>"`` spot ids; a genes × spots table is transposed."""
-    matrix, rows, columns = read_count_table(path)
+    matrix, rows, columns = read_count_table(path, duplicate_genes=duplicate_genes)
     if not _all_st_ids(rows) and _all_st_ids(columns):
         matrix, rows, columns = sp.csr_matrix(matrix.T), columns, rows
     if not _all_st_ids(rows):

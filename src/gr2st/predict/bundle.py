@@ -208,6 +208,14 @@ class Bundle:
             )
         return normalizer
 
+    def load_encoder(self) -> Encoder:
+        """Build the bundle's encoder, check its weights hash and keep it as ``encoder``
+        (what :func:`load_bundle` does unless ``check_encoder=False``)."""
+        encoder = get_encoder(self.image.encoder, device=str(self.device))
+        self.check_encoder(encoder)
+        self.encoder = encoder
+        return encoder
+
     def check_encoder(self, encoder: Encoder) -> None:
         """Raise unless ``encoder`` is the bundle's encoder with the same weights."""
         where = self.path / META_FILE
@@ -393,7 +401,5 @@ def load_bundle(path: str | Path, *, device: str = "auto", check_encoder: bool =
     """
     bundle = Bundle(GR2ST.load(path, device=device), encoder=None)
     if check_encoder:
-        encoder = get_encoder(bundle.image.encoder, device=str(bundle.device))
-        bundle.check_encoder(encoder)
-        bundle.encoder = encoder
+        bundle.load_encoder()
     return bundle

@@ -24,8 +24,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import ndimage
-from skimage.filters import threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 from gr2st._constants import (
     ARRAY_X,
@@ -39,8 +37,8 @@ from gr2st._constants import (
     UNS,
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.image.color import hsv_saturation
 from gr2st.image.slide import Slide, open_slide
+from gr2st.image.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +49,6 @@ CSV_ID_COLUMN = "id"
 DEFAULT_PITCH_UM = 100.0
 #: Longer side of the thumbnail used for tissue detection and for plots.
 THUMBNAIL_PX = 2000
-# Otsu's threshold on saturation is bounded so that a slide that is all tissue (or all
-# glass) is not split in two: glass is below 0.05, stained tissue above 0.15.
-_SATURATION_BOUNDS = (0.05, 0.15)
-# Tissue pieces and holes smaller than this share of the thumbnail are noise.
-_MIN_OBJECT_SHARE = 5e-4
 
 
 @dataclass(frozen=True)
@@ -184,37 +177,6 @@ def spots_from_section(adata: AnnData, *, source: str) -> QuerySpots:
         spot_diameter_px=None if diameter is None else float(diameter),
         name=str(names[0]) if len(names) == 1 else None,
     )
-
-
-def detect_tissue(thumbnail: np.ndarray) -> np.ndarray:
-    """Boolean tissue mask of an RGB thumbnail.
-
-    Stained tissue is saturated, glass is grey or white: pixels whose (smoothed) HSV
-    saturation exceeds Otsu's threshold, bounded to ``[0.05, 0.15]`` so that an
-    all-tissue or all-glass image is not split in two, are tissue; pieces and holes
-    smaller than 0.05 % of the thumbnail are removed / filled.
-
-    Examples
-    --------
-    >>> img = np.full((100, 100, 3), 245, np.uint8)
-    >>> img[20:60, 30:80] = (200, 120, 170)
-    >>> mask = detect_tissue(img)
-    >>> int(mask.sum()), bool(mask[40, 50]), bool(mask[5, 5])
-    (2000, True, False)
-    """
-    rgb = np.asarray(thumbnail)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise GR2STDataError(f"thumbnail: expected a uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-    saturation = ndimage.uniform_filter(hsv_saturation(rgb), size=3, mode="nearest")
-    lo, hi = _SATURATION_BOUNDS
-    if float(saturation.max()) - float(saturation.min()) < 1e-6:
-        threshold = hi
-    else:
-        threshold = float(np.clip(threshold_otsu(saturation), lo, hi))
-    mask = saturation > threshold
-    small = max(1, int(_MIN_OBJECT_SHARE * mask.size))
-    mask = remove_small_objects(mask, max_size=small)
-    return np.asarray(remove_small_holes(mask, max_size=small), dtype=bool)
 
 
 def hex_lattice(width: float, height: float, pitch: float) -> tuple[np.ndarray, np.ndarray]:
