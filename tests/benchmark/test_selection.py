@@ -21,7 +21,7 @@ from gr2st.benchmark.selection import (
 )
 from gr2st.config import config_to_dict
 from gr2st.datasets import synthetic
-from gr2st.errors import GR2STConfigError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import align_sections, prepare_section
 from gr2st.graph import SmoothConfig, smooth_predictions
@@ -372,3 +372,55 @@ def test_gr2st_fits_are_shared_within_an_alignment_only(
         scores = res["methods"]["gr2st"]["folds"][fold]["selection"]["inner_mean_pcc"]
         assert len(scores) == 4
         assert len(set(scores.values())) == 4
+
+
+def test_parse_grid_makes_encoders_a_choice() -> None:
+    grid = parse_grid(["features.encoder=toy,noise", "knn:top_k=5,10"], ["knn", "ridge"])
+    assert [c.encoder for c in grid["ridge"]] == ["toy", "noise"]
+    assert [(c.encoder, c.overrides) for c in grid["knn"]] == [
+        ("toy", ("top_k=5",)), ("toy", ("top_k=10",)),
+        ("noise", ("top_k=5",)), ("noise", ("top_k=10",)),
+    ]  # fmt: skip
+    assert grid["ridge"][1].label == (
+        "features.encoder=noise, expression.align=none, smooth.weight=0.0, smooth.k=6"
+    )
+    assert grid["ridge"][1].feature_key(FEATURES) == "X_noise"
+    # No encoder key: the run's own features, and labels as before.
+    plain = parse_grid(["smooth.weight=0"], ["knn"])["knn"][0]
+    assert plain.encoder is None
+    assert plain.feature_key(FEATURES) == FEATURES
+    assert "features.encoder" not in plain.label
+
+
+def test_inner_selection_chooses_the_informative_features(
+    sections: list[AnnData], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    for adata in sections:
+        # Stand-ins: features that mirror the expression, and features that know nothing.
+        adata.obsm["X_mirror"] = np.log1p(adata.X.toarray()).astype(np.float32)
+        adata.obsm["X_noise"] = rng.normal(size=(adata.n_obs, 4))
+    grid = parse_grid(["features.encoder=noise,mirror"], ["knn"])
+    out = tmp_path / "out"
+    res = _run(sections, out, methods=["knn"], grid=grid, select="inner")
+    genes = list(sections[0].var_names)
+    prepared = {str(a.obs["section"].iloc[0]): prepare_section(a, genes=genes) for a in sections}
+    for fold, test in prepared.items():
+        selection = res["methods"]["knn"]["folds"][fold]["selection"]
+        assert selection["chosen"]["features.encoder"] == "mirror"
+        scores = selection["inner_mean_pcc"]
+        assert scores[grid["knn"][1].label] > scores[grid["knn"][0].label]
+        # The fold's prediction is knn fitted on the chosen features of its training sections.
+        knn = METHODS.get("knn")(feature_key="X_mirror")
+        knn.fit([a for name, a in prepared.items() if name != fold])
+        np.testing.assert_allclose(_predictions(out, "knn", fold), knn.predict(test), rtol=1e-6)
+    # The other candidates' features are inputs too: they key the saved folds.
+    named = {str(a.obs["section"].iloc[0]): a for a in sections}
+    before = runner._candidate_features(grid["knn"], named, FEATURES)
+    assert list(before["grid_features"]) == ["X_mirror", "X_noise"]
+    sections[0].obsm["X_noise"] = sections[0].obsm["X_noise"] + 1.0
+    assert runner._candidate_features(grid["knn"], named, FEATURES) != before
+    assert runner._candidate_features([Choice()], named, FEATURES) == {}
+    del sections[1].obsm["X_noise"]
+    with pytest.raises(GR2STDataError, match=r"^section 'S1': obsm\['X_noise'\] is missing"):
+        _run(sections, tmp_path / "missing", methods=["knn"], grid=grid, select="inner")

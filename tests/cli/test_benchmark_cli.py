@@ -278,3 +278,41 @@ def test_hest_folder_runs_end_to_end_with_the_patient_split(tmp_path: Path) -> N
     assert all(s["n_spots"] == 25 for s in res["methods"]["mean"]["sections"].values())
     assert all(np.isfinite(s["mse"]) for s in res["methods"]["mean"]["sections"].values())
     assert "Results in" in output
+
+
+@pytest.mark.slow
+def test_grid_of_encoders_extracts_each_candidate_and_selects_per_fold(
+    h5ad_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GR2ST_CACHE_DIR", str(tmp_path / "user-cache"))
+    layers = "efficientnet-lite0@s2"
+    code, _, exc = _invoke(
+        "--data", str(h5ad_dir), "--methods", "knn", "--encoder", "toy",
+        "--grid", f"features.encoder=toy,{layers}", "--select", "inner", "--inner-folds", "1",
+        "--size", "32", "--nuclei", "none", "--cache", str(tmp_path / "cache"),
+        "--panel", str(tmp_path / "panel.txt"), "--no-progress", "--no-figures",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, exc
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    for fold in ("S0", "S1", "S2"):
+        selection = res["methods"]["knn"]["folds"][fold]["selection"]
+        assert selection["chosen"]["features.encoder"] in ("toy", layers)
+        assert sorted(selection["inner_mean_pcc"]) == [
+            f"features.encoder={name}, expression.align=none, smooth.weight=0.0, smooth.k=6"
+            for name in (layers, "toy")
+        ]
+    # The candidate's features were extracted once per section, into the cache.
+    assert len(list((tmp_path / "cache").rglob("features-*.npz"))) == 3
+
+
+def test_grid_encoders_take_the_runs_views_and_context() -> None:
+    from gr2st.benchmark.selection import Choice
+    from gr2st.cli.benchmark import _with_views
+
+    choice = Choice(encoder="efficientnet-lite0@s4.s6+efficientnet-lite2")
+    assert _with_views(choice, tta=8, context=448, size=None).encoder == (
+        "efficientnet-lite0@s4.s6-tta8+efficientnet-lite2-tta8-ctx2x"
+    )
+    assert _with_views(choice, tta=1, context=None, size=None) == choice
+    assert _with_views(Choice(), tta=8, context=None, size=None) == Choice()

@@ -38,6 +38,7 @@ from gr2st._utils.lock import lock_folder
 from gr2st._utils.seed import seed_everything
 from gr2st.benchmark.report import build_results, write_outputs
 from gr2st.benchmark.selection import (
+    ENCODER_KEY,
     SECTION_BLOCKS,
     SELECTIONS,
     Choice,
@@ -325,7 +326,7 @@ def run_benchmark(
         # recompute.
         for choice in candidates[name]:
             method = cls(
-                feature_key=feature_key,
+                feature_key=choice.feature_key(feature_key),
                 profile=_profile_for(cls, profile, dataset),
                 overrides=[*routed[name], *choice.overrides],
                 seed=seed,
@@ -361,6 +362,7 @@ def run_benchmark(
     done: dict[tuple[str, str], FoldRecord] = {}
     todo: dict[str, tuple[str, Fold, str]] = {}
     for name in method_names:
+        grid_features = _candidate_features(candidates[name], prepared, feature_key)
         for fold in folds:
             fingerprint = _fingerprint(
                 common,
@@ -373,6 +375,7 @@ def run_benchmark(
                 **_selection_fingerprint(
                     candidates[name], select, inner_folds, n_train=len(fold.train)
                 ),
+                **grid_features,
             )
             record = store.load(name, fold.name, fingerprint=fingerprint) if resume else None
             if record is not None:
@@ -503,6 +506,29 @@ def _selection_fingerprint(
     return inner
 
 
+def _candidate_features(
+    choices: Sequence[Choice], sections: Mapping[str, AnnData], feature_key: str
+) -> dict[str, Any]:
+    """Hashes of the features of the grid's encoders other than the run's (nothing when
+    the grid has none); a section lacking them is an error."""
+    keys = sorted({c.feature_key(feature_key) for c in choices} - {feature_key})
+    for key in keys:
+        for name, adata in sections.items():
+            if key not in adata.obsm:
+                raise GR2STDataError(
+                    f"section {name!r}: obsm[{key!r}] is missing (features of a "
+                    f"--grid {ENCODER_KEY} candidate)"
+                )
+    adatas = list(sections.values())
+    hashes = {
+        key: sha256_bytes(
+            *(np.ascontiguousarray(a.obsm[key], np.float32).tobytes() for a in adatas)
+        )
+        for key in keys
+    }
+    return {"grid_features": hashes} if hashes else {}
+
+
 def _select(
     cls: type[Method[Any]],
     choices: Sequence[Choice],
@@ -530,7 +556,7 @@ def _select(
 
     def fit_predict(choice: Choice, inner: list[AnnData], test: AnnData) -> np.ndarray:
         method = cls(
-            feature_key=feature_key,
+            feature_key=choice.feature_key(feature_key),
             profile=profile,
             overrides=[*overrides, *choice.overrides],
             seed=seed,
@@ -542,7 +568,7 @@ def _select(
         if inner_names != fitted_on:
             fitted.clear()
             fitted_on[:] = inner_names
-        key = json.dumps([choice.align, method.fit_settings()], sort_keys=True)
+        key = json.dumps([choice.align, choice.encoder, method.fit_settings()], sort_keys=True)
         if key in fitted:
             fitted[key].adopt(method)
             method = fitted[key]
@@ -651,7 +677,7 @@ def _run_fold(
     seed_everything(seed)
     choice = selection.choice
     method = cls(
-        feature_key=feature_key,
+        feature_key=choice.feature_key(feature_key),
         profile=profile,
         overrides=[*overrides, *choice.overrides],
         seed=seed,

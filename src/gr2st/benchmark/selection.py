@@ -1,8 +1,8 @@
 """Model selection without peeking: choices made by inner cross-validation on training sections.
 
 Every choice a method's result depends on — a hyperparameter override, the per-section
-alignment of the training expression, the strength of the spatial smoothing of its
-predictions — can be given as a grid (``gr2st benchmark
+alignment of the training expression, the image features it reads, the strength of the
+spatial smoothing of its predictions — can be given as a grid (``gr2st benchmark
 --grid``); with ``--select inner`` each outer fold picks, per method, the choice with
 the best mean per-gene Pearson r over an inner leave-one-section-out on its *training*
 sections only. A fold with a single training section (e.g. a patient split whose other
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from gr2st._constants import SECTION, SPATIAL
+from gr2st._constants import SECTION, SPATIAL, feature_key
 from gr2st.config import apply_overrides, split_override
 from gr2st.errors import GR2STConfigError
 from gr2st.evaluation.metrics import pearson_per_gene
@@ -38,6 +38,9 @@ SMOOTH_KEYS = ("smooth.weight", "smooth.k")
 #: Grid key of the per-section alignment of every method's training expression
 #: (:func:`gr2st.genes.align_sections`).
 ALIGN_KEY = "expression.align"
+#: Grid key of the image encoder whose features a method reads (its ``obsm`` key is
+#: ``feature_key(encoder)``; the sections must carry every candidate's features).
+ENCODER_KEY = "features.encoder"
 SELECTIONS = ("none", "inner")
 #: A lone training section is cut into this many stripes for its inner folds.
 SECTION_BLOCKS = 3
@@ -58,15 +61,20 @@ class Choice:
         :data:`gr2st.genes.SECTION_ALIGNMENTS`).
     smooth
         Spatial smoothing of the predictions.
+    encoder
+        The encoder whose features the method reads (None: the run's own).
     """
 
     overrides: tuple[str, ...] = ()
     align: str = "none"
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
+    encoder: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The chosen values, as recorded in ``results.json``."""
         values: dict[str, Any] = dict(split_override(o) for o in self.overrides)
+        if self.encoder is not None:
+            values[ENCODER_KEY] = self.encoder
         values[ALIGN_KEY] = self.align
         values["smooth.weight"] = self.smooth.weight
         values["smooth.k"] = self.smooth.k
@@ -76,12 +84,17 @@ class Choice:
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.describe().items())
 
+    def feature_key(self, default: str) -> str:
+        """The ``obsm`` key of this choice's features (``default``: the run's own)."""
+        return default if self.encoder is None else feature_key(self.encoder)
+
 
 def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[Choice]]:
     """``--grid`` items → each method's candidate choices (their Cartesian product).
 
-    ``smooth.weight=0,0.5``, ``smooth.k=6`` and ``expression.align=none,standardize``
-    apply to every method; ``key=v1,v2``
+    ``smooth.weight=0,0.5``, ``smooth.k=6``, ``expression.align=none,standardize`` and
+    ``features.encoder=efficientnet-lite0,efficientnet-lite0@s4.s6`` apply to every
+    method; ``key=v1,v2``
     to every method too (as an override, which each method must accept);
     ``method:key=v1,v2`` to one method. The first value of each key comes first, so the
     first choice is the grid's default.
@@ -114,15 +127,18 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[C
 
 def _product(keys: Mapping[str, list[str]]) -> list[Choice]:
     smooth_keys = [k for k in keys if k in SMOOTH_KEYS]
-    override_keys = [k for k in keys if k not in SMOOTH_KEYS and k != ALIGN_KEY]
+    override_keys = [k for k in keys if k not in (*SMOOTH_KEYS, ALIGN_KEY, ENCODER_KEY)]
     aligns = keys.get(ALIGN_KEY, ["none"])
+    encoders: list[str | None] = list(keys.get(ENCODER_KEY, [None]))
     for how in aligns:
         if how not in SECTION_ALIGNMENTS:
             raise GR2STConfigError(
                 f"--grid {ALIGN_KEY}={how}: expected one of {', '.join(SECTION_ALIGNMENTS)}"
             )
     choices = []
-    for values in itertools.product(*(keys[k] for k in override_keys)):
+    for encoder, values in itertools.product(
+        encoders, itertools.product(*(keys[k] for k in override_keys))
+    ):
         overrides = tuple(f"{k}={v}" for k, v in zip(override_keys, values, strict=True))
         for how in aligns:
             for smooth_values in itertools.product(*(keys[k] for k in smooth_keys)):
@@ -131,7 +147,9 @@ def _product(keys: Mapping[str, list[str]]) -> list[Choice]:
                     for k, v in zip(smooth_keys, smooth_values, strict=True)
                 ]
                 smooth = apply_overrides(SmoothConfig(), settings, owner="--grid smooth")
-                choices.append(Choice(overrides=overrides, align=how, smooth=smooth))
+                choices.append(
+                    Choice(overrides=overrides, align=how, smooth=smooth, encoder=encoder)
+                )
     return choices or [Choice()]
 
 
@@ -234,8 +252,8 @@ def select_inner(
         ``fit_predict(choice, inner_train, inner_test) -> predictions``: fits the
         method with ``choice.overrides`` on ``inner_train`` (already aligned as
         ``choice.align`` says) and predicts ``inner_test`` (which it receives without its
-        expression). Called once per inner fold and distinct overrides and alignment:
-        the smoothing candidates reuse the same predictions.
+        expression). Called once per inner fold and distinct overrides, alignment and
+        encoder: the smoothing candidates reuse the same predictions.
     max_folds
         At most this many inner folds (holding out the first training sections, or
         stripes, in turn); None: one per training section (or stripe).
@@ -266,9 +284,9 @@ def select_inner(
         folds.append(section_name(held_out))
         truth = stack_expression([held_out])
         aligned: dict[str, list[AnnData]] = {}
-        cache: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+        cache: dict[tuple[tuple[str, ...], str, str | None], np.ndarray] = {}
         for choice in choices:
-            key = (choice.overrides, choice.align)
+            key = (choice.overrides, choice.align, choice.encoder)
             if key not in cache:
                 if choice.align not in aligned:
                     aligned[choice.align] = align_sections(inner, how=choice.align)

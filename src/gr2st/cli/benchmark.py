@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from anndata import AnnData
@@ -36,6 +38,9 @@ from gr2st.cli.scale import (
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.executors import DEFAULT_MAX_RETRIES
+
+if TYPE_CHECKING:
+    from gr2st.benchmark.selection import Choice
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -336,6 +341,18 @@ def resolve_genes(
     return chosen, None, f"{len(chosen)} chosen genes"
 
 
+def _with_views(choice: Choice, *, tta: int, context: int | None, size: int | None) -> Choice:
+    """A grid candidate's encoder with the run's ``--tta`` and ``--context``."""
+    from gr2st.encoders import encoder_name
+
+    if choice.encoder is None:
+        return choice
+    name = encoder_name(
+        choice.encoder, tta=tta, context_px=context, size_px=size or DEFAULT_PATCH_PX
+    )
+    return replace(choice, encoder=name)
+
+
 def _has_inputs(sections: Sequence[AnnData], key: str, nuclei: str) -> bool:
     return all(key in a.obsm and (nuclei == "none" or CELL_TYPE in a.obs.columns) for a in sections)
 
@@ -427,8 +444,9 @@ def benchmark_command(
         help="Candidate values (repeatable): smooth.weight=0,0.5 and smooth.k=6 smooth every "
         "method's predictions over each spot's nearest spots; expression.align=none,center,"
         "standardize aligns each training section's genes to the pooled level (and spread) "
-        "before the fit; other keys are overrides. Without --select inner the first value "
-        "is used.",
+        "before the fit; features.encoder=A,B reads the features of other encoders (with "
+        "this run's --tta and --context); other keys are overrides. Without --select inner "
+        "the first value is used.",
     ),
     select: str = typer.Option(
         "none",
@@ -533,6 +551,13 @@ def benchmark_command(
         size_px=size or DEFAULT_PATCH_PX,
     )
     key = feature_key(name)
+    candidates = {
+        method: [_with_views(c, tta=tta, context=context, size=size) for c in choices]
+        for method, choices in candidates.items()
+    }
+    grid_encoders = sorted(
+        {c.encoder for choices in candidates.values() for c in choices if c.encoder} - {name}
+    )
     check_writable(out, need_bytes=_output_bytes(adatas, method_names, genes, panel))
     request = {
         "data": str(root.resolve()),
@@ -566,6 +591,18 @@ def benchmark_command(
             cache_dir=cache_dir,
             progress=progress,
         )
+    for other in grid_encoders:
+        if not _has_inputs(adatas, feature_key(other), "none"):
+            enc = get_encoder(other)
+            check_writable(cache_dir, what="--cache", need_bytes=_cache_bytes(adatas, enc.dim))
+            prepare_image_inputs(
+                adatas,
+                encoder=enc,
+                size_px=size,
+                nuclei="none",
+                cache_dir=cache_dir,
+                progress=progress,
+            )
     pixel_sides = {
         int(cls.patch_px or 0)
         for cls in (METHODS.get(name) for name in method_names)

@@ -128,7 +128,8 @@ def get_encoder(name: str, *, device: str = "auto", **options: Any) -> Encoder:
         A registered name (``"efficientnet-lite0"``, ``"efficientnet-lite1"``,
         ``"efficientnet-lite2"``) or ``"hf:<local dir or hub id>"`` for any
         transformers vision backbone; ``"hf:…?pooling=mean"`` averages the patch
-        tokens instead of taking the CLS token.
+        tokens instead of taking the CLS token; ``"efficientnet-lite0@s4.s6.head"``
+        pools and concatenates chosen layers (:mod:`gr2st.encoders.efficientnet`).
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     **options
@@ -151,6 +152,10 @@ def get_encoder(name: str, *, device: str = "auto", **options: Any) -> Encoder:
     if sep:
         factory = ENCODERS.get(prefix)
         return factory(argument, device=device, **options)
+    if "@" in name:
+        from gr2st.encoders.efficientnet import layered_encoder
+
+        return layered_encoder(name, device=device, **options)
     return ENCODERS.get(name)(device=device, **options)
 
 
