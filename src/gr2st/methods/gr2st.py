@@ -43,7 +43,7 @@ class GR2STMethod(Method[GR2STConfig]):
     """
 
     name = "gr2st"
-    learned = True
+    has_profiles = True
     supports_values = True
     profiles = PROFILES
     profile_aliases = PROFILE_ALIASES

@@ -46,10 +46,10 @@ from gr2st.sections import SectionArrays, dense, features, section_arrays, secti
 from gr2st.training import (
     DEFAULT_CHECKPOINT_SECONDS,
     Batch,
-    Trainer,
     TrainingStats,
     TrainingTask,
     fingerprint,
+    train_network,
 )
 
 _IMAGE_CHUNK = 8192
@@ -489,25 +489,24 @@ class GR2ST:
             }
             for a in self._train_data
         ]
-        trainer = Trainer(
-            epochs=epochs,
-            seed=self.seed,
-            workdir=checkpoint_dir,
-            run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
-            checkpoint_every=checkpoint_every,
-            average_last=cfg.average_last,
-            precision=cfg.precision,
-            progress=progress,
-            desc="GR2ST",
-            on_epoch_end=on_epoch_end,
-            log_path=None if checkpoint_dir is None else Path(checkpoint_dir) / "progress.jsonl",
-        )
         with _private_rng(dev):
             torch.manual_seed(self.seed)
-            history = trainer.fit(self.module, _ContrastiveTask(self, data))
+            history, self.training_stats = train_network(
+                self.module,
+                _ContrastiveTask(self, data),
+                epochs=epochs,
+                seed=self.seed,
+                desc="GR2ST",
+                workdir=checkpoint_dir,
+                run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
+                checkpoint_every=checkpoint_every,
+                average_last=cfg.average_last,
+                precision=cfg.precision,
+                progress=progress,
+                on_epoch_end=on_epoch_end,
+            )
         self.module.eval()
         self.history = history
-        self.training_stats = trainer.stats
         self._bank = self._build_bank()
         return list(history)
 
