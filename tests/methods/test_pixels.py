@@ -9,7 +9,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
 
@@ -110,7 +109,8 @@ def test_patches_are_read_as_unit_floats_and_resized(sections):
 def test_step_schedule_and_section_order(sections):
     method = _tiny("lr=1.0", "lr_step_epochs=2", "lr_gamma=0.5")
     task = _SectionTask(
-        method.config, [method.section(a, device=torch.device("cpu"), train=True) for a in sections[:3]]
+        method.config,
+        [method.section(a, device=torch.device("cpu"), train=True) for a in sections[:3]],
     )
     assert [task.learning_rate(e, 0) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
     rng = np.random.default_rng(0)
