@@ -1,5 +1,8 @@
 """``hggep``: HGGEP (Li et al., 2024), gradient-enhanced CNN → ViTs → hypergraph on patches.
 
+Over 600 lines: one published model (its layers, network, loss and method) with the
+record of how it follows the published code, kept in one place like every method.
+
 What the published model does (QSong-github/HGGEP: ``HGGEP.py``, ``HGGEP_train.py``,
 ``transformer.py``, ``dataset.py``, ``graph_construction.py``, and Hist2ST's
 ``NB_module.py`` which it imports; HER2ST settings from ``HGGEP_train.py``: dropout 0.2,
