@@ -37,6 +37,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class ImageSettings:
             raise GR2STConfigError(f"{META_FILE}: malformed image settings ({exc})") from None
 
 
-def _field(meta: dict[str, Any], name: str, check: Callable[[Any], bool], expected: str) -> Any:
+def _field(meta: dict[str, Any], name: str, check: Callable[[Any], object], expected: str) -> Any:
     """``meta[name]`` (``a.b``/``a.0`` for nested) when ``check`` accepts it, else a
     one-line error."""
     value: Any = meta
@@ -162,6 +163,11 @@ def _positive_int(v: Any) -> bool:
 
 def _names(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _spot_names(v: Any, *, n: int) -> bool:
+    # Schema 1 bundles hold no spot names.
+    return v is None or v == [] or (_names(v) and len(v) == n)
 
 
 @dataclass(frozen=True)
@@ -277,11 +283,10 @@ class BundleMeta:
             where = f"train_sections.{i}"
             name = _field(meta, f"{where}.name", lambda v: isinstance(v, str), "a name")
             n = _field(meta, f"{where}.n_spots", _positive_int, "a positive integer")
-            # Schema 1 bundles hold no spot names.
             obs = _field(
                 meta,
                 f"{where}.obs_names",
-                lambda v, n=n: v is None or v == [] or (_names(v) and len(v) == n),
+                partial(_spot_names, n=n),
                 f"{n} spot names",
             )
             train_sections.append((name, list(obs or [])))
