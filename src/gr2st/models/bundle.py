@@ -255,7 +255,7 @@ class BundleMeta:
         >>> BundleMeta.from_dict({"method": "gr2st"})
         Traceback (most recent call last):
         ...
-        gr2st.errors.GR2STConfigError: bundle.json: profile is None; expected a string
+        gr2st.errors.GR2STConfigError: bundle.json: config is None; expected an object
         """
         method = _field(meta, "method", lambda v: v in BUNDLE_METHODS, f"one of {BUNDLE_METHODS}")
         # profile, seed and history may be absent (older writers): "custom", 0, [].
