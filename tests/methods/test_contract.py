@@ -160,7 +160,7 @@ SPECS: dict[str, Spec] = {
 }
 # The package's own methods (tests may register helpers of their own).
 NAMES = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("gr2st.")]
-LEARNED = [n for n in NAMES if METHODS.get(n).learned]
+LEARNED = [n for n in NAMES if METHODS.get(n).has_profiles]
 RANKED = [n for n in NAMES if n != "mean"]
 # Their fits take seconds each even when small: slow, so that `make test-fast` stays quick.
 HEAVY = {"hggep", "hist2st"}
@@ -252,7 +252,7 @@ def test_prediction_shape_dtype_and_determinism(name: str, sections: list[AnnDat
     assert np.isfinite(pred).all()
     np.testing.assert_array_equal(pred, b.predict(test))
     np.testing.assert_array_equal(pred, a.predict(test))  # predicting changes nothing
-    if METHODS.get(name).learned:
+    if METHODS.get(name).has_profiles:
         other = make(name, *quick, seed=SEED + 1)
         other.fit(train)
         assert not np.array_equal(pred, other.predict(test))

@@ -255,7 +255,7 @@ def test_paper_profile_fine_tunes_the_backbone(sections):
     method = _method("epochs=1", "views=1", profile="paper")
     method.fit(sections[:1])
     pretrained = _build_module(BACKBONE, weights_file(BACKBONE)).net.state_dict()
-    trained = method._net.backbone.stem[0].weight  # type: ignore[union-attr, index]
+    trained = method.network_.backbone.stem[0].weight  # type: ignore[union-attr, index]
     assert not torch.equal(trained, pretrained["_conv_stem.weight"])
     pred = method.predict(sections[3])
     assert pred.shape == sections[3].shape

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -215,8 +216,6 @@ def test_spot_states_match_a_hand_computation():
 def test_zinb_loss_matches_a_hand_computation():
     # Two spots x two genes, with zeros and non-zeros and unequal size factors.
     config = dataclasses.replace(TINY, views=0, w_zinb=1.0)
-    method = Hist2ST(feature_key=KEY, progress=False)
-    method.config = config
     torch.manual_seed(0)
     net = Hist2STNet(2, patch_px=8, config=config).eval()  # eval: BatchNorm uses running stats
     full = _tiny_section()
@@ -228,7 +227,7 @@ def test_zinb_loss_matches_a_hand_computation():
         counts=full.counts[:2],  # [[0, 3], [5, 1]]
         size_factor=torch.tensor([0.5, 1.5]),
     )
-    terms = method.training_loss(net, section, generator=torch.Generator())
+    terms = net.loss(section, torch.Generator())
     assert set(terms) == {"mse", "zinb"}
     with torch.no_grad():
         h = net.embed(section.patches, section.positions, grid_graph(section.positions))
@@ -249,11 +248,9 @@ def test_zinb_loss_matches_a_hand_computation():
 def test_loss_terms_are_weighted_and_every_parameter_learns():
     torch.manual_seed(0)
     config = dataclasses.replace(TINY, views=2)
-    method = Hist2ST(feature_key=KEY, progress=False)
-    method.config = config
     net = Hist2STNet(2, patch_px=8, config=config).train()
     section = _tiny_section()
-    terms = method.training_loss(net, section, generator=torch.Generator().manual_seed(0))
+    terms = net.loss(section, torch.Generator().manual_seed(0))
     assert set(terms) == {"mse", "zinb", "distillation"}
     assert all(torch.isfinite(v) and v > 0 for v in terms.values())
     torch.stack(list(terms.values())).sum().backward()
@@ -263,15 +260,19 @@ def test_loss_terms_are_weighted_and_every_parameter_learns():
     # The distillation term is 0.5 x MSE(softmax-weighted views, prediction): reproduce it
     # from the same augmentation draws.
     net.zero_grad()
-    weighted = method.training_loss(net, section, generator=torch.Generator().manual_seed(7))
-    method.config = dataclasses.replace(config, w_distill=1.0, w_zinb=0.5)
-    unit = method.training_loss(net, section, generator=torch.Generator().manual_seed(7))
+    weighted = net.loss(section, torch.Generator().manual_seed(7))
+
+    def same_weights(**changes: Any) -> Hist2STNet:
+        other = Hist2STNet(2, patch_px=8, config=dataclasses.replace(config, **changes))
+        other.load_state_dict(net.state_dict())
+        return other.train()
+
+    unit = same_weights(w_distill=1.0, w_zinb=0.5).loss(section, torch.Generator().manual_seed(7))
     # Dropout is 0 and BatchNorm uses batch statistics: the same draws give the same views.
     torch.testing.assert_close(weighted["distillation"], 0.5 * unit["distillation"])
     torch.testing.assert_close(weighted["zinb"], 0.5 * unit["zinb"])
     torch.testing.assert_close(weighted["mse"], unit["mse"])
-    method.config = dataclasses.replace(config, views=0, w_zinb=0.0)
-    assert set(method.training_loss(net, section, generator=torch.Generator())) == {"mse"}
+    assert set(same_weights(views=0, w_zinb=0.0).loss(section, torch.Generator())) == {"mse"}
 
 
 def test_bad_options_and_inputs_are_rejected(sections):

@@ -9,7 +9,8 @@ from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes.normalize import prepare_section
 from gr2st.methods.base import METHODS
-from gr2st.methods.mclstexp import PROFILES, MclSTExp, augment_patches
+from gr2st.methods.mclstexp import AUGMENTATION, PROFILES, MclSTExp
+from gr2st.models.layers import augment_patches
 
 KEY = "X_latent"
 
@@ -74,19 +75,20 @@ def test_bad_options_and_inputs_are_rejected(sections):
         _method("n_positions=5").fit(sections[:1])
 
 
-def test_augment_patches_keeps_range_and_is_seeded():
-    x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 255
-    torch.manual_seed(0)
-    a = augment_patches(x)
-    torch.manual_seed(0)
-    torch.testing.assert_close(augment_patches(x), a)
+def test_augmentation_keeps_range_and_is_seeded_by_its_generator():
+    x = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    a = augment_patches(x, AUGMENTATION, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)  # the global generator plays no part
+    b = augment_patches(x, AUGMENTATION, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, augment_patches(x, AUGMENTATION, generator=torch.Generator()))
     assert a.shape == x.shape
     assert float(a.min()) >= 0
-    assert float(a.max()) <= 255
+    assert float(a.max()) <= 1
     # A uniform grey patch stays uniform (flips, rotations and jitter act per patch).
-    grey = torch.full((5, 3, 4, 4), 120.0)
-    out = augment_patches(grey)
-    assert torch.allclose(out, out[:, :1, :1, :1].expand_as(out), atol=1e-3)
+    grey = torch.full((5, 3, 4, 4), 120 / 255)
+    out = augment_patches(grey, AUGMENTATION, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(out, out[:, :1, :1, :1].expand_as(out), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -101,12 +103,12 @@ def test_paper_profile_fine_tunes_the_cnn_on_patches(tmp_path):
         progress=False,
     )
     method.fit([train])
-    assert method._net is not None
-    assert method._net.image_encoder is not None
+    assert method.network_ is not None
+    assert method.network_.image_encoder is not None
     from gr2st.encoders import get_encoder
 
     frozen = get_encoder("efficientnet-lite0", device="cpu", backend="torch").torch_module()
-    tuned = method._net.image_encoder.state_dict()
+    tuned = method.network_.image_encoder.state_dict()
     changed = [
         name
         for name, value in frozen.state_dict().items()

@@ -9,7 +9,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
 
@@ -22,7 +21,7 @@ from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.genes import get_panel, prepare_section
 from gr2st.io import read_her2st
 from gr2st.methods import METHODS
-from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection, _SectionTask, patch_tensor
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelNet, _SectionTask, patch_tensor
 from learning_seed import LEARNING_SEED
 
 
@@ -31,8 +30,24 @@ class TinyConfig(PixelConfig):
     width: PositiveInt = 8
 
 
-class Tiny(PixelMethod[TinyConfig]):
+class TinyNet(PixelNet):
     """Mean colour of the patch → linear layer (enough to learn the synthetic signal)."""
+
+    def __init__(self, n_genes: int, config: TinyConfig) -> None:
+        super().__init__(config.augmentation)
+        self.layers = nn.Sequential(
+            nn.Linear(6, config.width), nn.ReLU(), nn.Linear(config.width, n_genes)
+        )
+
+    def forward(self, patches: Tensor, positions: Tensor) -> Tensor:
+        # Colour differences between states are a few hundredths: scale them up.
+        features = 20 * torch.cat([patches.mean((2, 3)) - 0.7, patches.std((2, 3))], 1)
+        out: Tensor = self.layers(features)
+        return out
+
+
+class Tiny(PixelMethod[TinyConfig]):
+    """:class:`TinyNet` as a pixel method."""
 
     name = "tiny"
     profiles: ClassVar[dict[str, TinyConfig]] = {
@@ -40,23 +55,8 @@ class Tiny(PixelMethod[TinyConfig]):
     }
     patch_px = 8
 
-    def build(self, n_genes: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(6, self.config.width), nn.ReLU(), nn.Linear(self.config.width, n_genes)
-        )
-
-    def _features(self, patches: Tensor) -> Tensor:
-        # Colour differences between states are a few hundredths: scale them up.
-        return 20 * torch.cat([patches.mean((2, 3)) - 0.7, patches.std((2, 3))], 1)
-
-    def training_loss(
-        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        patches = self.augment(section.patches, generator)
-        return {"mse": F.mse_loss(net(self._features(patches)), section.expression)}
-
-    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
-        return net(self._features(section.patches))
+    def network(self, n_genes: int) -> PixelNet:
+        return TinyNet(n_genes, self.config)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,8 @@ def test_patches_are_read_as_unit_floats_and_resized(sections):
 def test_step_schedule_and_section_order(sections):
     method = _tiny("lr=1.0", "lr_step_epochs=2", "lr_gamma=0.5")
     task = _SectionTask(
-        method, [method.section(a, device=torch.device("cpu"), train=True) for a in sections[:3]]
+        method.config,
+        [method.section(a, device=torch.device("cpu"), train=True) for a in sections[:3]],
     )
     assert [task.learning_rate(e, 0) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
     rng = np.random.default_rng(0)

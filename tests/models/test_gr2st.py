@@ -284,27 +284,27 @@ def test_missing_cell_type_is_type_zero_with_a_warning(make_sections: Sections) 
 def test_training_steps_with_fused_adam_equal_to_the_per_parameter_update(
     make_sections: Sections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gr2st.models.gr2st import _ContrastiveTask
+    from gr2st.models.task import ContrastiveTask
 
     fused_flags: list[bool] = []
-    make = _ContrastiveTask.make_optimizer
+    make = ContrastiveTask.make_optimizer
 
-    def spy(task: _ContrastiveTask, net: torch.nn.Module) -> torch.optim.Optimizer:
+    def spy(task: ContrastiveTask, net: torch.nn.Module) -> torch.optim.Optimizer:
         optimizer = make(task, net)
         fused_flags.append(bool(optimizer.defaults["fused"]))
         return optimizer
 
-    monkeypatch.setattr(_ContrastiveTask, "make_optimizer", spy)
+    monkeypatch.setattr(ContrastiveTask, "make_optimizer", spy)
     fused = _model(make_sections(), "train.epochs=3")
     fused.train(progress=False)
     assert fused_flags
     assert all(fused_flags)
 
-    def per_parameter(task: _ContrastiveTask, net: torch.nn.Module) -> torch.optim.Optimizer:
+    def per_parameter(task: ContrastiveTask, net: torch.nn.Module) -> torch.optim.Optimizer:
         cfg = task.model.config.train
         return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    monkeypatch.setattr(_ContrastiveTask, "make_optimizer", per_parameter)
+    monkeypatch.setattr(ContrastiveTask, "make_optimizer", per_parameter)
     plain = _model(make_sections(), "train.epochs=3")
     plain.train(progress=False)
     wf, wp, start = _weights(fused), _weights(plain), _weights(_model(make_sections()))
@@ -319,10 +319,10 @@ def test_training_steps_with_fused_adam_equal_to_the_per_parameter_update(
 
 
 def test_mixup_mixes_both_sides_of_a_spot_with_one_weight(make_sections: Sections) -> None:
-    from gr2st.models.gr2st import _ContrastiveTask
+    from gr2st.models.task import ContrastiveTask
 
     train = make_sections()[:2]
-    task = _ContrastiveTask(_model(train, "train.mixup=0.4"), [])
+    task = ContrastiveTask(_model(train, "train.mixup=0.4"), [])
     torch.manual_seed(0)
     feats = torch.randn(64, 5)
     expression = torch.randn(64, 3)
@@ -339,7 +339,7 @@ def test_mixup_mixes_both_sides_of_a_spot_with_one_weight(make_sections: Section
     torch.testing.assert_close(mixed_expr, lam * expression + (1 - lam) * expression[partner])
     # Not a no-op, and no mixing without the option.
     assert (mixed_feats - feats).abs().max() > 0.1
-    assert _ContrastiveTask(_model(train), []).mixing is None
+    assert ContrastiveTask(_model(train), []).mixing is None
 
 
 def test_bank_of_image_embeddings_and_the_mixture_of_both(

@@ -82,7 +82,7 @@ def _profile_for(cls: type[Method[Any]], requested: str | None, dataset: str) ->
     """The profile asked of ``cls``: learned methods take ``--profile`` (and fail when
     they lack it; ``paper`` may have a per-dataset variant); the others have one set of
     settings."""
-    return cls.profile_for(requested, dataset) if cls.learned else None
+    return cls.profile_for(requested, dataset) if cls.has_profiles else None
 
 
 def check_profile(profile: str | None, classes: Mapping[str, type[Method[Any]]]) -> None:

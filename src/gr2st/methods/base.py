@@ -7,13 +7,18 @@ explicit here, never discovered by inspection:
 
 - class attributes :attr:`Method.name`, :attr:`~Method.input` (``"features"`` or
   ``"pixels"``), :attr:`~Method.patch_px`, :attr:`~Method.is_ceiling`,
-  :attr:`~Method.learned`, :attr:`~Method.supports_values` and the profile table
+  :attr:`~Method.has_profiles`, :attr:`~Method.supports_values` and the profile table
   :attr:`~Method.profiles`;
 - the constructor's keyword options (:class:`Method`), ``progress`` included;
 - :meth:`~Method.fit`, :meth:`~Method.predict`, and :meth:`~Method.predict_values` when
   ``supports_values`` (predicting genes outside the training panel, for ``--genes all``).
 
 Sections handed to a method are prepared AnnData objects (see :mod:`gr2st.sections`).
+
+A method that trains a network subclasses :class:`NetworkMethod`, whose :meth:`~NetworkMethod.fit`
+is one template (check the sections, seed, pick the device, :meth:`~NetworkMethod.build`
+the network and its :class:`~gr2st.training.TrainingTask`, train with
+:func:`gr2st.training.train_network`); the loss is a method of the network.
 """
 
 from __future__ import annotations
@@ -21,27 +26,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
+import torch
 from anndata import AnnData
 from torch import nn
 
 from gr2st._registry import Registry
+from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.config import Config, apply_overrides, config_to_dict, resolve_profile
-from gr2st.errors import GR2STConfigError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.training import (
     DEFAULT_CHECKPOINT_SECONDS,
-    Trainer,
     TrainingStats,
     TrainingTask,
     fingerprint,
+    train_network,
 )
 
 C = TypeVar("C", bound=Config)
-#: Per-epoch training records in a fit's work folder (see :class:`gr2st.training.Trainer`).
-PROGRESS_LOG = "progress.jsonl"
 M = TypeVar("M", bound="type[Method[Any]]")
+T = TypeVar("T")
 
 
 class Method(ABC, Generic[C]):
@@ -76,8 +82,8 @@ class Method(ABC, Generic[C]):
     patch_px: ClassVar[int | None] = None
     #: A ceiling (like the oracle) is reported but never ranked as a method.
     is_ceiling: ClassVar[bool] = False
-    #: Trains a network on the shared loop; offers the ``default`` and ``paper`` profiles.
-    learned: ClassVar[bool] = False
+    #: Offers the ``default`` and ``paper`` profiles (and a dataset's ``paper`` variant).
+    has_profiles: ClassVar[bool] = False
     #: Implements :meth:`predict_values`.
     supports_values: ClassVar[bool] = False
     #: Profile name → settings.
@@ -184,36 +190,87 @@ class Method(ABC, Generic[C]):
             )
         self.config = other.config
 
-    def train_network(
-        self,
-        net: nn.Module,
-        task: TrainingTask,
-        *,
-        epochs: int,
-        workdir: Path | None,
-        data: Sequence[np.ndarray],
-        precision: str = "fp32",
-    ) -> list[float]:
-        """Run the shared :class:`~gr2st.training.Trainer` on ``net``; return the history.
+    def require_fit(self, state: T | None, *, what: str = "predict") -> T:
+        """``state`` set by :meth:`fit`; a one-line error when the method is not fitted.
 
-        ``data`` are the training arrays that, with the settings, identify the run (a
-        checkpoint is resumed only by the same request).
+        Examples
+        --------
+        >>> METHODS.get("knn")(feature_key="X_f").require_fit(None)
+        Traceback (most recent call last):
+        ...
+        gr2st.errors.GR2STConfigError: knn: predict() called before fit()
         """
+        if state is None:
+            raise GR2STConfigError(f"{self.name}: {what}() called before fit()")
+        return state
+
+
+class Built(NamedTuple):
+    """What :meth:`NetworkMethod.build` returns."""
+
+    #: The network, on the training device; its ``loss`` is what the task minimises.
+    network: nn.Module
+    #: Batches, optimizer and schedule of the training loop.
+    task: TrainingTask
+    #: The training arrays that, with the settings, identify the run (a checkpoint is
+    #: resumed only by the same request).
+    data: Sequence[np.ndarray]
+
+
+class _TrainingConfig(Protocol):
+    epochs: int
+    precision: str
+
+
+class NetworkMethod(Method[C]):
+    """A method that trains a network on the shared loop: :meth:`fit` is a template.
+
+    Subclasses implement :meth:`build` (and :meth:`predict`); :meth:`fitted` runs after
+    training. Their config has ``epochs`` and ``precision``.
+    """
+
+    has_profiles = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: Mean training loss of every epoch of the last fit.
+        self.history_: list[float] = []
+        #: The trained network (eval mode), once fitted.
+        self.network_: nn.Module | None = None
+
+    @abstractmethod
+    def build(self, train: Sequence[AnnData], device: torch.device) -> Built:
+        """The network for ``train`` (seeded: torch's generator is set before), its task
+        and the arrays identifying the run."""
+
+    def fitted(self) -> None:
+        """Called after training, with :attr:`network_` set (e.g. to embed a bank)."""
+
+    def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
+        """Seed, :meth:`build`, train on the shared loop, then :meth:`fitted`.
+
+        ``workdir`` holds checkpoints (an interrupted fit resumes) and the progress log.
+        """
+        if not train:
+            raise GR2STDataError(f"{self.name}: fit() needs at least one training section")
+        seed_everything(self.seed)
+        network, task, data = self.build(train, resolve_device(self.device))
+        cfg = cast(_TrainingConfig, self.config)
         settings = {"method": self.name, "seed": self.seed, **config_to_dict(self.config)}
-        trainer = Trainer(
-            epochs=epochs,
+        self.history_, self.training_stats = train_network(
+            network,
+            task,
+            epochs=cfg.epochs,
             seed=self.seed,
+            desc=self.name,
             workdir=workdir,
             run_fingerprint=fingerprint(settings, data),
             checkpoint_every=self.checkpoint_every,
-            precision=precision,
+            precision=cfg.precision,
             progress=self.progress,
-            desc=self.name,
-            log_path=None if workdir is None else Path(workdir) / PROGRESS_LOG,
         )
-        history = trainer.fit(net, task)
-        self.training_stats = trainer.stats
-        return history
+        self.network_ = network.eval()
+        self.fitted()
 
 
 def panel_only_message(name: str) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 from anndata import AnnData
 
 from gr2st.config import config_to_dict
-from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.models import GR2ST, GR2STConfig, Prediction
 from gr2st.models.config import DATASET_PROFILES, PROFILE_ALIASES, PROFILES
@@ -43,7 +42,7 @@ class GR2STMethod(Method[GR2STConfig]):
     """
 
     name = "gr2st"
-    learned = True
+    has_profiles = True
     supports_values = True
     profiles = PROFILES
     profile_aliases = PROFILE_ALIASES
@@ -135,9 +134,8 @@ class GR2STMethod(Method[GR2STConfig]):
         return np.asarray(self._combined(parts).mean, dtype=np.float32)
 
     def _trained(self, what: str) -> list[GR2ST]:
-        if not self.models:
-            raise GR2STConfigError(f"gr2st: {what}() called before fit()")
-        return self.models[: self.config.train.ensemble]
+        models = self.require_fit(self.models or None, what=what)
+        return models[: self.config.train.ensemble]
 
     @staticmethod
     def _combined(parts: list[Prediction]) -> Prediction:

@@ -103,7 +103,7 @@ profile's ≈ 10,900 steps over 31 sections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, cast
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +122,7 @@ from gr2st.config import (
 from gr2st.errors import GR2STConfigError
 from gr2st.graph import pruned_knn_graph
 from gr2st.methods.base import register_method
-from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelNet, PixelSection
 from gr2st.models.layers import TransformerEncoder, ViewDistillation, ZINBHead, zinb_nll
 from gr2st.models.layers.convmixer import ConvMixer
 
@@ -231,7 +231,7 @@ PROFILES: dict[str, Hist2STConfig] = {
 }
 
 
-class Hist2STNet(nn.Module):
+class Hist2STNet(PixelNet):
     """Hist2ST's network: spot states from patches and grid, and its three heads.
 
     Parameters
@@ -257,8 +257,9 @@ class Hist2STNet(nn.Module):
     """
 
     def __init__(self, n_genes: int, *, patch_px: int, config: Hist2STConfig) -> None:
-        super().__init__()
+        super().__init__(config.augmentation)
         cfg = config
+        self.w_zinb, self.w_distill, self.views = cfg.w_zinb, cfg.w_distill, cfg.views
         if patch_px % cfg.patch_size:
             raise GR2STConfigError(
                 f"hist2st: patch_size {cfg.patch_size} must divide the {patch_px}-px patch"
@@ -314,6 +315,36 @@ class Hist2STNet(nn.Module):
         sequence, _ = self.jumping_knowledge(torch.stack(layers))
         return sequence.mean(0)
 
+    def loss(self, section: PixelSection, generator: torch.Generator) -> dict[str, Tensor]:
+        """MSE, weighted ZINB on the counts and weighted self-distillation over views."""
+        edges = spot_graph(section.positions)
+        h = self.embed(section.patches, section.positions, edges)
+        prediction = self.gene_head(h)
+        terms = {"mse": F.mse_loss(prediction, section.expression)}
+        if self.w_zinb > 0:
+            mean, dispersion, pi_logits = self.zinb(h)
+            nll = zinb_nll(
+                section.counts, mean * section.size_factor[:, None], dispersion, pi_logits
+            )
+            terms["zinb"] = self.w_zinb * nll
+        if self.views > 0 and self.w_distill > 0:
+            hidden = torch.stack(
+                [
+                    self.embed(self.augment(section.patches, generator), section.positions, edges)
+                    for _ in range(self.views)
+                ]
+            )
+            views = self.gene_head(hidden)
+            terms["distillation"] = self.w_distill * self.distillation.loss(
+                prediction, views, hidden
+            )
+        return terms
+
+    def predict(self, section: PixelSection) -> Tensor:
+        edges = spot_graph(section.positions)
+        out: Tensor = self.gene_head(self.embed(section.patches, section.positions, edges))
+        return out
+
 
 @register_method
 class Hist2ST(PixelMethod[Hist2STConfig]):
@@ -337,36 +368,5 @@ class Hist2ST(PixelMethod[Hist2STConfig]):
     needs_counts = True
     patch_px: ClassVar[int] = PATCH_PX
 
-    def build(self, n_genes: int) -> nn.Module:
+    def network(self, n_genes: int) -> PixelNet:
         return Hist2STNet(n_genes, patch_px=self.patch_px, config=self.config)
-
-    def training_loss(
-        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        net = cast(Hist2STNet, net)
-        cfg = self.config
-        edges = spot_graph(section.positions)
-        h = net.embed(section.patches, section.positions, edges)
-        prediction = net.gene_head(h)
-        terms = {"mse": F.mse_loss(prediction, section.expression)}
-        if cfg.w_zinb > 0:
-            mean, dispersion, pi_logits = net.zinb(h)
-            nll = zinb_nll(
-                section.counts, mean * section.size_factor[:, None], dispersion, pi_logits
-            )
-            terms["zinb"] = cfg.w_zinb * nll
-        if cfg.views > 0 and cfg.w_distill > 0:
-            hidden = torch.stack(
-                [
-                    net.embed(self.augment(section.patches, generator), section.positions, edges)
-                    for _ in range(cfg.views)
-                ]
-            )
-            views = net.gene_head(hidden)
-            terms["distillation"] = cfg.w_distill * net.distillation.loss(prediction, views, hidden)
-        return terms
-
-    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
-        net = cast(Hist2STNet, net)
-        edges = spot_graph(section.positions)
-        return net.gene_head(net.embed(section.patches, section.positions, edges))

@@ -69,13 +69,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gr2st.config import PositiveFloat, PositiveInt
 from gr2st.methods.base import register_method
-from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelNet
 from gr2st.models.layers import TransformerEncoder
 
 
@@ -116,7 +114,7 @@ PROFILES: dict[str, HisToGeneConfig] = {
 }
 
 
-class HisToGeneNet(nn.Module):
+class HisToGeneNet(PixelNet):
     """HisToGene's network: flattened patch + x/y embeddings → ViT → per-spot genes.
 
     Parameters
@@ -137,7 +135,7 @@ class HisToGeneNet(nn.Module):
     """
 
     def __init__(self, n_genes: int, *, patch_px: int, config: HisToGeneConfig) -> None:
-        super().__init__()
+        super().__init__(config.augmentation)
         self.pixel_scale = config.pixel_scale
         self.patch_embedding = nn.Linear(3 * patch_px * patch_px, config.dim)
         self.x_embed = nn.Embedding(config.n_positions, config.dim)
@@ -179,14 +177,5 @@ class HisToGene(PixelMethod[HisToGeneConfig]):
     name = "histogene"
     profiles = PROFILES
 
-    def build(self, n_genes: int) -> nn.Module:
+    def network(self, n_genes: int) -> PixelNet:
         return HisToGeneNet(n_genes, patch_px=int(self.patch_px or 0), config=self.config)
-
-    def training_loss(
-        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        patches = self.augment(section.patches, generator)
-        return {"mse": F.mse_loss(net(patches, section.positions), section.expression)}
-
-    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
-        return net(section.patches, section.positions)

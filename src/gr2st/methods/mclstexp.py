@@ -44,7 +44,6 @@ import copy
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -53,7 +52,6 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import IMAGE_PATH, SPATIAL, UNS
-from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.config import (
     Config,
     Fraction,
@@ -64,8 +62,14 @@ from gr2st.config import (
     Precision,
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import Method, register_method
-from gr2st.models.layers import ProjectionHead, TransformerEncoder, clip_cross_entropy
+from gr2st.methods.base import Built, NetworkMethod, register_method
+from gr2st.models.layers import (
+    Augmentation,
+    ProjectionHead,
+    TransformerEncoder,
+    augment_patches,
+    clip_cross_entropy,
+)
 from gr2st.retrieval import retrieve
 from gr2st.sections import SectionArrays, section_arrays, section_name, stack_features
 from gr2st.training import Batch, TrainingTask
@@ -211,43 +215,21 @@ class MclSTExpNet(nn.Module):
         return clip_cross_entropy(logits / self.temperature)
 
 
-def augment_patches(x: Tensor) -> Tensor:
-    """Random flip, 90° rotation and colour jitter of ``(B, 3, H, W)`` 0..255 patches.
-
-    Brightness, contrast and saturation factors are drawn per patch from ``U(0.5, 1.5)``
-    (torchvision's ``ColorJitter(0.5, 0.5, 0.5)`` ranges) and applied in that order.
-    Uses the global torch RNG of ``x``'s device.
-
-    Examples
-    --------
-    >>> out = augment_patches(torch.full((2, 3, 8, 8), 100.0))
-    >>> out.shape, bool(((out >= 0) & (out <= 255)).all())
-    (torch.Size([2, 3, 8, 8]), True)
-    """
-    b = x.shape[0]
-    device = x.device
-    flip = torch.rand(b, device=device) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    turns = torch.randint(0, 4, (b,), device=device)
-    x = torch.stack(
-        [torch.rot90(img, k, dims=(-2, -1)) for img, k in zip(x, turns.tolist(), strict=True)]
-    )
-    factors = torch.empty(3, b, 1, 1, 1, device=device).uniform_(0.5, 1.5)
-    x = (x * factors[0]).clamp(0, 255)
-    grey_weights = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
-    grey_mean = (x * grey_weights).sum(1, keepdim=True).mean(dim=(-2, -1), keepdim=True)
-    x = ((x - grey_mean) * factors[1] + grey_mean).clamp(0, 255)
-    grey = (x * grey_weights).sum(1, keepdim=True)
-    return ((x - grey) * factors[2] + grey).clamp(0, 255)
+#: The ``paper`` profile's training augmentation: flip, quarter turns, then brightness,
+#: contrast and saturation factors from ``U(0.5, 1.5)`` (``ColorJitter(0.5, 0.5, 0.5)``
+#: ranges) in that order.
+AUGMENTATION = Augmentation(
+    hflip=0.5, quarter_turns=True, brightness=0.5, contrast=0.5, saturation=0.5
+)
 
 
 class _ContrastiveTask(TrainingTask):
     """mclSTExp's batches (random spots pooled over sections) and CLIP loss."""
 
     def __init__(
-        self, method: MclSTExp, expression: Tensor, positions: Tensor, images: Tensor
+        self, cfg: MclSTExpConfig, expression: Tensor, positions: Tensor, images: Tensor
     ) -> None:
-        self.cfg = method.config
+        self.cfg = cfg
         self.expression, self.positions, self.images = expression, positions, images
 
     def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
@@ -265,13 +247,13 @@ class _ContrastiveTask(TrainingTask):
         if images.dtype == torch.uint8:
             images = images.float()
             if self.cfg.augment:
-                # The global torch generator, seeded before the network was built.
-                images = augment_patches(images)
+                # 0..255 pixels for the encoder; the augmentation works in [0, 1].
+                images = augment_patches(images / 255, AUGMENTATION, generator=generator) * 255
         return cast(MclSTExpNet, net).loss(self.expression[batch], self.positions[batch], images)
 
 
 @register_method
-class MclSTExp(Method[MclSTExpConfig]):
+class MclSTExp(NetworkMethod[MclSTExpConfig]):
     """mclSTExp: contrastive alignment of spot (expression + position) and image embeddings.
 
     Parameters
@@ -288,13 +270,11 @@ class MclSTExp(Method[MclSTExpConfig]):
     """
 
     name = "mclstexp"
-    learned = True
     profiles = PROFILES
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.history_: list[float] = []
-        self._net: MclSTExpNet | None = None
+        self._built: tuple[list[SectionArrays], np.ndarray, int] | None = None
         self._keys: np.ndarray | None = None
         self._values: np.ndarray | None = None
         self._n_positions: int | None = None
@@ -324,12 +304,8 @@ class MclSTExp(Method[MclSTExpConfig]):
         return module, int(encoder.dim)
 
     # ---------------------------------------------------------------- training
-    def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
-        if not train:
-            raise GR2STDataError("mclstexp: fit() needs at least one training section")
+    def build(self, train: Sequence[AnnData], device: torch.device) -> Built:
         cfg = self.config
-        seed_everything(self.seed)
-        device = resolve_device(self.device)
         sections = [section_arrays(a) for a in train]
         expression = np.concatenate([s.expression for s in sections])
         positions = np.concatenate([s.positions for s in sections])
@@ -354,47 +330,42 @@ class MclSTExp(Method[MclSTExpConfig]):
             image_encoder=image_encoder,
         ).to(device)
         task = _ContrastiveTask(
-            self,
+            cfg,
             torch.from_numpy(expression).to(device),
             torch.from_numpy(positions).to(device),
             torch.from_numpy(images).to(device),
         )
-        history = self.train_network(
-            net,
-            task,
-            epochs=cfg.epochs,
-            workdir=workdir,
-            data=[expression, positions, images],
-            precision=cfg.precision,
-        )
-        self._net = net.eval()
-        self.history_ = history
-        self._n_positions = n_positions
-        self._keys = _spot_keys(net, sections, chunk=cfg.key_batch_size)
+        self._built = (sections, expression, n_positions)
+        return Built(net, task, [expression, positions, images])
+
+    def fitted(self) -> None:
+        """Embed the training spots: the retrieval keys."""
+        sections, expression, self._n_positions = self.require_fit(self._built)
+        net = cast(MclSTExpNet, self.network_)
+        self._keys = _spot_keys(net, sections, chunk=self.config.key_batch_size)
         self._values = expression
+        self._built = None
 
     # -------------------------------------------------------------- prediction
     @torch.no_grad()
     def embed_images(self, adata: AnnData) -> np.ndarray:
         """Image embeddings of the spots of ``adata`` (``(n_spots, projection_dim)``)."""
-        if self._net is None:
-            raise GR2STConfigError("mclstexp: embed_images() called before fit()")
-        device = next(self._net.parameters()).device
+        net = cast(MclSTExpNet, self.require_fit(self.network_, what="embed_images"))
+        device = next(net.parameters()).device
         images = torch.from_numpy(self._image_inputs(adata))
         out = []
         for start in range(0, len(images), self.config.image_batch_size):
             batch = images[start : start + self.config.image_batch_size].to(device)
-            if self._net.image_encoder is not None:
+            if net.image_encoder is not None:
                 batch = batch.float()
-            out.append(self._net.embed_images(batch).cpu())
+            out.append(net.embed_images(batch).cpu())
         return torch.cat(out).numpy()
 
     def predict(self, test: AnnData) -> np.ndarray:
-        if self._keys is None or self._values is None:
-            raise GR2STConfigError("mclstexp: predict() called before fit()")
+        keys, values = self.require_fit(self._keys), self.require_fit(self._values)
         query = self.embed_images(test)
-        top_k = min(self.config.top_k, len(self._keys))
-        result = retrieve(query, self._keys, self._values, top_k=top_k)
+        top_k = min(self.config.top_k, len(keys))
+        result = retrieve(query, keys, values, top_k=top_k)
         return np.asarray(result.mean, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:

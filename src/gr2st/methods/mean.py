@@ -17,7 +17,6 @@ import numpy as np
 from anndata import AnnData
 
 from gr2st.config import Config
-from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import Method, register_method
 from gr2st.sections import stack_expression
 
@@ -55,9 +54,7 @@ class MeanBaseline(Method[MeanConfig]):
         self._mean = _spot_mean(train)
 
     def predict(self, test: AnnData) -> np.ndarray:
-        if self._mean is None:
-            raise GR2STConfigError("mean: predict() called before fit()")
-        return np.tile(self._mean, (test.n_obs, 1))
+        return np.tile(self.require_fit(self._mean), (test.n_obs, 1))
 
     def predict_values(self, test: AnnData, values: Sequence[AnnData]) -> np.ndarray:
         """Predict the genes of ``values`` (one AnnData per training section)."""

@@ -5,7 +5,8 @@ section at once, from that section's patches and array coordinates, trained one 
 per optimizer step. :class:`PixelMethod` supplies that to the shared training loop
 (:class:`gr2st.training.Trainer`: section order, optimizer, step schedule, checkpoints
 and resume, progress) and predicts; a method module only defines its network
-(:meth:`PixelMethod.build`) and its loss (:meth:`PixelMethod.training_loss`).
+(:meth:`PixelMethod.network`), a :class:`PixelNet` whose :meth:`~PixelNet.loss` is the
+loss of one training step and whose :meth:`~PixelNet.predict` predicts a section.
 
 Patches come from ``obsm[PATCHES]`` (uint8, written by
 :func:`gr2st.encoders.extract_patches`: the frozen encoders' crop and stain
@@ -17,8 +18,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import PATCHES
-from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.config import (
     Bound,
     Config,
@@ -39,8 +38,8 @@ from gr2st.config import (
     Precision,
     Probability,
 )
-from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import Method
+from gr2st.errors import GR2STDataError
+from gr2st.methods.base import Built, NetworkMethod
 from gr2st.models.layers import Augmentation, augment_patches, size_factors
 from gr2st.sections import section_arrays, section_name, spot_positions
 from gr2st.training import Batch, TrainingTask
@@ -162,14 +161,52 @@ def patch_tensor(adata: AnnData, *, side: int, owner: str) -> Tensor:
     return x
 
 
+class PixelNet(nn.Module):
+    """Base of the pixel methods' networks: the loss of a training step and a prediction.
+
+    The default is a network mapping ``(n, 3, s, s)`` patches and ``(n, 2)`` positions to
+    ``(n, G)`` expression in :meth:`forward`, trained by the MSE on augmented patches;
+    networks with other terms override :meth:`loss` and :meth:`predict`.
+
+    Parameters
+    ----------
+    augmentation
+        Training-time patch augmentation (inactive: none).
+    """
+
+    def __init__(self, augmentation: Augmentation) -> None:
+        super().__init__()
+        self.augmentation = augmentation
+
+    def augment(self, patches: Tensor, generator: torch.Generator) -> Tensor:
+        """Apply the training augmentation to ``(n, 3, s, s)`` patches."""
+        if not self.augmentation.active:
+            return patches
+        return augment_patches(patches, self.augmentation, generator=generator)
+
+    def loss(self, section: PixelSection, generator: torch.Generator) -> dict[str, Tensor]:
+        """Weighted loss terms of one training step on ``section`` (summed by the loop).
+
+        ``generator`` (CPU) drives any augmentation, so training is seeded and resumes
+        to the same weights.
+        """
+        patches = self.augment(section.patches, generator)
+        return {"mse": F.mse_loss(self(patches, section.positions), section.expression)}
+
+    def predict(self, section: PixelSection) -> Tensor:
+        """Predicted ``(n_spots, n_genes)`` log-normalised expression of ``section``."""
+        out: Tensor = self(section.patches, section.positions)
+        return out
+
+
 C = TypeVar("C", bound=PixelConfig)
 
 
-class PixelMethod(Method[C]):
+class PixelMethod(NetworkMethod[C]):
     """Base of the methods that learn from patch pixels, one section per step.
 
     Subclasses set :attr:`name` and :attr:`profiles` (``default`` and ``paper``) and
-    implement :meth:`build`, :meth:`training_loss` and :meth:`forward`.
+    implement :meth:`network`.
 
     Parameters
     ----------
@@ -179,43 +216,12 @@ class PixelMethod(Method[C]):
 
     input = "pixels"
     patch_px = 112
-    learned = True
-    #: Whether :meth:`training_loss` needs raw counts (ZINB) in :class:`PixelSection`.
+    #: Whether the network's loss needs raw counts (ZINB) in :class:`PixelSection`.
     needs_counts: ClassVar[bool] = False
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history_: list[float] = []
-        self._net: nn.Module | None = None
-
-    # ------------------------------------------------------------------ per method
-
     @abstractmethod
-    def build(self, n_genes: int) -> nn.Module:
+    def network(self, n_genes: int) -> PixelNet:
         """The network for ``n_genes`` genes (``self.config`` holds its settings)."""
-
-    @abstractmethod
-    def training_loss(
-        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        """Weighted loss terms of one training step on ``section`` (summed by the loop).
-
-        ``generator`` (CPU) drives any augmentation, so training is seeded and resumes
-        to the same weights.
-        """
-
-    @abstractmethod
-    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
-        """Predicted ``(n_spots, n_genes)`` log-normalised expression of ``section``."""
-
-    # ------------------------------------------------------------------ shared
-
-    def augment(self, patches: Tensor, generator: torch.Generator) -> Tensor:
-        """Apply the configured training augmentation to ``(n, 3, s, s)`` patches."""
-        augmentation = self.config.augmentation
-        if not augmentation.active:
-            return patches
-        return augment_patches(patches, augmentation, generator=generator)
 
     def section(self, adata: AnnData, *, device: torch.device, train: bool) -> PixelSection:
         """Read one prepared section into tensors (expression and counts when ``train``)."""
@@ -245,45 +251,31 @@ class PixelMethod(Method[C]):
             size_factor=torch.from_numpy(factors).to(device),
         )
 
-    def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
-        if not train:
-            raise GR2STDataError(f"{self.name}: fit() needs at least one training section")
-        seed_everything(self.seed)
-        device = resolve_device(self.device)
+    def build(self, train: Sequence[AnnData], device: torch.device) -> Built:
         sections = sorted(
             (self.section(a, device=device, train=True) for a in train), key=lambda s: s.name
         )
-        net = self.build(int(sections[0].expression.shape[1])).to(device)
+        net = self.network(int(sections[0].expression.shape[1])).to(device)
         data = [
             t.cpu().numpy()
             for s in sections
             for t in (s.patches, s.positions, s.expression, s.counts)
         ]
-        self.history_ = self.train_network(
-            net,
-            _SectionTask(self, sections),
-            epochs=self.config.epochs,
-            workdir=workdir,
-            data=data,
-            precision=self.config.precision,
-        )
-        self._net = net.eval()
+        return Built(net, _SectionTask(self.config, sections), data)
 
     @torch.no_grad()
     def predict(self, test: AnnData) -> np.ndarray:
-        if self._net is None:
-            raise GR2STConfigError(f"{self.name}: predict() called before fit()")
-        device = next(self._net.parameters()).device
+        net = cast(PixelNet, self.require_fit(self.network_))
+        device = next(net.parameters()).device
         section = self.section(test, device=device, train=False)
-        return self.forward(self._net, section).cpu().numpy().astype(np.float32)
+        return net.predict(section).cpu().numpy().astype(np.float32)
 
 
 class _SectionTask(TrainingTask):
     """One section per step, sections in a random order; a step-decayed learning rate."""
 
-    def __init__(self, method: PixelMethod[Any], sections: list[PixelSection]) -> None:
-        self.method = method
-        self.cfg: PixelConfig = method.config
+    def __init__(self, cfg: PixelConfig, sections: list[PixelSection]) -> None:
+        self.cfg = cfg
         self.sections = sections
 
     def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
@@ -309,4 +301,4 @@ class _SectionTask(TrainingTask):
         return (Batch(self.sections[i]) for i in rng.permutation(len(self.sections)))
 
     def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
-        return self.method.training_loss(net, batch, generator=generator)
+        return cast(PixelNet, net).loss(batch, generator)

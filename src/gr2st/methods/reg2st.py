@@ -70,7 +70,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -79,7 +78,6 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import Tensor, nn
 
-from gr2st._utils.seed import resolve_device, seed_everything
 from gr2st.config import (
     Config,
     Fraction,
@@ -90,7 +88,7 @@ from gr2st.config import (
     Precision,
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.methods.base import Method, register_method
+from gr2st.methods.base import Built, NetworkMethod, register_method
 from gr2st.models.layers import (
     KnowledgeGraphAttention,
     TransformerDecoder,
@@ -249,6 +247,12 @@ class Reg2STNet(nn.Module):
             nn.Linear(h, feature_dim), nn.GELU(), nn.Dropout(p), nn.Linear(feature_dim, n_genes)
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self.weights = {
+            "contrastive": config.w_contrastive,
+            "mse": config.w_mse,
+            "projection": config.w_projection,
+            "zinb": config.w_zinb,
+        }
 
     def _trunk(self, features: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(image embedding i, its projection p, per-spot graph output)``."""
@@ -291,20 +295,18 @@ class Reg2STNet(nn.Module):
             "zinb": zinb_nll(counts, mean * size_factor[:, None], dispersion, pi_logits),
         }
 
+    def loss(self, *section: Tensor) -> dict[str, Tensor]:
+        """The :meth:`losses` of one section, weighted by the config's ``w_*``."""
+        return {k: self.weights[k] * v for k, v in self.losses(*section).items()}
+
 
 class _RegressionTask(TrainingTask):
-    """Reg2ST's steps (one section each, in name order) and weighted loss terms."""
+    """Reg2ST's steps (one section each, in name order) and its schedule."""
 
     def __init__(self, cfg: Reg2STConfig, sections: list[tuple[Tensor, ...]]) -> None:
         self.cfg = cfg
         self.sections = sections
         self.schedule = lr_schedule(cfg, len(sections))
-        self.weights = {
-            "contrastive": cfg.w_contrastive,
-            "mse": cfg.w_mse,
-            "projection": cfg.w_projection,
-            "zinb": cfg.w_zinb,
-        }
 
     def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
@@ -318,12 +320,11 @@ class _RegressionTask(TrainingTask):
         return (Batch(section) for section in self.sections)
 
     def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Mapping[str, Tensor]:
-        terms = cast(Reg2STNet, net).losses(*batch)
-        return {k: self.weights[k] * v for k, v in terms.items()}
+        return cast(Reg2STNet, net).loss(*batch)
 
 
 @register_method
-class Reg2ST(Method[Reg2STConfig]):
+class Reg2ST(NetworkMethod[Reg2STConfig]):
     """Reg2ST: expression-guided regression from frozen image features.
 
     Parameters
@@ -339,13 +340,7 @@ class Reg2ST(Method[Reg2STConfig]):
     """
 
     name = "reg2st"
-    learned = True
     profiles = PROFILES
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history_: list[float] = []
-        self._net: Reg2STNet | None = None
 
     def _check_positions(self, name: str, positions: np.ndarray) -> None:
         if positions.max() >= self.config.n_positions:
@@ -354,12 +349,7 @@ class Reg2ST(Method[Reg2STConfig]):
                 f"n_positions={self.config.n_positions} (raise it with n_positions=...)"
             )
 
-    def fit(self, train: Sequence[AnnData], *, workdir: Path | None = None) -> None:
-        if not train:
-            raise GR2STDataError("reg2st: fit() needs at least one training section")
-        cfg = self.config
-        seed_everything(self.seed)
-        device = resolve_device(self.device)
+    def build(self, train: Sequence[AnnData], device: torch.device) -> Built:
         sections = sorted(
             (section_arrays(a, feature_key=self.feature_key, with_counts=True) for a in train),
             key=lambda s: s.name,
@@ -374,29 +364,19 @@ class Reg2ST(Method[Reg2STConfig]):
             for s in sections
         ]
         net = Reg2STNet(
-            sections[0].expression.shape[1], sections[0].features.shape[1], config=cfg
+            sections[0].expression.shape[1], sections[0].features.shape[1], config=self.config
         ).to(device)
         arrays = [a for s in sections for a in (s.features, s.positions, s.expression, s.counts)]
-        history = self.train_network(
-            net,
-            _RegressionTask(cfg, tensors),
-            epochs=cfg.epochs,
-            workdir=workdir,
-            data=arrays,
-            precision=cfg.precision,
-        )
-        self._net = net.eval()
-        self.history_ = history
+        return Built(net, _RegressionTask(self.config, tensors), arrays)
 
     @torch.no_grad()
     def predict(self, test: AnnData) -> np.ndarray:
-        if self._net is None:
-            raise GR2STConfigError("reg2st: predict() called before fit()")
+        net = cast(Reg2STNet, self.require_fit(self.network_))
         positions = spot_positions(test)
         self._check_positions(section_name(test), positions)
         features = stack_features([test], self.feature_key)
-        device = next(self._net.parameters()).device
-        out = self._net.predict(
+        device = next(net.parameters()).device
+        out = net.predict(
             torch.from_numpy(features).to(device), torch.from_numpy(positions).to(device)
         )
         return out.cpu().numpy().astype(np.float32)

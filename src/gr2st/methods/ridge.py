@@ -123,9 +123,8 @@ class RidgeBaseline(Method[RidgeConfig]):
         self._ridge = Ridge(alpha=self.alpha_).fit(self._train_scores, expression)
 
     def predict(self, test: AnnData) -> np.ndarray:
-        if self._ridge is None:
-            raise GR2STConfigError("ridge: predict() called before fit()")
-        return np.asarray(self._ridge.predict(self._scores(test)), dtype=np.float32)
+        ridge = self.require_fit(self._ridge)
+        return np.asarray(ridge.predict(self._scores(test)), dtype=np.float32)
 
     def predict_values(self, test: AnnData, values: Sequence[AnnData]) -> np.ndarray:
         """Predict the genes of ``values`` (one AnnData per training section).
@@ -133,21 +132,18 @@ class RidgeBaseline(Method[RidgeConfig]):
         The same scaler, PCA and α as the fitted model; only the linear map onto the
         new genes is refitted (cheap: a ridge on the PCA scores).
         """
-        if self._train_scores is None or self.alpha_ is None:
-            raise GR2STConfigError("ridge: predict() called before fit()")
+        train_scores, alpha = self.require_fit(self._train_scores), self.require_fit(self.alpha_)
         targets = stack_expression(values)
-        if targets.shape[0] != self._train_scores.shape[0]:
+        if targets.shape[0] != train_scores.shape[0]:
             raise GR2STDataError(
-                f"ridge: {targets.shape[0]} value rows for "
-                f"{self._train_scores.shape[0]} training spots"
+                f"ridge: {targets.shape[0]} value rows for {train_scores.shape[0]} training spots"
             )
-        ridge = Ridge(alpha=self.alpha_).fit(self._train_scores, targets)
+        ridge = Ridge(alpha=alpha).fit(train_scores, targets)
         return np.asarray(ridge.predict(self._scores(test)), dtype=np.float32)
 
     def _scores(self, test: AnnData) -> np.ndarray:
-        if self._reduce is None:
-            raise GR2STConfigError("ridge: predict() called before fit()")
-        return np.asarray(self._reduce.transform(stack_features([test], self.feature_key)))
+        reduce = self.require_fit(self._reduce)
+        return np.asarray(reduce.transform(stack_features([test], self.feature_key)))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -106,7 +106,7 @@ from gr2st.config import (
 from gr2st.errors import GR2STConfigError
 from gr2st.graph import spatial_knn_graph
 from gr2st.methods.base import register_method
-from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelSection
+from gr2st.methods.pixels import PixelConfig, PixelMethod, PixelNet
 from gr2st.models.layers import TransformerEncoder
 
 # ODConv's squeeze branch never narrows below this many channels.
@@ -439,7 +439,7 @@ def neighbour_graph(positions: Tensor, *, k: int) -> Tensor:
     return edges.flip(0)
 
 
-class THItoGeneNet(nn.Module):
+class THItoGeneNet(PixelNet):
     """THItoGene's network: patches and array coordinates of one section → expression.
 
     Parameters
@@ -462,7 +462,7 @@ class THItoGeneNet(nn.Module):
     """
 
     def __init__(self, n_genes: int, *, config: THItoGeneConfig, patch_px: int) -> None:
-        super().__init__()
+        super().__init__(config.augmentation)
         cfg = config
         side = stem_side(patch_px)
         if side < 1:
@@ -587,14 +587,5 @@ class THItoGene(PixelMethod[THItoGeneConfig]):
     name = "thitogene"
     profiles = PROFILES
 
-    def build(self, n_genes: int) -> nn.Module:
+    def network(self, n_genes: int) -> PixelNet:
         return THItoGeneNet(n_genes, config=self.config, patch_px=int(self.patch_px or 0))
-
-    def training_loss(
-        self, net: nn.Module, section: PixelSection, *, generator: torch.Generator
-    ) -> dict[str, Tensor]:
-        patches = self.augment(section.patches, generator)
-        return {"mse": F.mse_loss(net(patches, section.positions), section.expression)}
-
-    def forward(self, net: nn.Module, section: PixelSection) -> Tensor:
-        return net(section.patches, section.positions)

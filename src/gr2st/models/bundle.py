@@ -20,19 +20,24 @@ A bundle is one folder, written atomically (built next to its final name, then r
     The CSR form is exact; on HER2ST-6 (1,187 spots × 13,891 genes, 25 % non-zero) it
     takes 33 MB, as much as a dense float16 matrix without float16's rounding.
 
-:meth:`gr2st.models.GR2ST.save` writes it and :meth:`gr2st.models.GR2ST.load` reads it;
-:func:`read_bundle` checks every file against ``bundle.json`` before anything is used.
+:class:`BundleMeta` owns the ``bundle.json`` schema: :meth:`gr2st.models.GR2ST.save`
+writes one, :func:`read_bundle` validates every field of it (one-line errors naming the
+field) and checks every file against it before anything is used, and
+:meth:`gr2st.models.GR2ST.load` reads the model from it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +137,212 @@ class ImageSettings:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GR2STConfigError(f"{META_FILE}: malformed image settings ({exc})") from None
+
+
+def _field(meta: dict[str, Any], name: str, check: Callable[[Any], object], expected: str) -> Any:
+    """``meta[name]`` (``a.b``/``a.0`` for nested) when ``check`` accepts it, else a
+    one-line error."""
+    value: Any = meta
+    for part in name.split("."):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
+    if not check(value):
+        raise GR2STConfigError(f"{META_FILE}: {name} is {value!r}; expected {expected}")
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _spot_names(v: Any, *, n: int) -> bool:
+    # Schema 1 bundles hold no spot names.
+    return v is None or v == [] or (_names(v) and len(v) == n)
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """The model described by ``bundle.json`` (the format fields, file hashes and
+    fingerprint are added by :func:`write_bundle`).
+
+    Attributes
+    ----------
+    method, profile, config, seed, history
+        What was trained and how: the method, profile name, full configuration (as
+        ``GR2STConfig.to_dict()``), seed and loss of every epoch.
+    feature_key, image_dim
+        ``obsm`` key and width of the image features the network takes.
+    image
+        How those features are made from an image (None: features only).
+    train_sections
+        ``(name, spot names)`` of every training section, in bank order.
+    panel, all_genes
+        Panel genes (the bank's ``panel`` columns) and the all-genes bank's genes.
+    n_spots, embedding_dim, has_image_keys, all_nnz
+        Spots in the bank (all training sections'), width of its embeddings, whether
+        it holds image embeddings, and the non-zeros of the all-genes matrix.
+    created, command
+        When and by which command line the bundle was written.
+    """
+
+    method: str
+    profile: str
+    config: dict[str, Any]
+    seed: int
+    history: list[float]
+    feature_key: str
+    image_dim: int
+    image: ImageSettings | None
+    train_sections: list[tuple[str, list[str]]]
+    panel: list[str]
+    all_genes: list[str]
+    n_spots: int
+    embedding_dim: int
+    has_image_keys: bool
+    all_nnz: int
+    created: str
+    command: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``bundle.json`` fields."""
+        return {
+            "method": self.method,
+            "profile": self.profile,
+            "config": self.config,
+            "seed": self.seed,
+            "history": self.history,
+            "feature_key": self.feature_key,
+            "image_dim": self.image_dim,
+            **(self.image.to_meta() if self.image is not None else {"encoder": None}),
+            "train_sections": [
+                {"name": n, "n_spots": len(o), "obs_names": o} for n, o in self.train_sections
+            ],
+            "genes": {"panel": self.panel, "all": self.all_genes, "library": "panel"},
+            "bank": {
+                "n_spots": self.n_spots,
+                "embedding_dim": self.embedding_dim,
+                IMAGE_KEYS: self.has_image_keys,
+                "panel_values": "dense float32",
+                "all_values": "CSR float32" if self.all_genes else None,
+                "all_nnz": self.all_nnz,
+            },
+            "created": self.created,
+            "command": self.command,
+        }
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> BundleMeta:
+        """Validate every field of a (current-schema) ``bundle.json``.
+
+        Raises
+        ------
+        GR2STConfigError
+            A field missing, of the wrong type, out of range, or inconsistent with
+            another (one line naming the field and what was expected).
+
+        Examples
+        --------
+        >>> BundleMeta.from_dict({"method": "gr2st"})
+        Traceback (most recent call last):
+        ...
+        gr2st.errors.GR2STConfigError: bundle.json: config is None; expected an object
+        """
+        method = _field(meta, "method", lambda v: v in BUNDLE_METHODS, f"one of {BUNDLE_METHODS}")
+        # profile, seed and history may be absent (older writers): "custom", 0, [].
+        meta = {"profile": "custom", "seed": 0, "history": [], **meta}
+        profile = _field(meta, "profile", lambda v: isinstance(v, str), "a string")
+        config = _field(meta, "config", lambda v: isinstance(v, dict), "an object")
+        seed = _field(meta, "seed", _is_int, "an integer")
+        history = _field(
+            meta,
+            "history",
+            lambda v: isinstance(v, list) and all(isinstance(x, int | float) for x in v),
+            "a list of numbers",
+        )
+        feature_key = _field(meta, "feature_key", lambda v: isinstance(v, str) and v, "a name")
+        image_dim = _field(meta, "image_dim", _positive_int, "a positive integer")
+        sections = _field(
+            meta,
+            "train_sections",
+            lambda v: isinstance(v, list) and v and all(isinstance(x, dict) for x in v),
+            "a non-empty list of sections",
+        )
+        train_sections = []
+        n_spots = 0
+        for i in range(len(sections)):
+            where = f"train_sections.{i}"
+            name = _field(meta, f"{where}.name", lambda v: isinstance(v, str), "a name")
+            n = _field(meta, f"{where}.n_spots", _positive_int, "a positive integer")
+            obs = _field(
+                meta,
+                f"{where}.obs_names",
+                partial(_spot_names, n=n),
+                f"{n} spot names",
+            )
+            train_sections.append((name, list(obs or [])))
+            n_spots += n
+        panel = _field(
+            meta,
+            "genes.panel",
+            lambda v: _names(v) and v and len(set(v)) == len(v),
+            "a non-empty list of distinct gene names",
+        )
+        all_genes = _field(meta, "genes.all", _names, "a list of gene names")
+        _field(meta, "bank.n_spots", lambda v: v == n_spots, f"{n_spots} (the sections' spots)")
+        embedding_dim = _field(meta, "bank.embedding_dim", _positive_int, "a positive integer")
+        has_image_keys = _field(meta, f"bank.{IMAGE_KEYS}", lambda v: isinstance(v, bool), "a bool")
+        all_nnz = _field(meta, "bank.all_nnz", lambda v: _is_int(v) and v >= 0, "an integer ≥ 0")
+        if meta.get("encoder") is not None:
+            _field(meta, "encoder.name", lambda v: isinstance(v, str) and v, "an encoder name")
+            _field(
+                meta, "encoder.dim", lambda v: v == image_dim, f"{image_dim} (image_dim, the width "
+                "of the features the network takes)"
+            )  # fmt: skip
+            _field(meta, "encoder.weights_hash", lambda v: isinstance(v, str) and v, "a sha256")
+            _field(meta, "patch.size_px", _positive_int, "a positive integer")
+            _field(
+                meta,
+                "patch.training_mpp",
+                lambda v: v is None or (isinstance(v, int | float) and math.isfinite(v) and v > 0),
+                "a positive number of microns per pixel or null",
+            )
+            _field(
+                meta,
+                "stain",
+                lambda v: isinstance(v, dict) and isinstance(v.get("name"), str) and "key" in v,
+                "an object with the normaliser's name and key",
+            )
+            _field(meta, "nuclei", lambda v: isinstance(v, str) and v, "a nuclei source")
+        image = ImageSettings.from_meta(meta)
+        return cls(
+            method=method,
+            profile=profile,
+            config=config,
+            seed=seed,
+            history=[float(v) for v in history],
+            feature_key=feature_key,
+            image_dim=image_dim,
+            image=image,
+            train_sections=train_sections,
+            panel=list(panel),
+            all_genes=list(all_genes),
+            n_spots=n_spots,
+            embedding_dim=embedding_dim,
+            has_image_keys=has_image_keys,
+            all_nnz=all_nnz,
+            created=str(meta.get("created", "")),
+            command=[str(c) for c in meta.get("command") or []],
+        )
 
 
 def meta_fingerprint(meta: dict[str, Any]) -> str:
@@ -272,6 +483,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             f"{meta_path}: method {meta['method']!r} is not supported; bundles hold "
             f"{', '.join(BUNDLE_METHODS)}"
         )
+    try:
+        BundleMeta.from_dict(meta)
+    except GR2STConfigError as exc:
+        raise GR2STConfigError(f"{folder}/{exc}") from None
     return meta
 
 

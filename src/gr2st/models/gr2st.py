@@ -1,5 +1,10 @@
 """The user-facing GR2ST model: train on prepared sections, embed, predict by retrieval.
 
+Over 600 lines because one class holds training, embedding, retrieval and persistence,
+which share the model's private state; its task, early stopping and bundle schema live
+in :mod:`~gr2st.models.task`, :mod:`~gr2st.models.early_stopping` and
+:mod:`~gr2st.models.bundle`.
+
 Typical use (``train_sections``/``test_section`` prepared AnnData with image features)::
 
     model = GR2ST(train_sections, feature_key="X_phikon-v2", profile="default")
@@ -11,10 +16,8 @@ Typical use (``train_sections``/``test_section`` prepared AnnData with image fea
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,29 +30,30 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import SECTION
-from gr2st._utils.files import atomic_path
 from gr2st._utils.seed import resolve_device
 from gr2st.config import apply_overrides, config_from_dict
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.evaluation.metrics import pearson_per_gene
 from gr2st.models.bundle import (
     ALL_GENES_BANK,
     IMAGE_KEYS,
+    META_FILE,
+    WEIGHTS_FILE,
+    BundleMeta,
     ImageSettings,
     read_bundle,
     write_bundle,
 )
 from gr2st.models.config import GR2STConfig, get_profile
+from gr2st.models.early_stopping import Validation, validate_epochs
 from gr2st.models.module import GR2STModule
+from gr2st.models.task import ContrastiveTask, private_rng
 from gr2st.retrieval import mixture, retrieve
 from gr2st.sections import SectionArrays, dense, features, section_arrays, section_name
 from gr2st.training import (
     DEFAULT_CHECKPOINT_SECONDS,
-    Batch,
-    Trainer,
     TrainingStats,
-    TrainingTask,
     fingerprint,
+    train_network,
 )
 
 _IMAGE_CHUNK = 8192
@@ -98,116 +102,6 @@ class _Bank:
     #: The training spots' image embeddings (``predict.bank`` ``images``/``both``); None
     #: in bundles written before they were saved.
     image_keys: Tensor | None = None
-
-
-@dataclass
-class Validation:
-    """Epochs chosen by ``train.early_stopping``.
-
-    Attributes
-    ----------
-    section
-        The training section held out to validate (never a test section).
-    best_epochs
-        Epochs of the best validation score (the earliest on ties).
-    scores
-        Mean per-gene Pearson r of the retrieval on ``section``, by epochs trained.
-    """
-
-    section: str
-    best_epochs: int
-    scores: dict[int, float]
-
-
-_SCORES_FILE = "validation.json"
-
-
-def _read_scores(folder: Path, validation: Validation) -> Validation:
-    """Scores saved by an interrupted validation run of the same section."""
-    path = folder / _SCORES_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("section") == validation.section:
-            validation.scores.update({int(k): float(v) for k, v in saved["scores"].items()})
-    return validation
-
-
-def _write_scores(folder: Path, validation: Validation) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {"section": validation.section, "scores": validation.scores}
-    with atomic_path(folder / _SCORES_FILE) as tmp:
-        tmp.write_text(json.dumps(payload))
-
-
-@contextmanager
-def _private_rng(device: torch.device) -> Iterator[None]:
-    """Run with forked torch RNGs, leaving the caller's random state untouched."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
-class _ContrastiveTask(TrainingTask):
-    """GR2ST's batches (spots of one section, shuffled) and contrastive loss."""
-
-    def __init__(self, model: GR2ST, data: list[dict[str, Tensor]]) -> None:
-        cfg = model.config.train
-        self.model = model
-        self.data = data
-        self.new_optimizer_each_epoch = cfg.optimizer_per_epoch
-        self.noise_scale: Tensor | None = None
-        self.mixing: torch.distributions.Beta | None = None
-        if cfg.mixup > 0:
-            self.mixing = torch.distributions.Beta(cfg.mixup, cfg.mixup)
-        if cfg.feature_noise > 0:
-            all_features = torch.cat([d["features"] for d in data])
-            self.noise_scale = cfg.feature_noise * all_features.std(dim=0, keepdim=True)
-
-    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        cfg = self.model.config.train
-        params = list(net.parameters())
-        # One fused pass over each parameter instead of one per operation: with the
-        # reference profile's 65,536-row coordinate tables a 300-spot CPU step took 1.4 s
-        # instead of 3.3 s (benchmarks/bench_train_step.py, "+fused"). Equal to the
-        # unfused update to float rounding and deterministic (resume stays bit-exact).
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-        return torch.optim.Adam(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
-        )
-
-    def batches(self, epoch: int, rng: np.random.Generator) -> Iterable[Batch]:
-        # Sections in a random order; a section's spots shuffled and cut into batches,
-        # so a batch never mixes sections (and normally is one whole section).
-        size = self.model.config.train.batch_size
-        for si in rng.permutation(len(self.data)):
-            sec = self.data[si]
-            n = int(sec["positions"].shape[0])
-            order = torch.from_numpy(rng.permutation(n)).to(sec["positions"].device)
-            for batch in order.split(size):
-                yield Batch((sec, batch), weight=float(batch.numel()))
-
-    def loss(self, net: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
-        sec, index = batch
-        feats = sec["features"][index]
-        expression = sec["expression"][index]
-        if self.mixing is not None:
-            feats, expression = self._mix(feats, expression)
-        if self.noise_scale is not None:
-            feats = feats + self.noise_scale * torch.randn_like(feats)
-        loss: Tensor = net(feats, expression, sec["positions"][index], sec["types"][index])
-        return loss
-
-    def _mix(self, feats: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
-        """Spot mixup (``train.mixup``): both sides of each spot mixed with one partner."""
-        assert self.mixing is not None
-        n = feats.shape[0]
-        draw = self.mixing.sample((n, 1)).to(device=feats.device, dtype=feats.dtype)
-        lam = torch.maximum(draw, 1 - draw)
-        partner = torch.randperm(n).to(feats.device)
-        return (
-            lam * feats + (1 - lam) * feats[partner],
-            lam * expression + (1 - lam) * expression[partner],
-        )
 
 
 class GR2ST:
@@ -373,63 +267,6 @@ class GR2ST:
         }
         return fingerprint(settings, arrays)
 
-    def _validate_epochs(
-        self, *, progress: bool, checkpoint_dir: Path | None, checkpoint_every: float
-    ) -> Validation:
-        """Train on all training sections but one and score retrieval on that one."""
-        if len(self._train_data) < 2:
-            raise GR2STConfigError(
-                "train.early_stopping needs at least two training sections (one validates)"
-            )
-        cfg = self.config.train
-        held = int(np.random.default_rng(self.seed).integers(len(self._train_data)))
-        val = self._train_data[held]
-        inner = GR2ST.__new__(GR2ST)
-        inner._setup(
-            config=self.config,
-            profile=self.profile,
-            var_names=self.var_names,
-            image_dim=self.image_dim,
-            feature_key=self.feature_key,
-            seed=self.seed,
-            device=str(self.device),
-            train_sections=[s for i, s in enumerate(self._train_sections) if i != held],
-        )
-        inner._train_data = [a for i, a in enumerate(self._train_data) if i != held]
-        progress_so_far = Validation(section=val.name, best_epochs=cfg.epochs, scores={})
-        if checkpoint_dir is not None:
-            progress_so_far = _read_scores(checkpoint_dir, progress_so_far)
-        # Set, so that the inner model does not validate in turn.
-        inner.validation = progress_so_far
-        truth = torch.from_numpy(val.expression)
-        query = torch.from_numpy(val.features)
-
-        def score(epoch: int, loss: float) -> None:
-            if epoch % cfg.validate_every and epoch != cfg.epochs:
-                return
-            inner._bank = inner._build_bank()
-            pred = inner.retrieve_embeddings(
-                inner._image_embeddings(query),
-                values=inner._bank.panel,
-                genes=inner.var_names,
-                obs_names=val.obs_names,
-            )
-            r = pearson_per_gene(pred.mean, truth.numpy())
-            progress_so_far.scores[epoch] = float(np.nanmean(r)) if np.isfinite(r).any() else 0.0
-            if checkpoint_dir is not None:
-                _write_scores(checkpoint_dir, progress_so_far)
-
-        inner.train(
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            on_epoch_end=score,
-        )
-        scores = progress_so_far.scores
-        # The earliest of the best scores: fewer epochs when it makes no difference.
-        best = max(sorted(scores), key=lambda e: scores[e])
-        return Validation(section=val.name, best_epochs=best, scores=dict(sorted(scores.items())))
-
     def train(
         self,
         *,
@@ -470,7 +307,8 @@ class GR2ST:
                 "GR2ST.train: this model was loaded from disk without its training sections"
             )
         if self.config.train.early_stopping and self.validation is None:
-            self.validation = self._validate_epochs(
+            self.validation = validate_epochs(
+                self,
                 progress=progress,
                 checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / "val",
                 checkpoint_every=checkpoint_every,
@@ -489,25 +327,24 @@ class GR2ST:
             }
             for a in self._train_data
         ]
-        trainer = Trainer(
-            epochs=epochs,
-            seed=self.seed,
-            workdir=checkpoint_dir,
-            run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
-            checkpoint_every=checkpoint_every,
-            average_last=cfg.average_last,
-            precision=cfg.precision,
-            progress=progress,
-            desc="GR2ST",
-            on_epoch_end=on_epoch_end,
-            log_path=None if checkpoint_dir is None else Path(checkpoint_dir) / "progress.jsonl",
-        )
-        with _private_rng(dev):
+        with private_rng(dev):
             torch.manual_seed(self.seed)
-            history = trainer.fit(self.module, _ContrastiveTask(self, data))
+            history, self.training_stats = train_network(
+                self.module,
+                ContrastiveTask(self, data),
+                epochs=epochs,
+                seed=self.seed,
+                desc="GR2ST",
+                workdir=checkpoint_dir,
+                run_fingerprint=self._fingerprint() if checkpoint_dir is not None else "",
+                checkpoint_every=checkpoint_every,
+                average_last=cfg.average_last,
+                precision=cfg.precision,
+                progress=progress,
+                on_epoch_end=on_epoch_end,
+            )
         self.module.eval()
         self.history = history
-        self.training_stats = trainer.stats
         self._bank = self._build_bank()
         return list(history)
 
@@ -830,32 +667,27 @@ class GR2ST:
         if matrix is not None:
             nnz = int(matrix.nnz)
             tensors |= _csr_tensors(matrix)
-        meta: dict[str, Any] = {
-            "method": "gr2st",
-            "profile": self.profile,
-            "config": self.config.to_dict(),
-            "seed": self.seed,
-            "history": self.history,
-            "feature_key": self.feature_key,
-            "image_dim": self.image_dim,
-            **(image.to_meta() if image is not None else {"encoder": None}),
-            "train_sections": [
-                {"name": n, "n_spots": len(o), "obs_names": o} for n, o in self._train_sections
-            ],
-            "genes": {"panel": list(self.var_names), "all": all_names, "library": "panel"},
-            "bank": {
-                "n_spots": int(bank.keys.shape[0]),
-                "embedding_dim": int(bank.keys.shape[1]),
-                IMAGE_KEYS: bank.image_keys is not None,
-                "panel_values": "dense float32",
-                "all_values": "CSR float32" if all_names else None,
-                "all_nnz": nnz,
-            },
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": list(sys.argv if command is None else command),
-        }
+        meta = BundleMeta(
+            method="gr2st",
+            profile=self.profile,
+            config=self.config.to_dict(),
+            seed=self.seed,
+            history=self.history,
+            feature_key=self.feature_key,
+            image_dim=self.image_dim,
+            image=image,
+            train_sections=self._train_sections,
+            panel=list(self.var_names),
+            all_genes=all_names,
+            n_spots=int(bank.keys.shape[0]),
+            embedding_dim=int(bank.keys.shape[1]),
+            has_image_keys=bank.image_keys is not None,
+            all_nnz=nnz,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            command=list(sys.argv if command is None else command),
+        )
         weights = {k: v for k, v in self.module.state_dict().items()}
-        return write_bundle(path, meta=meta, weights=weights, bank=tensors)
+        return write_bundle(path, meta=meta.to_dict(), weights=weights, bank=tensors)
 
     def _all_genes_matrix(self, sections: Sequence[AnnData]) -> tuple[list[str], sp.csr_matrix]:
         names = self._aligned(sections, what="all_genes")
@@ -871,36 +703,27 @@ class GR2ST:
         Every file is checked first (see :func:`gr2st.models.bundle.read_bundle`).
         """
         folder = Path(path)
-        meta, weights, bank = read_bundle(folder)
-        config = config_from_dict(GR2STConfig, meta["config"], owner=f"{folder}/bundle.json")
+        raw, weights, bank = read_bundle(folder)
+        meta = BundleMeta.from_dict(raw)
+        config = config_from_dict(GR2STConfig, meta.config, owner=f"{folder}/{META_FILE}")
         model = cls.__new__(cls)
         model._train_data = []
-        sections = [
-            (str(s["name"]), [str(o) for o in s.get("obs_names") or []])
-            for s in meta["train_sections"]
-        ]
         model._setup(
             config=config,
-            profile=str(meta.get("profile", "custom")),
-            var_names=list(meta["genes"]["panel"]),
-            image_dim=int(meta["image_dim"]),
-            feature_key=str(meta["feature_key"]),
-            seed=int(meta.get("seed", 0)),
+            profile=meta.profile,
+            var_names=meta.panel,
+            image_dim=meta.image_dim,
+            feature_key=meta.feature_key,
+            seed=meta.seed,
             device=device,
-            train_sections=sections,
+            train_sections=meta.train_sections,
         )
-        try:
-            model.module.load_state_dict(weights)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[:2]
-            raise GR2STDataError(
-                f"{folder}/weights.safetensors: weights do not fit the network in bundle.json "
-                f"({' '.join(line.strip() for line in first)})"
-            ) from None
+        _check_weights(model.module, weights, where=folder / WEIGHTS_FILE)
+        model.module.load_state_dict(weights)
         model.module.to(model.device).eval()
-        model.history = [float(v) for v in meta.get("history", [])]
-        model.image_settings = ImageSettings.from_meta(meta)
-        all_genes = list(meta["genes"]["all"] or [])
+        model.history = meta.history
+        model.image_settings = meta.image
+        all_genes = meta.all_genes
         all_values = None
         if all_genes:
             all_values = sp.csr_matrix(
@@ -915,9 +738,38 @@ class GR2ST:
             all_values=all_values,
             image_keys=bank.get(IMAGE_KEYS),
         )
-        model.meta = meta
+        model.meta = raw
         model.path = folder
         return model
+
+
+def _check_weights(module: nn.Module, weights: dict[str, Tensor], *, where: Path) -> None:
+    """One-line error unless ``weights`` are exactly the tensors ``module`` holds."""
+    expected = module.state_dict()
+    projection = "image_projection.projection.weight"
+    if projection in weights and projection in expected:
+        got, want = weights[projection].shape[-1], expected[projection].shape[-1]
+        if got != want:
+            raise GR2STDataError(
+                f"{where}: the network takes {got} image features, {META_FILE} says "
+                f"image_dim={want} (the bundle's encoder and weights disagree)"
+            )
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} instead of {tuple(expected[k].shape)}"
+        for k in sorted(expected.keys() & weights.keys())
+        if weights[k].shape != expected[k].shape
+    ]
+    problems = [
+        *([f"missing {', '.join(missing[:3])}"] if missing else []),
+        *([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []),
+        *shapes[:3],
+    ]
+    if problems:
+        raise GR2STDataError(
+            f"{where}: weights do not fit the network in {META_FILE} ({'; '.join(problems)})"
+        )
 
 
 def _named(adata: AnnData, name: str) -> AnnData:

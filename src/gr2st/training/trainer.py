@@ -39,6 +39,8 @@ from gr2st.errors import GR2STError, GR2STInterrupted
 from gr2st.training.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
+#: Per-epoch training records in a fit's work folder.
+PROGRESS_LOG = "progress.jsonl"
 
 
 class GR2STTrainingError(GR2STError):
@@ -223,10 +225,10 @@ class Trainer:
         Name on the progress bar and in messages.
     on_epoch_end
         Called as ``on_epoch_end(epochs_done, epoch_loss)`` after each epoch.
-    log_path
-        A JSON-lines file that gets one record per epoch (epoch, loss, steps, seconds
-        of training and of checkpoints): a running fit can be watched, e.g. by
-        ``benchmarks/gpu_check.sh``.
+
+    With a ``workdir``, :data:`PROGRESS_LOG` there gets one JSON line per epoch (epoch,
+    loss, steps, seconds of training and of checkpoints): a running fit can be watched,
+    e.g. by ``benchmarks/gpu_check.sh``.
 
     Examples
     --------
@@ -261,7 +263,6 @@ class Trainer:
         progress: bool = True,
         desc: str = "training",
         on_epoch_end: Callable[[int, float], None] | None = None,
-        log_path: str | Path | None = None,
     ) -> None:
         self.epochs = epochs
         self.seed = seed
@@ -274,7 +275,7 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.on_epoch_end = on_epoch_end
-        self.log_path = None if log_path is None else Path(log_path)
+        self.log_path = None if workdir is None else Path(workdir) / PROGRESS_LOG
         self.stats = TrainingStats()
 
     def fit(self, net: nn.Module, task: TrainingTask) -> list[float]:
@@ -416,3 +417,59 @@ class Trainer:
         )
         self.stats.checkpoint_seconds += time.perf_counter() - tic
         self.stats.checkpoints += 1
+
+
+def train_network(
+    net: nn.Module,
+    task: TrainingTask,
+    *,
+    epochs: int,
+    seed: int,
+    desc: str,
+    workdir: str | Path | None = None,
+    run_fingerprint: str = "",
+    checkpoint_every: float = DEFAULT_CHECKPOINT_SECONDS,
+    average_last: int = 1,
+    precision: str = "fp32",
+    progress: bool = True,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> tuple[list[float], TrainingStats]:
+    """Train ``net`` on ``task`` with a :class:`Trainer`: the one way every model trains.
+
+    Parameters are those of :class:`Trainer`.
+
+    Returns
+    -------
+    history : list of float
+        The weighted mean loss of every epoch.
+    stats : TrainingStats
+        Where the fit's time went.
+
+    Examples
+    --------
+    >>> class Fit(TrainingTask):
+    ...     def make_optimizer(self, net):
+    ...         return torch.optim.SGD(net.parameters(), lr=0.1)
+    ...     def batches(self, epoch, rng):
+    ...         yield Batch(None)
+    ...     def loss(self, net, batch, generator):
+    ...         return (net(torch.ones(4, 1)) ** 2).mean()
+    >>> history, stats = train_network(
+    ...     nn.Linear(1, 1), Fit(), epochs=3, seed=0, desc="demo", progress=False)
+    >>> len(history), stats.steps
+    (3, 3)
+    """
+    trainer = Trainer(
+        epochs=epochs,
+        seed=seed,
+        workdir=workdir,
+        run_fingerprint=run_fingerprint,
+        checkpoint_every=checkpoint_every,
+        average_last=average_last,
+        precision=precision,
+        progress=progress,
+        desc=desc,
+        on_epoch_end=on_epoch_end,
+    )
+    history = trainer.fit(net, task)
+    return history, trainer.stats

@@ -41,6 +41,33 @@ def test_rotation_by_90_degrees_matches_rot90():
     assert out.max() <= 1
 
 
+def test_quarter_turns_are_exact_and_colour_jitter_clamps_each_step():
+    x = torch.rand(16, 3, 5, 5)
+    out = augment_patches(
+        x, Augmentation(quarter_turns=True), generator=torch.Generator().manual_seed(0)
+    )
+    turns = [
+        next(k for k in range(4) if torch.equal(o, torch.rot90(i, k, (-2, -1))))
+        for i, o in zip(x, out, strict=True)
+    ]
+    assert len(set(turns)) > 1  # drawn per patch
+    # Each colour step clamps to [0, 1] before the next (torchvision's ColorJitter does):
+    # contrast then works on the saturated patch.
+    patch = torch.tensor([0.9, 0.1]).repeat(3, 1, 1).view(1, 3, 1, 2)
+    jitter = Augmentation(brightness=0.5, contrast=0.5)
+    for seed in range(20):
+        draws = torch.Generator().manual_seed(seed)
+        b = 0.5 + float(torch.rand(1, generator=draws))
+        c = 0.5 + float(torch.rand(1, generator=draws))
+        if b * 0.9 > 1:
+            break
+    bright = (patch * b).clamp(0, 1)
+    mean = bright.mean()
+    expected = (mean + c * (bright - mean)).clamp(0, 1)
+    out = augment_patches(patch, jitter, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(out, expected)
+
+
 def test_augmentation_is_per_patch_and_seeded():
     x = torch.rand(64, 3, 4, 4)
     aug = Augmentation(hflip=0.5, brightness=0.3)

@@ -28,15 +28,19 @@ class Augmentation:
     rotation
         Maximum absolute rotation in degrees (uniform in ``[-rotation, rotation]``,
         corners filled with 0 as torchvision does).
+    quarter_turns
+        Rotate by a random multiple of 90° (exact, no interpolation).
     hflip, vflip
         Probability of a horizontal / vertical flip.
     grayscale
         Probability of converting a patch to grey (3 equal channels).
     brightness, contrast, saturation
-        Colour jitter strength: factors uniform in ``[1 - s, 1 + s]``.
+        Colour jitter strength: factors uniform in ``[1 - s, 1 + s]``, applied in this
+        order, each clamped to ``[0, 1]`` as torchvision's ``ColorJitter`` does.
     """
 
     rotation: float = 0.0
+    quarter_turns: bool = False
     hflip: float = 0.0
     vflip: float = 0.0
     grayscale: float = 0.0
@@ -97,6 +101,11 @@ def augment_patches(
     if augmentation.vflip > 0:
         out = torch.where(_chance(n, augmentation.vflip, x, generator).view(-1, 1, 1, 1),
                           out.flip(-2), out)  # fmt: skip
+    if augmentation.quarter_turns:
+        turns = torch.randint(0, 4, (n,), generator=generator).tolist()
+        out = torch.stack(
+            [torch.rot90(img, k, dims=(-2, -1)) for img, k in zip(out, turns, strict=True)]
+        )
     if augmentation.rotation > 0:
         angle = _uniform(n, -augmentation.rotation, augmentation.rotation, x, generator)
         theta = angle * (math.pi / 180)
@@ -109,17 +118,17 @@ def augment_patches(
         out = F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if augmentation.brightness > 0:
         b = augmentation.brightness
-        out = out * _uniform(n, 1 - b, 1 + b, x, generator).view(-1, 1, 1, 1)
+        out = (out * _uniform(n, 1 - b, 1 + b, x, generator).view(-1, 1, 1, 1)).clamp(0.0, 1.0)
     if augmentation.contrast > 0:
         c = augmentation.contrast
         mean = _gray(out).mean((1, 2, 3), keepdim=True)
         factor = _uniform(n, 1 - c, 1 + c, x, generator).view(-1, 1, 1, 1)
-        out = mean + factor * (out - mean)
+        out = (mean + factor * (out - mean)).clamp(0.0, 1.0)
     if augmentation.saturation > 0:
         s = augmentation.saturation
         factor = _uniform(n, 1 - s, 1 + s, x, generator).view(-1, 1, 1, 1)
         grey = _gray(out)
-        out = grey + factor * (out - grey)
+        out = (grey + factor * (out - grey)).clamp(0.0, 1.0)
     if augmentation.grayscale > 0:
         to_grey = _chance(n, augmentation.grayscale, x, generator).view(-1, 1, 1, 1)
         out = torch.where(to_grey, _gray(out).expand_as(out), out)
