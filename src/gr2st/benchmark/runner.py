@@ -96,7 +96,7 @@ def check_profile(profile: str | None, classes: Mapping[str, type[Method[Any]]])
     ...
     gr2st.errors.GR2STConfigError: --profile turbo: none of the methods knn has profiles ...
     """
-    if profile is None or any(cls.learned for cls in classes.values()):
+    if profile is None or any(cls.has_profiles for cls in classes.values()):
         return
     raise GR2STConfigError(
         f"--profile {profile}: none of the methods {', '.join(classes)} has profiles (they "
