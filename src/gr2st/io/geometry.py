@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -246,7 +246,9 @@ def _affine(grid: np.ndarray, pixels: np.ndarray) -> np.ndarray | None:
     return np.asarray(coef.T)
 
 
-def _scales(affine: np.ndarray | None, lattice: str, pitch_um: float, mpp: float) -> tuple[float, float]:
+def _scales(
+    affine: np.ndarray | None, lattice: str, pitch_um: float, mpp: float
+) -> tuple[float, float]:
     """µm/px along the array's x and y axes (both ``mpp`` without a fit)."""
     if affine is None:
         return mpp, mpp
@@ -318,7 +320,11 @@ def infer_geometry(
     >>> infer_geometry(stagger, stagger * 23.0, source="demo").platform
     'st-2k'
     """
-    for name, value in (("pitch_um", pitch_um), ("mpp", mpp), ("spot_diameter_um", spot_diameter_um)):
+    for name, value in (
+        ("pitch_um", pitch_um),
+        ("mpp", mpp),
+        ("spot_diameter_um", spot_diameter_um),
+    ):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise GR2STConfigError(f"{name} must be positive, got {value}")
     pixels = np.asarray(pixels, dtype=float)
@@ -351,7 +357,7 @@ def infer_geometry(
     ux, uy = _unit_steps(lattice)
     unit = grid if lattice != "hex" else np.column_stack([grid[:, 0] * ux, grid[:, 1] * uy])
     measured = pitch / pixels_per_grid_unit(unit, pixels, source=source)
-    sources = ("spot pitch",)
+    sources: tuple[str, ...] = ("spot pitch",)
     named = f"the {spec.name} pitch ({pitch:g} µm per array step)"
     if mpp is not None:
         _agree("--mpp", mpp, named, measured, source)
@@ -407,7 +413,9 @@ def _free(
         _agree(name, other, first, value, source)
     _plausible(value, first, source)
     points = np.unique(pixels, axis=0)
-    spacing_px = float(np.median(cKDTree(points).query(points, k=2)[0][:, 1])) if len(points) > 1 else 0.0
+    spacing_px = (
+        float(np.median(cKDTree(points).query(points, k=2)[0][:, 1])) if len(points) > 1 else 0.0
+    )
     pitch = pitch_um if pitch_um is not None else spacing_px * value
     if pitch_um is not None and spacing_px > 0:
         _agree("the spot spacing", pitch_um / spacing_px, f"{first} and --pitch-um", value, source)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -41,8 +42,8 @@ from anndata import AnnData
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
-    IMAGE_PATH,
     GEOMETRY,
+    IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATIENT,
     SECTION,

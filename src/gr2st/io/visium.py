@@ -17,15 +17,14 @@ import warnings
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
-    IMAGE_PATH,
     GEOMETRY,
+    IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATIENT,
     SECTION,
