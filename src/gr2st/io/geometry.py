@@ -67,8 +67,10 @@ log = logging.getLogger(__name__)
 AGREEMENT_TOLERANCE: Final = 0.25
 #: Relative difference between the x and y resolution that warns.
 ANISOTROPY_WARN: Final = 0.03
-#: A plausible microns-per-pixel range of an H&E image (40× scans to 20 µm/px thumbnails).
-PLAUSIBLE_MPP: Final = (0.05, 20.0)
+#: A plausible microns-per-pixel range of an H&E image (beyond 40× scans to 20 µm/px thumbnails).
+PLAUSIBLE_MPP: Final = (0.1, 20.0)
+#: A plausible centre-to-centre spacing of neighbouring spots (Visium HD bins to ST 1k).
+PLAUSIBLE_SPACING_UM: Final = (2.0, 500.0)
 _OVERRIDES = "--mpp, --platform or --pitch-um"
 
 
@@ -449,3 +451,37 @@ def _plausible(mpp: float, how: str, source: str | Path) -> None:
             f"µm/px of an H&E image (spot positions in microns rather than pixels, or the "
             f"wrong platform?); override with {_OVERRIDES}"
         )
+
+
+def check_spot_spacing(
+    centers: np.ndarray, mpp: float, *, how: str, source: str | Path
+) -> float | None:
+    """Refuse a resolution under which the spots' spacing is no platform's.
+
+    The median distance between nearest spots times ``mpp`` must lie in
+    :data:`PLAUSIBLE_SPACING_UM` and ``mpp`` in :data:`PLAUSIBLE_MPP`: an ``--mpp`` 10×
+    too large puts ST spots 2 mm apart. Returns the spacing in µm (None for < 2 spots).
+
+    Examples
+    --------
+    >>> grid = np.array([[x, y] for x in range(3) for y in range(3)], dtype=float) * 290
+    >>> round(check_spot_spacing(grid, 0.69, how="--mpp", source="s"))
+    200
+    >>> check_spot_spacing(grid, 6.9, how="--mpp", source="s")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STDataError: s: with --mpp 6.9 µm/px neighbouring spots are 2001 µm apart ...
+    """
+    _plausible(mpp, how, source)
+    points = np.unique(np.asarray(centers, dtype=float), axis=0)
+    if len(points) < 2:
+        return None
+    spacing_um = float(np.median(cKDTree(points).query(points, k=2)[0][:, 1])) * mpp
+    low, high = PLAUSIBLE_SPACING_UM
+    if not low <= spacing_um <= high:
+        raise GR2STDataError(
+            f"{source}: with {how} {mpp:.4g} µm/px neighbouring spots are {spacing_um:.0f} µm "
+            f"apart, outside the {low:g}–{high:g} µm of any spot platform; fix the resolution "
+            "(--mpp)"
+        )
+    return spacing_um
