@@ -138,30 +138,40 @@ def check_command(
         None,
         "--data",
         metavar="DIR",
-        help="HER2ST folder (default: $GR2ST_DATA, else ../shared/data/her2st).",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections, as for benchmark "
+        "(default: $GR2ST_DATA, else ../shared/data/her2st).",
     ),
     panel: str = typer.Option("her2st-785", "--panel", help="Gene panel every section needs."),
 ) -> None:
-    """Load every HER2ST section, check the panel genes, and say what can run.
+    """Load every section of --data, check the panel genes, and say what can run.
 
-    Prints one line per section (spots, image, zero-panel spots) and exits with an
-    error naming the first section that does not read.
+    Prints one line per section (spots, image, resolution, zero-panel spots) and exits
+    with an error naming the first section that does not read. A HER2ST folder is read
+    whole (all its sections); a HEST folder or a folder of .h5ad files as benchmark
+    reads it.
     """
-    from gr2st._constants import IMAGE_PATH, UNS
-    from gr2st.cli.benchmark import resolve_data_dir
+    from gr2st._constants import IMAGE_PATH, MICRONS_PER_PIXEL, UNS
+    from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.genes import check_genes, get_panel
     from gr2st.io import list_her2st, read_her2st
     from gr2st.io._validate import report_dropped
+    from gr2st.sections import section_name
 
     root = resolve_data_dir(data)
     genes = get_panel(panel)
-    table = list_her2st(root)
-    if table.empty:
-        raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
-    imaged = []
-    for name in table["section"]:
-        adata = read_her2st(root, name)
-        check_genes(adata, genes, source=f"{root}/ST-cnts/{name}.tsv.gz")
+    if (root / "ST-cnts").is_dir():
+        names = list_her2st(root)["section"].tolist()
+        if not names:
+            raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
+        sections = ((read_her2st(root, n), f"{root}/ST-cnts/{n}.tsv.gz") for n in names)
+    else:
+        _, loaded = load_sections(root, None)
+        sections = ((a, f"{root}: section {section_name(a)}") for a in loaded)
+    imaged, count = [], 0
+    for adata, source in sections:
+        name = section_name(adata)
+        count += 1
+        check_genes(adata, genes, source=source)
         library = np.asarray(adata[:, genes].X.sum(axis=1)).ravel()
         report_dropped(
             name,
@@ -172,12 +182,88 @@ def check_command(
         image = adata.uns[UNS][IMAGE_PATH]
         if image is not None:
             imaged.append(name)
+        mpp = adata.uns[UNS][MICRONS_PER_PIXEL]
         typer.echo(
             f"{name}: {adata.n_obs} spots, image {'yes' if image else 'no '}, "
+            f"{'resolution unknown' if mpp is None else f'{mpp:.3g} µm/px'}, "
             f"{int((library == 0).sum())} spot(s) with zero {panel} counts"
         )
-    typer.echo(f"{len(table)} sections read; all contain the {len(genes)} {panel} genes.")
+    typer.echo(f"{count} sections read; all contain the {len(genes)} {panel} genes.")
     typer.echo(f"Sections with an image (the benchmark's default): {', '.join(imaged) or 'none'}")
+
+
+@data_app.command("import")
+def import_command(
+    kind: str = typer.Argument(..., metavar="KIND", help="Input layout: st (legacy ST)."),
+    counts: Path = typer.Option(
+        ..., "--counts", metavar="FILE", help="Count table (spots × genes, rows '<x>x<y>')."
+    ),
+    spots: Path = typer.Option(
+        ...,
+        "--spots",
+        metavar="FILE",
+        help="Spot-detector table: x y pixel_x pixel_y [selected].",
+    ),
+    image: Path | None = typer.Option(
+        None, "--image", metavar="FILE", help="The H&E image the pixel positions refer to."
+    ),
+    out: Path = typer.Option(..., "--out", metavar="S.h5ad", help="Section file to write."),
+    section: str | None = typer.Option(
+        None, "--section", help="Section name (default: the count table's name)."
+    ),
+    patient: str | None = typer.Option(
+        None, "--patient", help="Patient id (default: the section name)."
+    ),
+    platform: str | None = typer.Option(
+        None,
+        "--platform",
+        help="st-1k or st-2k (default: inferred from the array positions).",
+    ),
+    pitch_um: float | None = typer.Option(
+        None, "--pitch-um", help="Microns per array step (default: the platform's)."
+    ),
+    mpp: float | None = typer.Option(
+        None,
+        "--mpp",
+        help="Image microns per pixel (default: measured from the spot pitch; a given one "
+        "must agree with it).",
+    ),
+) -> None:
+    """Read loose legacy-ST files into one gr2st section (.h5ad) for --data folders.
+
+    The platform, pitch and image resolution are inferred and cross-checked (see
+    gr2st.io.geometry); the section's geometry is printed and stored in the file.
+    """
+    from gr2st._constants import GEOMETRY, IMAGE_PATH, UNS
+    from gr2st._utils.files import atomic_path
+    from gr2st.io import read_st_legacy
+    from gr2st.io.geometry import Geometry
+
+    if kind != "st":
+        raise GR2STConfigError(f"data import {kind!r}: expected st")
+    if out.suffix != ".h5ad":
+        raise GR2STConfigError(f"--out {out}: expected a .h5ad file")
+    adata = read_st_legacy(
+        counts,
+        spots,
+        image=None if image is None else image.resolve(),
+        section=section,
+        patient=patient,
+        platform=platform,
+        pitch_um=pitch_um,
+        mpp=mpp,
+    )
+    geometry = Geometry.from_dict(adata.uns[UNS][GEOMETRY])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    typer.echo(
+        f"{out}: {adata.n_obs} spots × {adata.n_vars} genes; {geometry.platform} "
+        f"({geometry.pitch_um:g} µm per array step), {geometry.microns_per_pixel:.4g} µm/px "
+        f"(x {geometry.microns_per_pixel_x:.4g}, y {geometry.microns_per_pixel_y:.4g}), "
+        f"spot {geometry.spot_diameter_px:.1f} px; image "
+        f"{adata.uns[UNS][IMAGE_PATH] or 'none'}"
+    )
 
 
 def register(app: typer.Typer) -> None:
