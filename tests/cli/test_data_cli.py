@@ -202,3 +202,28 @@ def test_data_import_st_infers_the_2k_geometry_and_data_check_reads_h5ad(
     assert result.exit_code == 0, result.output
     assert "M1: 32 spots, image yes, 4.37 µm/px, 0 spot(s) with zero" in result.output
     assert "1 sections read; all contain the 2" in result.output
+
+
+def test_panel_is_chosen_from_the_named_sections_only(tmp_path: Path) -> None:
+    from gr2st.datasets import synthetic
+    from gr2st.genes import hvg_panel
+    from gr2st.io import read_h5ad
+
+    folder = tmp_path / "h5ad"
+    folder.mkdir()
+    for adata in synthetic(n_sections=3, n_genes=30, grid=(6, 6), seed=3):
+        adata.write_h5ad(folder / f"{adata.obs['section'].iloc[0]}.h5ad")
+    out = tmp_path / "panel.txt"
+    args = ["panel", "--data", str(folder), "--n-top", "5", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--sections", "S0,S1"])
+    assert result.exit_code == 0, result.output
+    train = [read_h5ad(folder / f"{s}.h5ad") for s in ("S0", "S1")]
+    expected = hvg_panel(train, n_top=5)
+    assert out.read_text().splitlines() == expected
+    assert f"{out}: {len(expected)} genes from 2 section(s) (S0, S1), 5 per section" in (
+        result.output
+    )
+    # the test section changes the panel: choosing it on every section would leak
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines() != expected

@@ -266,6 +266,61 @@ def import_command(
     )
 
 
+def panel_command(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        metavar="DIR",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections, as for benchmark.",
+    ),
+    sections: str | None = typer.Option(
+        None,
+        "--sections",
+        metavar="NAMES",
+        help="Comma-separated sections to choose the genes from: only the training "
+        "sections (default: those benchmark uses).",
+    ),
+    n_top: int = typer.Option(
+        300, "--n-top", min=1, help="Highly variable genes chosen per section."
+    ),
+    min_sections: int | None = typer.Option(
+        None,
+        "--min-sections",
+        min=1,
+        help="A gene enters the panel when chosen in this many sections (default 1).",
+    ),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Panel file: one gene a line."),
+) -> None:
+    """Choose a gene panel: each section's most variable genes, pooled (scanpy's
+    highly_variable_genes, gr2st.genes.hvg_panel), written for --panel FILE.
+
+    Choose it from the training sections only: a panel chosen with a test section's
+    expression leaks it into the score.
+    """
+    from gr2st._utils.files import atomic_path
+    from gr2st.cli.benchmark import load_sections, resolve_data_dir
+    from gr2st.genes import hvg_panel
+    from gr2st.sections import section_name
+
+    root = resolve_data_dir(data)
+    names = None if sections is None else [n.strip() for n in sections.split(",") if n.strip()]
+    _, loaded = load_sections(root, names)
+    genes = hvg_panel(loaded, n_top=n_top, min_sections=min_sections)
+    if not genes:
+        raise GR2STDataError(
+            f"{root}: no gene is chosen in {min_sections} of the {len(loaded)} sections; "
+            "lower --min-sections"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(genes) + "\n")
+    typer.echo(
+        f"{out}: {len(genes)} genes from {len(loaded)} section(s) "
+        f"({', '.join(section_name(a) for a in loaded)}), {n_top} per section"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` subcommands to ``app``."""
+    """Add the ``data`` subcommands and ``panel`` to ``app``."""
     app.add_typer(data_app, name="data")
+    app.command("panel")(panel_command)
