@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from anndata import AnnData
@@ -30,6 +31,9 @@ from gr2st.cli.scale import (
 )
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.executors import DEFAULT_MAX_RETRIES
+
+if TYPE_CHECKING:
+    from gr2st.benchmark.store import FoldRecord
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -575,7 +579,8 @@ def benchmark_command(
         grid=candidates,
         select=select,
         inner_folds=inner_folds,
-        # Made once a fold is left to run: a finished benchmark starts no Ray.
+        # Without a progress bar, a line per finished fold shows that the run advances.
+        on_fold=None if progress else _say_fold,
         executor=partial(
             make_executor,
             executor,
@@ -592,6 +597,18 @@ def benchmark_command(
         console = Console(width=120)
     console.print(render_table(results))
     console.print(f"Results in {out}/ (results.json, per_gene.csv, summary.txt, figures)")
+
+
+def _say_fold(record: FoldRecord, done: int, total: int) -> None:
+    """One stderr line per finished fold: method, fold, its mean Pearson r, count."""
+    values = [m.get("mean_pcc") for m in record.meta.get("sections", {}).values()]
+    # None or NaN: no gene's r is defined there (a constant prediction)
+    scores = [float(v) for v in values if v is not None and v == v]
+    mean = f"mean r {sum(scores) / len(scores):.4f}" if scores else "no score"
+    say(
+        f"{record.meta['method']} {record.meta['fold']}: {mean} "
+        f"({record.meta.get('seconds', 0):.0f} s; {done} of {total} folds)"
+    )
 
 
 def register(app: typer.Typer) -> None:
