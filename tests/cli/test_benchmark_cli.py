@@ -283,3 +283,25 @@ def test_hest_folder_runs_end_to_end_with_the_patient_split(tmp_path: Path) -> N
     assert all(s["n_spots"] == 25 for s in res["methods"]["mean"]["sections"].values())
     assert all(np.isfinite(s["mse"]) for s in res["methods"]["mean"]["sections"].values())
     assert "Results in" in output
+
+
+def test_a_panel_the_data_lacks_fails_before_the_image_work(tmp_path: Path) -> None:
+    folder = tmp_path / "mouse"
+    folder.mkdir()
+    for adata in _toy_sections(folder):
+        adata.var_names = [g.capitalize() for g in adata.var_names]  # 'Gene000': mouse style
+        del adata.obsm[FEATURES]  # features would have to be computed first
+        adata.write_h5ad(folder / f"{adata.obs['section'].iloc[0]}.h5ad")
+    cache = tmp_path / "cache"
+    code, _, exc = _invoke(
+        "--data", str(folder), "--methods", "knn", "--cache", str(cache), "--no-progress",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code != 0
+    assert str(exc).startswith("section S0 (her2st-785): 785 of 785 genes missing: ")
+    assert str(exc).endswith(
+        "; the data's genes are symbols in mouse/rat style (e.g. 'Gene000', 'Gene001', "
+        "'Gene002', … (12 in all)): choose a panel of this data with --panel FILE (gr2st "
+        "panel writes one) or --genes"
+    )
+    assert not cache.exists()

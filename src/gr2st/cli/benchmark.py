@@ -323,6 +323,16 @@ def resolve_genes(
     return chosen, None, f"{len(chosen)} chosen genes"
 
 
+def _check_panel(spec: str, panel: str | None, sections: Sequence[AnnData]) -> None:
+    """Fail before the image work when a section lacks the genes the run needs."""
+    from gr2st.genes import check_genes
+    from gr2st.sections import section_name
+
+    wanted, _, label = resolve_genes(spec, panel, sections)
+    for adata in sections:
+        check_genes(adata, wanted, source=f"section {section_name(adata)} ({label})")
+
+
 def _has_inputs(sections: Sequence[AnnData], key: str, nuclei: str) -> bool:
     return all(key in a.obsm and (nuclei == "none" or CELL_TYPE in a.obs.columns) for a in sections)
 
@@ -500,6 +510,7 @@ def benchmark_command(
     check_patch_memory(size or DEFAULT_PATCH_PX, 32)
     root = resolve_data_dir(data, sections=chosen, progress=progress)
     dataset, adatas = load_sections(root, chosen)
+    _check_panel(genes, panel, adatas)
     name = encoder_name(
         encoder or DEFAULT_ENCODER,
         tta=tta,

@@ -107,7 +107,12 @@ def get_platform(name: str) -> Platform:
     100.0
     """
     key = name.strip().lower().replace(" ", "_")
-    aliases = {"spatial_transcriptomics": "st", "legacy_st": "st", "10x_visium": "visium"}
+    aliases = {
+        "spatial_transcriptomics": "st",
+        "legacy_st": "st",
+        "st-1k": "st",  # gr2st.io.geometry's name of the same array
+        "10x_visium": "visium",
+    }
     key = aliases.get(key, key)
     if key not in PLATFORMS:
         raise GR2STConfigError(f"platform {name!r}: expected one of {', '.join(PLATFORMS)}")
