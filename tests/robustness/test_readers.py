@@ -45,7 +45,7 @@ def test_swapped_x_y_columns_warn_with_counts(cli, her2st: Path) -> None:
     outcome = _check(cli, her2st)
     assert outcome.code == 0
     assert outcome.warnings == [
-        f"warning: A1: 32 of 48 spots (67 %) dropped: their count rows have no row in "
+        f"warning: A1: 32 of 48 spots (67 %) dropped: 32 have no row in "
         f"{path.name}; its x and y columns look swapped (48 ids match that way)"
     ]
     assert "A1: 16 spots" in outcome.out
