@@ -38,6 +38,16 @@ SPOT_DIAMETER_PX: Final = "spot_diameter_px"
 MICRONS_PER_PIXEL: Final = "microns_per_pixel"
 SOURCE_FORMAT: Final = "source_format"
 ZERO_PANEL_SPOTS: Final = "zero_panel_spots"
+# The section's spot geometry (gr2st.io.geometry.Geometry.to_dict()) and its fields.
+GEOMETRY: Final = "geometry"
+GEOMETRY_PLATFORM: Final = "platform"
+GEOMETRY_LATTICE: Final = "lattice"
+GEOMETRY_PITCH_UM: Final = "pitch_um"
+GEOMETRY_SPOT_DIAMETER_UM: Final = "spot_diameter_um"
+GEOMETRY_MPP_X: Final = "microns_per_pixel_x"
+GEOMETRY_MPP_Y: Final = "microns_per_pixel_y"
+GEOMETRY_AFFINE: Final = "array_to_pixel"
+GEOMETRY_SOURCES: Final = "sources"
 # False when X does not hold raw counts (a section read for prediction only); absent = True.
 HAS_COUNTS: Final = "has_counts"
 # Record of the spot-on-image check (gr2st.image.tissue.SpotCheck.to_dict()).

@@ -66,6 +66,11 @@ def test_h5ad_folder_panel_and_all_genes(h5ad_dir: Path, tmp_path: Path) -> None
     assert res["n_genes"] == 6
     assert res["encoder"] == "toy"
     assert res["ranking"] == ["knn", "mean"]
+    # --no-progress: one line per finished fold, with the score results.json records
+    knn_s0 = res["methods"]["knn"]["sections"]["S0"]["mean_pcc"]
+    assert f"knn S0: mean r {knn_s0:.4f} (" in output
+    assert "of 6 folds)" in output
+    assert sum(" folds)" in line for line in output.splitlines()) == 6
 
     code, _, exc = _invoke(*common, "--genes", "all", "--out", str(tmp_path / "all"))
     assert code == 0, exc
@@ -316,3 +321,25 @@ def test_grid_encoders_take_the_runs_views_and_context() -> None:
     )
     assert _with_views(choice, tta=1, context=None, size=None) == choice
     assert _with_views(Choice(), tta=8, context=None, size=None) == Choice()
+
+
+def test_a_panel_the_data_lacks_fails_before_the_image_work(tmp_path: Path) -> None:
+    folder = tmp_path / "mouse"
+    folder.mkdir()
+    for adata in _toy_sections(folder):
+        adata.var_names = [g.capitalize() for g in adata.var_names]  # 'Gene000': mouse style
+        del adata.obsm[FEATURES]  # features would have to be computed first
+        adata.write_h5ad(folder / f"{adata.obs['section'].iloc[0]}.h5ad")
+    cache = tmp_path / "cache"
+    code, _, exc = _invoke(
+        "--data", str(folder), "--methods", "knn", "--cache", str(cache), "--no-progress",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code != 0
+    assert str(exc).startswith("section S0 (her2st-785): 785 of 785 genes missing: ")
+    assert str(exc).endswith(
+        "; the data's genes are symbols in mouse/rat style (e.g. 'Gene000', 'Gene001', "
+        "'Gene002', … (12 in all)): choose a panel of this data with --panel FILE (gr2st "
+        "panel writes one) or --genes"
+    )
+    assert not cache.exists()

@@ -128,3 +128,84 @@ def test_data_check_on_her2st_layout(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "NOT_A_GENE" in str(result.exception)
+
+
+def _legacy_2k(folder: Path) -> tuple[Path, Path, Path]:
+    """A 2k legacy-ST section (diagonal neighbours, 100 µm steps) at 4.37 µm/px, imaged."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = np.array([[x, y] for y in range(1, 9) for x in range(1, 9) if (x + y) % 2 == 0])
+    pixels = 30 + grid * 100 / 4.37
+    pd.DataFrame(
+        {"x": grid[:, 0], "y": grid[:, 1], "pixel_x": pixels[:, 0], "pixel_y": pixels[:, 1]}
+    ).to_csv(folder / "spots.tsv", sep="\t", index=False)
+    ids = [f"{x}x{y}" for x, y in grid]
+    counts = np.arange(len(ids) * 3).reshape(-1, 3) % 5 + 1
+    pd.DataFrame(counts, index=ids, columns=["Actb", "Gapdh", "Ptprc"]).to_csv(
+        folder / "M1.tsv", sep="\t"
+    )
+    Image.new("RGB", (260, 260), (220, 150, 190)).save(folder / "M1.png")
+    return folder / "M1.tsv", folder / "spots.tsv", folder / "M1.png"
+
+
+def test_data_import_st_infers_the_2k_geometry_and_data_check_reads_h5ad(
+    tmp_path: Path,
+) -> None:
+    import anndata
+
+    counts, spots, image = _legacy_2k(tmp_path / "raw")
+    out = tmp_path / "sections" / "M1.h5ad"
+    args = ["data", "import", "st", "--counts", str(counts), "--spots", str(spots)]
+    result = CliRunner().invoke(app, [*args, "--image", str(image), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"{out}: 32 spots × 3 genes; st-2k (100 µm per array step), 4.37 µm/px "
+        "(x 4.37, y 4.37), spot 22.9 px; image"
+    ) in result.output
+    written = anndata.read_h5ad(out)
+    assert written.uns["gr2st"]["microns_per_pixel"] == pytest.approx(4.37)
+    assert written.uns["gr2st"]["geometry"]["platform"] == "st-2k"
+    # a contradicting override fails with one line and writes nothing
+    bad = tmp_path / "bad.h5ad"
+    result = CliRunner().invoke(app, [*args, "--mpp", "8.7", "--out", str(bad)])
+    assert result.exit_code != 0
+    assert "--mpp gives 8.7 µm/px but the st-2k pitch (100 µm per array step) gives 4.37" in (
+        str(result.exception) + result.output
+    )
+    assert not bad.exists()
+
+    panel = tmp_path / "panel.txt"
+    panel.write_text("Actb\nPtprc\n")
+    check = ["data", "check", "--data", str(out.parent), "--panel", str(panel)]
+    result = CliRunner().invoke(app, check)
+    assert result.exit_code == 0, result.output
+    assert "M1: 32 spots, image yes, 4.37 µm/px, 0 spot(s) with zero" in result.output
+    assert "1 sections read; all contain the 2" in result.output
+
+
+def test_panel_is_chosen_from_the_named_sections_only(tmp_path: Path) -> None:
+    from gr2st.datasets import synthetic
+    from gr2st.genes import hvg_panel
+    from gr2st.io import read_h5ad
+
+    folder = tmp_path / "h5ad"
+    folder.mkdir()
+    for adata in synthetic(n_sections=3, n_genes=30, grid=(6, 6), seed=3):
+        adata.write_h5ad(folder / f"{adata.obs['section'].iloc[0]}.h5ad")
+    out = tmp_path / "panel.txt"
+    args = ["panel", "--data", str(folder), "--n-top", "5", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--sections", "S0,S1"])
+    assert result.exit_code == 0, result.output
+    train = [read_h5ad(folder / f"{s}.h5ad") for s in ("S0", "S1")]
+    expected = hvg_panel(train, n_top=5)
+    assert out.read_text().splitlines() == expected
+    assert f"{out}: {len(expected)} genes from 2 section(s) (S0, S1), 5 per section" in (
+        result.output
+    )
+    # the test section changes the panel: choosing it on every section would leak
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines() != expected

@@ -58,7 +58,9 @@ def test_check_genes_names_missing_genes() -> None:
     wanted = ["GENE000", *(f"X{i}" for i in range(7))]
     with pytest.raises(
         GR2STDataError,
-        match=r"^S0: 7 of 8 genes missing: 'X0', 'X1', 'X2', 'X3', 'X4', … \(7 in all\)$",
+        match=r"^S0: 7 of 8 genes missing: 'X0', 'X1', 'X2', 'X3', 'X4', … \(7 in all\); the "
+        r"data's genes are e\.g\. 'GENE000', 'GENE001', 'GENE002': choose a panel of this data "
+        r"with --panel FILE \(gr2st panel writes one\) or --genes$",
     ):
         check_genes(section, wanted, source="S0")
 

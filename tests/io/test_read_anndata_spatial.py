@@ -101,8 +101,10 @@ def test_resolution_sources(visium: tuple[Path, Path, Path]) -> None:
     # Array coordinates recovered from the pixel positions: Visium's own numbering.
     grid = section.obs[[ARRAY_X, ARRAY_Y]].to_numpy()
     np.testing.assert_array_equal(grid, raw.obs[["array_col", "array_row"]].to_numpy())
-    # Given beats measured.
-    assert read_anndata_spatial(raw, image=fullres, mpp=0.25).uns[UNS][MICRONS_PER_PIXEL] == 0.25
+    # A given resolution is used when it agrees with the pitch, refused when it does not.
+    assert read_anndata_spatial(raw, image=fullres, mpp=0.55).uns[UNS][MICRONS_PER_PIXEL] == 0.55
+    with pytest.raises(GR2STDataError, match=r"200\.0 px × 0\.25 µm/px \(given\) = 50 µm, but "):
+        read_anndata_spatial(raw, image=fullres, mpp=0.25)
     # The platform sets the geometry: read as a square 200 µm ST grid, the nearest array
     # neighbours are diagonal (√2 units, 200 px apart): 200 µm / (200 px / √2).
     st = read_anndata_spatial(raw, image=fullres, platform="st")

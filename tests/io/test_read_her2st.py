@@ -148,7 +148,7 @@ def test_read_st_uses_the_given_array_geometry(her2st_layout: Callable[..., Path
     assert adata.uns[UNS][MICRONS_PER_PIXEL] == pytest.approx(1.5)
     assert adata.uns[UNS][SPOT_DIAMETER_PX] == pytest.approx(110 / 1.5)
     assert adata.uns[UNS][SOURCE_FORMAT] == "st"
-    with pytest.raises(GR2STConfigError, match=r"must be positive; got 0\.0 and 100\.0"):
+    with pytest.raises(GR2STConfigError, match=r"pitch_um must be positive, got 0\.0"):
         read_st_legacy(
             root / "ST-cnts" / "B4.tsv.gz",
             root / "ST-spotfiles" / "B4_selection.tsv",

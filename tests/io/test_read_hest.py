@@ -66,10 +66,17 @@ def test_sample_in_gr2st_shape(root: Path, sections: list[AnnData]) -> None:
 
 
 def test_metadata_wins_over_the_tiff_and_patients_group_per_study(root: Path) -> None:
-    _edit_metadata(root, "S0", pixel_size_um_estimated=1.0, spot_diameter=55.0)
+    _edit_metadata(
+        root, "S0", pixel_size_um_estimated=1.0, spot_diameter=55.0, inter_spot_dist=48.0
+    )
     adata = read_hest(root, "S0")
     assert adata.uns[UNS][MICRONS_PER_PIXEL] == 1.0
     assert adata.uns[UNS][SPOT_DIAMETER_PX] == pytest.approx(55.0)
+    # metadata that contradicts the spots' own pitch is refused
+    _edit_metadata(root, "S1", pixel_size_um_estimated=1.0)
+    with pytest.raises(GR2STDataError, match=r"S1\.h5ad: the spot pitch is 48\.\d px × 1 µm/px"):
+        read_hest(root, "S1")
+    _edit_metadata(root, "S1", pixel_size_um_estimated=2.0)
     _edit_metadata(root, "S0", patient=None)
     _edit_metadata(root, "S2", patient=float("nan"))
     patients = {s: read_hest(root, s).obs[PATIENT].iloc[0] for s in ("S0", "S1", "S2")}

@@ -244,3 +244,22 @@ def test_geo_prefixed_matrix(spaceranger: Callable[..., Path]) -> None:
     outs = spaceranger()
     (outs / "filtered_feature_bc_matrix.h5").rename(outs / "GSM1_filtered_feature_bc_matrix.h5")
     assert read_visium(outs).n_obs == 12
+
+
+def test_resolution_sources_are_cross_checked(spaceranger: Callable[..., Path]) -> None:
+    outs = spaceranger()
+    pitch_mpp = 100 / PITCH_PX
+    assert read_visium(outs, mpp=pitch_mpp * 1.1).uns[UNS][MICRONS_PER_PIXEL] == pytest.approx(
+        pitch_mpp * 1.1
+    )
+    with pytest.raises(GR2STDataError, match=r"tissue_positions\.csv: --mpp gives .* but the "):
+        read_visium(outs, mpp=pitch_mpp * 10)
+    # Space Ranger's spot_diameter_fullres (a 65 µm spot) contradicting the pitch
+    (outs / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({"spot_diameter_fullres": 260.0, "tissue_hires_scalef": 0.5})
+    )
+    with pytest.raises(
+        GR2STDataError,
+        match=r"scalefactors_json\.json spot_diameter_fullres gives 0\.25 µm/px but the visium",
+    ):
+        read_visium(outs)

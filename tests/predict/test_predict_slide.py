@@ -46,6 +46,28 @@ def _provenance(pred: anndata.AnnData) -> np.ndarray:
 
 
 @pytest.mark.slow
+def test_a_resolution_off_the_spot_spacing_is_refused(trained: Trained, tmp_path: Path) -> None:
+    bundle = load_bundle(trained.path, device="cpu")
+    test = trained.test
+    image = test.uns[UNS][IMAGE_PATH]
+    csv = tmp_path / "spots.csv"
+    xy = test.obsm[SPATIAL]  # 48 px apart at 2 µm/px
+    pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}).to_csv(csv, index=False)
+    with pytest.raises(
+        GR2STDataError, match=r"with --mpp 20 µm/px neighbouring spots are 9\d\d µm apart"
+    ):
+        predict_spots(bundle, image, read_spots_csv(csv), mpp=20.0, progress=False)
+    with pytest.raises(GR2STDataError, match=r"--mpp gives 0\.05 µm/px, outside the plausible"):
+        predict_spots(bundle, image, read_spots_csv(csv), mpp=0.05, progress=False)
+    # spots with their own geometry: a --mpp that contradicts it is refused
+    section = spots_from_section(test, source="visium")
+    with pytest.raises(
+        GR2STDataError, match=r"--mpp 4 µm/px disagrees with the visium input's 2 µm/px"
+    ):
+        predict_spots(bundle, image, section, mpp=4.0, progress=False)
+
+
+@pytest.mark.slow
 def test_csv_spots_match_the_feature_pipeline(trained: Trained, tmp_path: Path) -> None:
     bundle = load_bundle(trained.path, device="cpu")
     test = trained.test

@@ -116,7 +116,6 @@ def _hex_grid(n: int = 6) -> np.ndarray:
         (1.0, None, "spot positions look like microns, not pixels"),
         (2.0, None, None),
         (2.0, 0.5, None),
-        (2.0, 0.25, "the spot pitch is 200.0 px × 0.25 µm/px (given) = 50 µm, but visium"),
     ],
 )
 def test_spot_pitch_plausibility(
@@ -139,3 +138,24 @@ def test_spot_pitch_plausibility(
         assert caplog.text == ""
     else:
         assert expected in caplog.text
+
+
+@pytest.mark.parametrize("given", [0.25, 5.0, 0.05])
+def test_a_given_resolution_off_the_spot_pitch_is_an_error(given: float) -> None:
+    visium = PLATFORMS["visium"]
+    grid = _hex_grid()
+    spatial = grid_units(grid, visium) * visium.pitch_um * 2.0
+    pitch_um = 200 * given
+    with pytest.raises(
+        GR2STDataError,
+        match=rf"^s\.h5ad: the spot pitch is 200\.0 px × {given:.4g} µm/px \(given\) = "
+        rf"{pitch_um:.0f} µm, but visium spots are 100 µm apart; fix the resolution \(--mpp\)",
+    ):
+        resolve_mpp(
+            given=given,
+            platform=visium,
+            grid=grid,
+            spatial=spatial,
+            spot_diameter_fullres=None,
+            source="s.h5ad",
+        )

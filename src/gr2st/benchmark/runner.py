@@ -222,6 +222,7 @@ def run_benchmark(
     select: str = "none",
     inner_folds: int | None = None,
     executor: Executor | str | Callable[[], Executor] = "local",
+    on_fold: Callable[[FoldRecord, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -289,6 +290,9 @@ def run_benchmark(
         results are saved here, as each task finishes, so resuming and the outputs do
         not depend on the executor, and neither do the numbers when tasks use the same
         threads (``cpus_per_task``).
+    on_fold
+        Called as ``on_fold(record, n_done, n_total)`` when a (method, fold) pair has
+        finished and been saved (e.g. one log line per fold without a progress bar).
 
     Returns
     -------
@@ -437,6 +441,8 @@ def run_benchmark(
                 _remove_workdir(work, name, fold.name)
                 done[name, fold.name] = outcome.value
                 bar.update()
+                if on_fold is not None:
+                    on_fold(outcome.value, len(done), len(method_names) * len(folds))
         finally:
             bar.close()
     # Tasks finish in any order; the report lists methods and folds in the asked order.

@@ -41,6 +41,7 @@ from gr2st.executors import DEFAULT_MAX_RETRIES
 
 if TYPE_CHECKING:
     from gr2st.benchmark.selection import Choice
+    from gr2st.benchmark.store import FoldRecord
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -353,6 +354,16 @@ def _with_views(choice: Choice, *, tta: int, context: int | None, size: int | No
     return replace(choice, encoder=name)
 
 
+def _check_panel(spec: str, panel: str | None, sections: Sequence[AnnData]) -> None:
+    """Fail before the image work when a section lacks the genes the run needs."""
+    from gr2st.genes import check_genes
+    from gr2st.sections import section_name
+
+    wanted, _, label = resolve_genes(spec, panel, sections)
+    for adata in sections:
+        check_genes(adata, wanted, source=f"section {section_name(adata)} ({label})")
+
+
 def _has_inputs(sections: Sequence[AnnData], key: str, nuclei: str) -> bool:
     return all(key in a.obsm and (nuclei == "none" or CELL_TYPE in a.obs.columns) for a in sections)
 
@@ -544,6 +555,7 @@ def benchmark_command(
             duplicate_genes=duplicate_genes,
         ),
     )
+    _check_panel(genes, panel, adatas)
     name = encoder_name(
         encoder or DEFAULT_ENCODER,
         tta=tta,
@@ -642,7 +654,8 @@ def benchmark_command(
         grid=candidates,
         select=select,
         inner_folds=inner_folds,
-        # Made once a fold is left to run: a finished benchmark starts no Ray.
+        # Without a progress bar, a line per finished fold shows that the run advances.
+        on_fold=None if progress else _say_fold,
         executor=partial(
             make_executor,
             executor,
@@ -659,6 +672,18 @@ def benchmark_command(
         console = Console(width=120)
     console.print(render_table(results))
     console.print(f"Results in {out}/ (results.json, per_gene.csv, summary.txt, figures)")
+
+
+def _say_fold(record: FoldRecord, done: int, total: int) -> None:
+    """One stderr line per finished fold: method, fold, its mean Pearson r, count."""
+    values = [m.get("mean_pcc") for m in record.meta.get("sections", {}).values()]
+    # None or NaN: no gene's r is defined there (a constant prediction)
+    scores = [float(v) for v in values if v is not None and v == v]
+    mean = f"mean r {sum(scores) / len(scores):.4f}" if scores else "no score"
+    say(
+        f"{record.meta['method']} {record.meta['fold']}: {mean} "
+        f"({record.meta.get('seconds', 0):.0f} s; {done} of {total} folds)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,12 @@ import numpy as np
 import typer
 
 from gr2st.cli._guard import locked_output, missing_bytes, wait_option
-from gr2st.cli._inputs import allow_grey_option, allow_off_tissue_option, duplicate_genes_option
+from gr2st.cli._inputs import (
+    InputChecks,
+    allow_grey_option,
+    allow_off_tissue_option,
+    duplicate_genes_option,
+)
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io import download
 
@@ -140,38 +145,56 @@ def check_command(
         None,
         "--data",
         metavar="DIR",
-        help="HER2ST folder (default: $GR2ST_DATA, else ../shared/data/her2st).",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections, as for benchmark "
+        "(default: $GR2ST_DATA, else ../shared/data/her2st).",
     ),
     panel: str = typer.Option("her2st-785", "--panel", help="Gene panel every section needs."),
     allow_off_tissue: bool = allow_off_tissue_option(),
     allow_grey: bool = allow_grey_option(),
     duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
-    """Load every HER2ST section, check the panel genes and images, and say what can run.
+    """Load every section of --data, check the panel genes and images, and say what can run.
 
     Prints one line per section (spots, image and the share of spots on its tissue,
-    zero-panel spots) and exits with an error naming the first section that does not
-    read, or whose image is unreadable or does not match its spots.
+    resolution, zero-panel spots) and exits with an error naming the first section that
+    does not read, or whose image is unreadable or does not match its spots. A HER2ST
+    folder is read whole (all its sections); a HEST folder or a folder of .h5ad files as
+    benchmark reads it.
     """
-    from gr2st._constants import IMAGE_PATH, UNS
-    from gr2st.cli.benchmark import resolve_data_dir
+    from gr2st._constants import IMAGE_PATH, MICRONS_PER_PIXEL, UNS
+    from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.genes import check_genes, get_panel
     from gr2st.image.tissue import check_section_image
     from gr2st.io import list_her2st, read_her2st
     from gr2st.io._validate import report_dropped
+    from gr2st.sections import section_name
 
     root = resolve_data_dir(data)
     genes = get_panel(panel)
-    table = list_her2st(root)
-    if table.empty:
-        raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
-    imaged = []
-    for name in table["section"]:
-        adata = read_her2st(root, name, duplicate_genes=duplicate_genes)
+    if (root / "ST-cnts").is_dir():
+        names = list_her2st(root)["section"].tolist()
+        if not names:
+            raise GR2STDataError(f"{root}: no HER2ST section found (expected ST-cnts/<S>.tsv.gz)")
+        sections = (
+            (read_her2st(root, n, duplicate_genes=duplicate_genes), f"{root}/ST-cnts/{n}.tsv.gz")
+            for n in names
+        )
+    else:
+        checks = InputChecks(
+            allow_off_tissue=allow_off_tissue,
+            allow_grey=allow_grey,
+            duplicate_genes=duplicate_genes,
+        )
+        _, loaded = load_sections(root, None, checks=checks)
+        sections = ((a, f"{root}: section {section_name(a)}") for a in loaded)
+    imaged, count = [], 0
+    for adata, source in sections:
+        name = section_name(adata)
+        count += 1
         image_check = check_section_image(
             adata, allow_off_tissue=allow_off_tissue, allow_grey=allow_grey
         )
-        check_genes(adata, genes, source=f"{root}/ST-cnts/{name}.tsv.gz")
+        check_genes(adata, genes, source=source)
         library = np.asarray(adata[:, genes].X.sum(axis=1)).ravel()
         report_dropped(
             name,
@@ -185,14 +208,145 @@ def check_command(
         on_tissue = (
             f" ({100 * image_check.on_tissue:.0f} % of spots on tissue)" if image_check else ""
         )
+        mpp = adata.uns[UNS][MICRONS_PER_PIXEL]
         typer.echo(
             f"{name}: {adata.n_obs} spots, image {'yes' if image else 'no '}{on_tissue}, "
+            f"{'resolution unknown' if mpp is None else f'{mpp:.3g} µm/px'}, "
             f"{int((library == 0).sum())} spot(s) with zero {panel} counts"
         )
-    typer.echo(f"{len(table)} sections read; all contain the {len(genes)} {panel} genes.")
+    typer.echo(f"{count} sections read; all contain the {len(genes)} {panel} genes.")
     typer.echo(f"Sections with an image (the benchmark's default): {', '.join(imaged) or 'none'}")
 
 
+@data_app.command("import")
+def import_command(
+    kind: str = typer.Argument(..., metavar="KIND", help="Input layout: st (legacy ST)."),
+    counts: Path = typer.Option(
+        ..., "--counts", metavar="FILE", help="Count table (spots × genes, rows '<x>x<y>')."
+    ),
+    spots: Path = typer.Option(
+        ...,
+        "--spots",
+        metavar="FILE",
+        help="Spot-detector table: x y pixel_x pixel_y [selected].",
+    ),
+    image: Path | None = typer.Option(
+        None, "--image", metavar="FILE", help="The H&E image the pixel positions refer to."
+    ),
+    out: Path = typer.Option(..., "--out", metavar="S.h5ad", help="Section file to write."),
+    section: str | None = typer.Option(
+        None, "--section", help="Section name (default: the count table's name)."
+    ),
+    patient: str | None = typer.Option(
+        None, "--patient", help="Patient id (default: the section name)."
+    ),
+    platform: str | None = typer.Option(
+        None,
+        "--platform",
+        help="st-1k or st-2k (default: inferred from the array positions).",
+    ),
+    pitch_um: float | None = typer.Option(
+        None, "--pitch-um", help="Microns per array step (default: the platform's)."
+    ),
+    mpp: float | None = typer.Option(
+        None,
+        "--mpp",
+        help="Image microns per pixel (default: measured from the spot pitch; a given one "
+        "must agree with it).",
+    ),
+) -> None:
+    """Read loose legacy-ST files into one gr2st section (.h5ad) for --data folders.
+
+    The platform, pitch and image resolution are inferred and cross-checked (see
+    gr2st.io.geometry); the section's geometry is printed and stored in the file.
+    """
+    from gr2st._constants import GEOMETRY, IMAGE_PATH, UNS
+    from gr2st._utils.files import atomic_path
+    from gr2st.io import read_st_legacy
+    from gr2st.io.geometry import Geometry
+
+    if kind != "st":
+        raise GR2STConfigError(f"data import {kind!r}: expected st")
+    if out.suffix != ".h5ad":
+        raise GR2STConfigError(f"--out {out}: expected a .h5ad file")
+    adata = read_st_legacy(
+        counts,
+        spots,
+        image=None if image is None else image.resolve(),
+        section=section,
+        patient=patient,
+        platform=platform,
+        pitch_um=pitch_um,
+        mpp=mpp,
+    )
+    geometry = Geometry.from_dict(adata.uns[UNS][GEOMETRY])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    typer.echo(
+        f"{out}: {adata.n_obs} spots × {adata.n_vars} genes; {geometry.platform} "
+        f"({geometry.pitch_um:g} µm per array step), {geometry.microns_per_pixel:.4g} µm/px "
+        f"(x {geometry.microns_per_pixel_x:.4g}, y {geometry.microns_per_pixel_y:.4g}), "
+        f"spot {geometry.spot_diameter_px:.1f} px; image "
+        f"{adata.uns[UNS][IMAGE_PATH] or 'none'}"
+    )
+
+
+def panel_command(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        metavar="DIR",
+        help="HER2ST folder, HEST folder or folder of .h5ad sections, as for benchmark.",
+    ),
+    sections: str | None = typer.Option(
+        None,
+        "--sections",
+        metavar="NAMES",
+        help="Comma-separated sections to choose the genes from: only the training "
+        "sections (default: those benchmark uses).",
+    ),
+    n_top: int = typer.Option(
+        300, "--n-top", min=1, help="Highly variable genes chosen per section."
+    ),
+    min_sections: int | None = typer.Option(
+        None,
+        "--min-sections",
+        min=1,
+        help="A gene enters the panel when chosen in this many sections (default 1).",
+    ),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Panel file: one gene a line."),
+) -> None:
+    """Choose a gene panel: each section's most variable genes, pooled (scanpy's
+    highly_variable_genes, gr2st.genes.hvg_panel), written for --panel FILE.
+
+    Choose it from the training sections only: a panel chosen with a test section's
+    expression leaks it into the score.
+    """
+    from gr2st._utils.files import atomic_path
+    from gr2st.cli.benchmark import load_sections, resolve_data_dir
+    from gr2st.genes import hvg_panel
+    from gr2st.sections import section_name
+
+    root = resolve_data_dir(data)
+    names = None if sections is None else [n.strip() for n in sections.split(",") if n.strip()]
+    _, loaded = load_sections(root, names)
+    genes = hvg_panel(loaded, n_top=n_top, min_sections=min_sections)
+    if not genes:
+        raise GR2STDataError(
+            f"{root}: no gene is chosen in {min_sections} of the {len(loaded)} sections; "
+            "lower --min-sections"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(genes) + "\n")
+    typer.echo(
+        f"{out}: {len(genes)} genes from {len(loaded)} section(s) "
+        f"({', '.join(section_name(a) for a in loaded)}), {n_top} per section"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` subcommands to ``app``."""
+    """Add the ``data`` subcommands and ``panel`` to ``app``."""
     app.add_typer(data_app, name="data")
+    app.command("panel")(panel_command)

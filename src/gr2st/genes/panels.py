@@ -90,9 +90,39 @@ def check_genes(adata: AnnData, genes: Iterable[str], *, source: str) -> None:
     present = set(adata.var_names)
     missing = [g for g in wanted if g not in present]
     if missing:
+        # Mostly missing: the panel is not of this data (species, gene ids), say so.
+        hint = ""
+        if len(missing) > len(wanted) / 2:
+            hint = (
+                f"; the data's genes are {describe_gene_names(adata.var_names)}: choose a "
+                "panel of this data with --panel FILE (gr2st panel writes one) or --genes"
+            )
         raise GR2STDataError(
-            f"{source}: {len(missing)} of {len(wanted)} genes missing: {examples(missing)}"
+            f"{source}: {len(missing)} of {len(wanted)} genes missing: {examples(missing)}{hint}"
         )
+
+
+def describe_gene_names(names: Iterable[str]) -> str:
+    """What kind of gene names a section has, with a species hint, for error messages.
+
+    Examples
+    --------
+    >>> describe_gene_names(["ENSMUSG00000029580", "ENSMUSG00000057666"])
+    "Ensembl ids of mouse (e.g. 'ENSMUSG00000029580', 'ENSMUSG00000057666')"
+    >>> describe_gene_names(["Actb", "Gapdh", "Ptprc"])
+    "symbols in mouse/rat style (e.g. 'Actb', 'Gapdh', 'Ptprc')"
+    """
+    names = [str(n) for n in names]
+    shown = examples(names, n=3)
+    ensembl = [n for n in names if n.startswith("ENS") and n[3:4].isalpha()]
+    if len(ensembl) > len(names) / 2:
+        prefixes = {"ENSG": "human", "ENSMUSG": "mouse", "ENSRNOG": "rat", "ENSDARG": "zebrafish"}
+        species = sorted({s for p, s in prefixes.items() for n in ensembl if n.startswith(p)})
+        return f"Ensembl ids of {' and '.join(species) or 'some species'} (e.g. {shown})"
+    capitalised = sum(n[:1].isupper() and n[1:] == n[1:].lower() and len(n) > 1 for n in names)
+    if capitalised > len(names) / 2:
+        return f"symbols in mouse/rat style (e.g. {shown})"
+    return f"e.g. {shown}"
 
 
 def common_genes(sections: Sequence[AnnData]) -> list[str]:

@@ -107,7 +107,12 @@ def get_platform(name: str) -> Platform:
     100.0
     """
     key = name.strip().lower().replace(" ", "_")
-    aliases = {"spatial_transcriptomics": "st", "legacy_st": "st", "10x_visium": "visium"}
+    aliases = {
+        "spatial_transcriptomics": "st",
+        "legacy_st": "st",
+        "st-1k": "st",  # gr2st.io.geometry's name of the same array
+        "10x_visium": "visium",
+    }
     key = aliases.get(key, key)
     if key not in PLATFORMS:
         raise GR2STConfigError(f"platform {name!r}: expected one of {', '.join(PLATFORMS)}")
@@ -283,14 +288,19 @@ PITCH_TOLERANCE = 0.25
 def check_pitch(
     pitch_px: float, mpp: float | None, how: str, platform: Platform, *, source: str | Path
 ) -> None:
-    """Warn when the spots' pitch does not fit the platform: positions in µm rather than
-    pixels (a pitch of exactly the platform's micron pitch), or a given resolution under
-    which the pitch is not the platform's.
+    """Warn when the spots' positions look like microns rather than pixels (a pitch of
+    exactly the platform's micron pitch); raise when a given resolution (or
+    ``spot_diameter_fullres``) puts the pitch more than :data:`PITCH_TOLERANCE` off the
+    platform's.
 
     Examples
     --------
     >>> check_pitch(100.0, 1.0, "spot pitch", PLATFORMS["visium"], source="x")  # warns
-    >>> check_pitch(200.0, 0.5, "spot pitch", PLATFORMS["visium"], source="x")  # silent
+    >>> check_pitch(200.0, 0.5, "given", PLATFORMS["visium"], source="x")  # silent
+    >>> check_pitch(200.0, 5.0, "given", PLATFORMS["visium"], source="x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STDataError: x: the spot pitch is 200.0 px × 5 µm/px (given) = 1000 µm, ...
     """
     if abs(pitch_px / platform.pitch_um - 1) < 0.01:
         log.warning(
@@ -305,16 +315,10 @@ def check_pitch(
     elif mpp is not None and how != "spot pitch":
         pitch_um = pitch_px * mpp
         if abs(pitch_um / platform.pitch_um - 1) > PITCH_TOLERANCE:
-            log.warning(
-                "%s: the spot pitch is %.1f px × %.4g µm/px (%s) = %.0f µm, but %s spots are "
-                "%g µm apart; check the resolution (--mpp) or the platform",
-                source,
-                pitch_px,
-                mpp,
-                how,
-                pitch_um,
-                platform.name,
-                platform.pitch_um,
+            raise GR2STDataError(
+                f"{source}: the spot pitch is {pitch_px:.1f} px × {mpp:.4g} µm/px ({how}) = "
+                f"{pitch_um:.0f} µm, but {platform.name} spots are {platform.pitch_um:g} µm "
+                "apart; fix the resolution (--mpp) or the platform (--platform)"
             )
 
 

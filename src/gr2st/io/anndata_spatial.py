@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +174,13 @@ def convert_spatial(
     image_cache: str | Path | None = None,
     source_format: str = "anndata",
     spot_diameter_um: float | None = None,
+    pitch_um: float | None = None,
 ) -> AnnData:
     """:func:`read_anndata_spatial` on an AnnData already read from ``source``.
 
     ``spot_diameter_um`` (e.g. from a HEST metadata file) replaces the platform's spot
-    size when the resolution is known.
+    size when the resolution is known; ``pitch_um`` (HEST's ``inter_spot_dist`` of a
+    technology gr2st has no platform for) replaces its pitch.
     """
     if SPATIAL not in adata.obsm:
         raise GR2STDataError(
@@ -196,6 +199,8 @@ def convert_spatial(
     chosen: Platform | None = (
         get_platform(platform) if platform is not None else infer_platform(adata, library)
     )
+    if pitch_um is not None and chosen is not None:
+        chosen = replace(chosen, pitch_um=float(pitch_um))
     grid = grid_coordinates(adata)
     diameter_sf = scalefactor(library, "spot_diameter_fullres", source=source)
     resolution, how = resolve_mpp(

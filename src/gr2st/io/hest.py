@@ -165,6 +165,7 @@ def read_hest(
     technology = _text(meta.get("st_technology"))
     platform = _TECHNOLOGY.get((technology or "").lower())
     spot_um = _number(meta.get("spot_diameter"))
+    pitch_um = None if platform else _number(meta.get("inter_spot_dist"))
     try:
         adata = anndata.read_h5ad(st)
     except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -182,6 +183,7 @@ def read_hest(
         require_counts=require_counts,
         source_format="hest",
         spot_diameter_um=spot_um if spot_um and spot_um > 0 else None,
+        pitch_um=pitch_um if pitch_um and pitch_um > 0 else None,
     )
     for field in ("dataset_title", "st_technology", "organ", "oncotree_code"):
         value = _text(meta.get(field))

@@ -17,13 +17,15 @@ their own file names.
 
 Spot geometry
 -------------
-The ST array has 100 µm spots on a square grid with a 200 µm centre-to-centre pitch
-(Ståhl et al., Science 2016; the HER2ST paper uses the same slides). The image
-resolution is measured per section from the spot table: the median pixel distance
-between array neighbours divided by 200 µm. This gives ≈0.69 µm/px (≈290 px pitch,
-≈145 px spot diameter) for HER2ST patients B-H, matching the data's README, and
-≈0.92 µm/px for patient A, whose images were scanned at another scale, which is why a
-single constant would be wrong.
+Inferred per section from the spot table by :func:`gr2st.io.geometry.infer_geometry`:
+the array positions tell the platform (a square grid is the 1k array of Ståhl et al.,
+Science 2016: 100 µm spots 200 µm apart, as in HER2ST; a checkerboard whose
+neighbours are diagonal steps is the 2k array: 100 µm per array step), and the image
+resolution is the median pixel distance between array neighbours divided into the
+pitch. This gives ≈0.69 µm/px (≈290 px pitch, ≈145 px spot diameter) for HER2ST
+patients B-H, matching the data's README, and ≈0.92 µm/px for patient A, whose images
+were scanned at another scale, which is why a single constant would be wrong.
+``platform``, ``pitch_um`` and ``mpp`` override and are cross-checked.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from anndata import AnnData
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
+    GEOMETRY,
     IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATIENT,
@@ -50,12 +52,11 @@ from gr2st._constants import (
     SPOT_DIAMETER_PX,
     UNS,
 )
-from gr2st.errors import GR2STConfigError, GR2STDataError
+from gr2st.errors import GR2STDataError
 from gr2st.io._validate import (
     MIN_SPOT_OVERLAP,
     examples,
     numeric_columns,
-    pixels_per_grid_unit,
     read_count_table,
     read_table,
     report_dropped,
@@ -63,13 +64,9 @@ from gr2st.io._validate import (
     unique_ids,
     validate_section,
 )
+from gr2st.io.geometry import infer_geometry
 
 log = logging.getLogger(__name__)
-
-#: Centre-to-centre distance of neighbouring ST spots (µm).
-ST_PITCH_UM: Final = 200.0
-#: Diameter of an ST spot (µm).
-ST_SPOT_DIAMETER_UM: Final = 100.0
 
 _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 _ST_ID = re.compile(r"^(-?\d+(?:\.\d*)?)x(-?\d+(?:\.\d*)?)$")
@@ -83,8 +80,10 @@ def read_st_legacy(
     section: str | None = None,
     patient: str | None = None,
     source_format: str = "st",
-    pitch_um: float = ST_PITCH_UM,
-    spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+    platform: str | None = None,
+    pitch_um: float | None = None,
+    spot_diameter_um: float | None = None,
+    mpp: float | None = None,
     duplicate_genes: str = "error",
 ) -> AnnData:
     """Read one legacy-ST section from its count table, spot-detector table and image.
@@ -107,9 +106,14 @@ def read_st_legacy(
         Patient id; default: the section name.
     source_format
         Stored as ``uns["gr2st"]["source_format"]``.
+    platform
+        ``"st-1k"`` or ``"st-2k"`` (see :mod:`gr2st.io.geometry`); default: inferred from
+        the array positions.
     pitch_um, spot_diameter_um
-        Physical spot pitch and diameter of the array, used to turn the measured pixel
-        pitch into µm/px and the spot diameter in pixels.
+        Microns per array step and spot diameter; default: the platform's.
+    mpp
+        The image's microns per pixel; default: measured from the pitch (a given one
+        must agree with it within 25 %).
     duplicate_genes
         ``"error"`` (a gene named in two columns is an error) or ``"sum"`` (add them up);
         see :func:`~gr2st.io._validate.read_count_table`.
@@ -126,9 +130,11 @@ def read_st_legacy(
     GR2STDataError
         Missing or unreadable file, missing column, duplicate or unmatched spot ids,
         duplicate gene names, a count table and spot table that share less than half
-        of either's spots, non-numeric counts, or a spot centre outside the image.
+        of either's spots, non-numeric counts, a spot centre outside the image, or a
+        geometry whose sources disagree.
     GR2STConfigError
-        A non-positive ``pitch_um`` or ``spot_diameter_um``.
+        A non-positive ``pitch_um``, ``spot_diameter_um`` or ``mpp``; an unknown
+        ``platform``.
 
     Examples
     --------
@@ -141,10 +147,6 @@ def read_st_legacy(
     >>> adata.shape, adata.obs["section"].iloc[0]
     ((9, 5), 'A1')
     """
-    if not (pitch_um > 0 and spot_diameter_um > 0):
-        raise GR2STConfigError(
-            f"pitch_um and spot_diameter_um must be positive; got {pitch_um} and {spot_diameter_um}"
-        )
     counts, spots = Path(counts), Path(spots)
     section = section or counts.name.split(".")[0]
     matrix, ids, genes = _read_st_counts(counts, duplicate_genes=duplicate_genes)
@@ -152,12 +154,14 @@ def read_st_legacy(
     numeric_columns(table, _SPOT_COLUMNS, path=spots, what="spot table")
     # Count rows of spots off tissue (selected = 0) still belong to the spot table.
     listed = ids.isin(spot_ids(table["x"], table["y"], source=spots))
+    off_tissue = pd.Index([])
     if "selected" in table.columns:
         selected = pd.to_numeric(table["selected"], errors="coerce").to_numpy(dtype=float) != 0
         if not selected.all():
             log.info(
                 "%s: %d spot-table rows not selected; dropped", section, int((~selected).sum())
             )
+            off_tissue = spot_ids(table["x"][~selected], table["y"][~selected], source=spots)
             table = table[selected]
     table.index = spot_ids(table["x"], table["y"], source=spots)
     unique_ids(table.index, path=spots, what="spot table")
@@ -179,11 +183,17 @@ def read_st_legacy(
     if len(table) > keep.sum():
         log.info("%s: %d spot-table rows lack counts", section, len(table) - int(keep.sum()))
     if not keep.all():
+        unselected = int((~keep & ids.isin(off_tissue)).sum())
+        unmatched = int((~keep).sum()) - unselected
+        reasons = [
+            f"{unselected} are off tissue (selected = 0 in {spots.name})" if unselected else "",
+            f"{unmatched} have no row in {spots.name}" if unmatched else "",
+        ]
         report_dropped(
             section,
             int((~keep).sum()),
             len(ids),
-            why=f"their count rows have no row in {spots.name}",
+            why=" and ".join(r for r in reasons if r),
             hint=hint,
         )
     ids = ids[keep]
@@ -200,17 +210,21 @@ def read_st_legacy(
     adata = AnnData(X=matrix[np.flatnonzero(keep)], obs=obs, var=pd.DataFrame(index=genes))
     adata.obsm[SPATIAL] = joined[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
 
-    px_per_pitch = pixels_per_grid_unit(
+    geometry = infer_geometry(
         table[["x", "y"]].to_numpy(dtype=float),
         table[["pixel_x", "pixel_y"]].to_numpy(dtype=float),
+        platform=platform,
+        pitch_um=pitch_um,
+        mpp=mpp,
+        spot_diameter_um=spot_diameter_um,
         source=spots,
     )
-    microns_per_pixel = pitch_um / px_per_pitch
     adata.uns[UNS] = {
         IMAGE_PATH: None if image is None else str(image),
-        SPOT_DIAMETER_PX: spot_diameter_um / microns_per_pixel,
-        MICRONS_PER_PIXEL: microns_per_pixel,
+        SPOT_DIAMETER_PX: geometry.spot_diameter_px,
+        MICRONS_PER_PIXEL: geometry.microns_per_pixel,
         SOURCE_FORMAT: source_format,
+        GEOMETRY: geometry.to_dict(),
     }
     validate_section(adata, source=counts)
     return adata

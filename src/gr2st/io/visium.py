@@ -4,24 +4,26 @@ Spot geometry
 -------------
 Visium spots are 55 µm wide on a hexagonal grid with a 100 µm centre-to-centre pitch
 (10x Genomics). The image resolution is measured per section as the median pixel
-distance between grid neighbours divided by 100 µm. Space Ranger's
-``scalefactors_json.json`` is not needed: its ``spot_diameter_fullres`` refers to a
-"theoretical 65 µm spot" per 10x's documentation, not to the physical spot.
+distance between grid neighbours divided by 100 µm
+(:func:`gr2st.io.geometry.infer_geometry`). Space Ranger's ``scalefactors_json.json``
+is not needed; when present its ``spot_diameter_fullres`` (the pixels spanning "a
+theoretical 65 µm spot" per 10x's documentation, not the physical spot) cross-checks it.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from gr2st._constants import (
     ARRAY_X,
     ARRAY_Y,
+    GEOMETRY,
     IMAGE_PATH,
     MICRONS_PER_PIXEL,
     PATIENT,
@@ -38,17 +40,15 @@ from gr2st.io._validate import (
     examples,
     numeric_columns,
     one_line,
-    pixels_per_grid_unit,
     read_table,
     require_file,
     unique_ids,
     validate_section,
 )
+from gr2st.io.geometry import infer_geometry
 
-#: Centre-to-centre distance of neighbouring Visium spots (µm).
-VISIUM_PITCH_UM: Final = 100.0
-#: Diameter of a Visium spot (µm).
-VISIUM_SPOT_DIAMETER_UM: Final = 55.0
+#: The spot size that Space Ranger's ``spot_diameter_fullres`` measures (µm).
+SCALEFACTOR_SPOT_UM: Final = 65.0
 #: Suffixes of full-resolution images looked for next to a Space Ranger folder.
 IMAGE_SUFFIXES: Final = (".btf", ".tif", ".tiff", ".jpg", ".jpeg", ".png")
 
@@ -68,6 +68,7 @@ def read_visium(
     image: str | Path | None = None,
     section: str | None = None,
     patient: str | None = None,
+    mpp: float | None = None,
 ) -> AnnData:
     """Read the in-tissue spots of one Space Ranger output folder.
 
@@ -95,6 +96,10 @@ def read_visium(
         Section name; default: the folder's name.
     patient
         Patient id; default: the section name.
+    mpp
+        The image's microns per pixel; default: measured from the spot pitch. A given
+        one, and Space Ranger's ``spot_diameter_fullres`` when
+        ``spatial/scalefactors_json.json`` has it, must agree with the pitch within 25 %.
 
     Returns
     -------
@@ -108,7 +113,8 @@ def read_visium(
     ------
     GR2STDataError
         Missing or unreadable files, missing columns, barcodes without a position,
-        no spot in tissue, or spot centres outside the image.
+        no spot in tissue, spot centres outside the image, or a resolution whose
+        sources disagree.
 
     Examples
     --------
@@ -144,24 +150,23 @@ def read_visium(
         index=adata.obs_names,
     )
     adata.obsm[SPATIAL] = placed[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float)
-    # Hexagonal grid in units of the pitch: neighbours in a row are 2 columns apart,
-    # neighbouring rows are sqrt(3)/2 pitches apart.
-    grid = np.column_stack(
-        [
-            positions["array_col"].to_numpy(dtype=float) / 2,
-            positions["array_row"].to_numpy(dtype=float) * np.sqrt(3) / 2,
-        ]
+    geometry = infer_geometry(
+        positions[["array_col", "array_row"]].to_numpy(dtype=float),
+        positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float),
+        platform="visium",
+        mpp=mpp,
+        evidence=_scalefactor_mpp(path),
+        source=positions_file,
     )
-    pixels = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float)
-    microns_per_pixel = VISIUM_PITCH_UM / pixels_per_grid_unit(grid, pixels, source=positions_file)
     image_path = require_file(image, what="image") if image is not None else None
     if image_path is None:
         image_path = _find_image(path, section)
     adata.uns[UNS] = {
         IMAGE_PATH: None if image_path is None else str(image_path),
-        SPOT_DIAMETER_PX: VISIUM_SPOT_DIAMETER_UM / microns_per_pixel,
-        MICRONS_PER_PIXEL: microns_per_pixel,
+        SPOT_DIAMETER_PX: geometry.spot_diameter_px,
+        MICRONS_PER_PIXEL: geometry.microns_per_pixel,
         SOURCE_FORMAT: "visium",
+        GEOMETRY: geometry.to_dict(),
     }
     validate_section(adata, source=matrix_file)
     return adata
@@ -246,3 +251,15 @@ def _find_image(path: Path, section: str) -> Path | None:
             f"({examples(p.name for p in above)}); pass image= to choose one"
         )
     return above[0] if above else None
+
+
+def _scalefactor_mpp(path: Path) -> dict[str, float]:
+    """µm/px implied by ``spot_diameter_fullres`` of ``scalefactors_json.json``, if any."""
+    file = path / "spatial" / "scalefactors_json.json"
+    if not file.is_file():
+        return {}
+    try:
+        value = float(json.loads(file.read_text())["spot_diameter_fullres"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # optional: the pitch determines the resolution without it
+    return {f"{file.name} spot_diameter_fullres": SCALEFACTOR_SPOT_UM / value} if value > 0 else {}

@@ -44,11 +44,12 @@ from gr2st._constants import (
     UNS,
 )
 from gr2st._utils.files import atomic_path
-from gr2st.errors import GR2STConfigError
+from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes import log_normalize
 from gr2st.image.patches import iter_patches
 from gr2st.image.slide import Slide, open_slide
 from gr2st.image.workers import PatchWorkers
+from gr2st.io.geometry import AGREEMENT_TOLERANCE, check_spot_spacing
 from gr2st.predict.bundle import Bundle
 from gr2st.predict.spots import THUMBNAIL_PX, QuerySpots, check_tissue
 
@@ -251,6 +252,20 @@ def _gb(value: float) -> str:
 def _resolution(mpp: float | None, spots: QuerySpots, slide: Slide, bundle: Bundle) -> float | None:
     """Microns per pixel: given, else the input's, else the image metadata's; checked."""
     if mpp is not None:
+        # The input's own spot geometry outranks a typed number; image metadata may be wrong.
+        if spots.mpp is not None and abs(mpp / spots.mpp - 1) > AGREEMENT_TOLERANCE:
+            raise GR2STDataError(
+                f"{slide.path}: --mpp {mpp:.4g} µm/px disagrees with the {spots.source} "
+                f"input's {spots.mpp:.4g} µm/px (its spot geometry); drop --mpp or fix the input"
+            )
+        if slide.mpp is not None and abs(mpp / slide.mpp - 1) > AGREEMENT_TOLERANCE:
+            log.warning(
+                "%s: --mpp %.4g µm/px, but the image's metadata gives %.4g; using --mpp",
+                slide.path,
+                mpp,
+                slide.mpp,
+            )
+        check_spot_spacing(spots.centers, mpp, how="--mpp", source=slide.path)
         return mpp
     if spots.mpp is not None and slide.mpp is not None and abs(spots.mpp / slide.mpp - 1) > 0.1:
         log.warning(
@@ -267,6 +282,10 @@ def _resolution(mpp: float | None, spots: QuerySpots, slide: Slide, bundle: Bund
             f"{slide.path}: microns per pixel unknown (neither the {spots.source} input nor the "
             f"image's metadata gives it); pass --mpp, which sets the patch size (the bundle's "
             f"patches cover {bundle.size_um:.0f} µm)"
+        )
+    if resolution is not None:
+        check_spot_spacing(
+            spots.centers, resolution, how=f"the {spots.source} input's", source=slide.path
         )
     if resolution is None:
         log.warning(
