@@ -182,7 +182,10 @@ def test_data_import_st_infers_the_2k_geometry_and_data_check_reads_h5ad(
     check = ["data", "check", "--data", str(out.parent), "--panel", str(panel)]
     result = CliRunner().invoke(app, check)
     assert result.exit_code == 0, result.output
-    assert "M1: 32 spots, image yes, 4.37 µm/px, 0 spot(s) with zero" in result.output
+    assert (
+        "M1: 32 spots, image yes (100 % of spots on tissue), 4.37 µm/px, 0 spot(s) with zero"
+        in (result.output)
+    )
     assert "1 sections read; all contain the 2" in result.output
 
 
