@@ -130,9 +130,7 @@ class Prediction:
 
 def _read(matrix: Any, rows: slice, columns: np.ndarray) -> np.ndarray:
     if isinstance(matrix, h5py.Group):  # a sparse matrix stored by anndata
-        from anndata.io import sparse_dataset
-
-        matrix = sparse_dataset(matrix)[rows]
+        matrix = _anndata_io().sparse_dataset(matrix)[rows]
     else:
         matrix = matrix[rows]
     if sp.issparse(matrix):
@@ -188,9 +186,17 @@ def _from_anndata(adata: AnnData) -> Prediction:
     )
 
 
-def _from_file(fh: h5py.File, path: Path) -> Prediction:
-    from anndata.io import read_elem
+def _anndata_io() -> Any:
+    """anndata's element readers: ``anndata.io`` from 0.11, ``anndata.experimental`` before."""
+    try:
+        import anndata.io as found
+    except ImportError:
+        import anndata.experimental as found
+    return found
 
+
+def _from_file(fh: h5py.File, path: Path) -> Prediction:
+    read_elem = _anndata_io().read_elem
     missing = [key for key in ("obs", "var", "X") if key not in fh]
     if missing:
         raise GR2STDataError(f"{path}: not an AnnData .h5ad file (no {', '.join(missing)})")
