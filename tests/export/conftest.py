@@ -5,6 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "predict"))
 
-from predictfixtures import trained  # noqa: E402
+from predictfixtures import trained
 
 __all__ = ["trained"]

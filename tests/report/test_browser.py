@@ -27,12 +27,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "predict"))
 
-from predictfixtures import Trained  # noqa: E402
+from predictfixtures import Trained
 
-from gr2st._constants import IMAGE_PATH, UNS  # noqa: E402
-from gr2st.benchmark import run_benchmark  # noqa: E402
-from gr2st.datasets import synthetic  # noqa: E402
-from gr2st.report import prediction_page, write_page  # noqa: E402
+from gr2st._constants import IMAGE_PATH, UNS
+from gr2st.benchmark import run_benchmark
+from gr2st.datasets import synthetic
+from gr2st.report import prediction_page, write_page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -142,14 +142,14 @@ def _screenshot(driver: Any, path: Path) -> bytes:
     if keep := os.environ.get("GR2ST_REPORT_SCREENSHOT"):
         # A small palette PNG for the README.
         image = Image.open(io.BytesIO(png)).convert("RGB")
-        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS)
+        image = image.resize(
+            (image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS
+        )
         image.quantize(colors=128).save(keep, optimize=True)
     return png
 
 
-def test_benchmark_report_in_chromium(
-    browser: Any, benchmark_report: Path, tmp_path: Path
-) -> None:
+def test_benchmark_report_in_chromium(browser: Any, benchmark_report: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     results = json.loads((benchmark_report.parent / "results.json").read_text())
@@ -171,9 +171,7 @@ def test_benchmark_report_in_chromium(
     ]
     before_colours = _colours(browser, panel.get_attribute("id"))
     before_png = panel.screenshot_as_png
-    target = next(
-        g for g in genes[1:] if g != panel.get_attribute("data-gene")
-    )
+    target = next(g for g in genes[1:] if g != panel.get_attribute("data-gene"))
     _pick(browser, 0, target)
     assert panel.get_attribute("data-gene") == target
     after_colours = _colours(browser, panel.get_attribute("id"))

@@ -174,7 +174,7 @@ def _from_anndata(adata: AnnData) -> Prediction:
     for name in (UNCERTAINTY_LAYER, MEASURED_LAYER):
         if name in adata.layers:
             matrices[name] = adata.layers[name]
-    spatial = adata.obsm[SPATIAL] if SPATIAL in adata.obsm else None
+    spatial = adata.obsm.get(SPATIAL)
     return _assemble(
         source="the prediction",
         obs=adata.obs,

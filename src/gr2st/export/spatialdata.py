@@ -197,7 +197,7 @@ def _scale_factors(dimensions: tuple[int, int]) -> list[int]:
     ([2, 2, 2], [])
     """
     levels = 0
-    side = max(dimensions)
+    side = float(max(dimensions))
     while side / 2 >= COARSEST_PX:
         side /= 2
         levels += 1
