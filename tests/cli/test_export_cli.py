@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "predict"))
 
-from predictfixtures import Trained, trained  # noqa: E402
+from predictfixtures import Trained, trained
 
-from gr2st._constants import IMAGE_PATH, SPATIAL, UNS  # noqa: E402
-from gr2st.cli.main import app, run  # noqa: E402
-from gr2st.errors import GR2STConfigError, GR2STDataError  # noqa: E402
+from gr2st._constants import IMAGE_PATH, SPATIAL, UNS
+from gr2st.cli.main import app, run
+from gr2st.errors import GR2STConfigError, GR2STDataError
 
 __all__ = ["trained"]
 
@@ -70,7 +70,9 @@ def test_export_commands(predicted: Path, tmp_path: Path) -> None:
     assert code == 0, (output, exc)
     names = json.loads((tmp_path / "t.geojson").read_text())["features"][0]["properties"]
     assert len([n for n in names["measurements"] if " " not in n and n != "in_tissue"]) == 2
-    code, output, exc = _invoke("export", "spatialdata", str(pred), "--out", str(tmp_path / "s.zarr"))
+    code, output, exc = _invoke(
+        "export", "spatialdata", str(pred), "--out", str(tmp_path / "s.zarr")
+    )
     assert code == 0, (output, exc)
     assert (tmp_path / "s.zarr").is_dir()
     code, output, exc = _invoke("report", str(pred), "--out", str(tmp_path / "r.html"))
