@@ -78,7 +78,7 @@ def quantise(values: np.ndarray) -> tuple[bytes, list[float | None], list[float 
     --------
     >>> data, lo, hi = quantise(np.array([[0.0, 1.0], [2.0, np.nan]]))
     >>> list(data), lo, hi
-    [0, 254, 254, 255] [0.0, 1.0] [2.0, 1.0]
+    ([0, 254, 0, 255], [0.0, 1.0], [2.0, 1.0])
     """
     matrix = np.asarray(values, dtype=np.float64).T
     finite = np.isfinite(matrix)
@@ -196,8 +196,9 @@ def section_payload(maps: SectionMaps, *, key: str) -> dict[str, Any]:
     }
 
 
-def _decode(data: bytes, lo: Sequence[float | None], hi: Sequence[float | None], *, gene: int,
-            n: int) -> list[float | None]:  # fmt: skip
+def _decode(
+    data: bytes, lo: Sequence[float | None], hi: Sequence[float | None], *, gene: int, n: int
+) -> list[float | None]:
     """The values of ``gene`` as the page decodes them (the first map is drawn here)."""
     codes = np.frombuffer(data, dtype=np.uint8)[gene * n : (gene + 1) * n]
     low, high = lo[gene], hi[gene]
@@ -208,19 +209,24 @@ def _decode(data: bytes, lo: Sequence[float | None], hi: Sequence[float | None],
 
 
 def _extent(maps: SectionMaps) -> tuple[float, float, float, float]:
-    """``(x0, x1, y0, y1)`` shown: the image when there is one, else the spots."""
+    """``(x0, x1, y0, y1)`` shown: the spots with a margin (within the image, if any)."""
+    pad = 2 * maps.diameter_px
+    x, y = maps.centres[:, 0], maps.centres[:, 1]
+    x0, x1, y0, y1 = x.min() - pad, x.max() + pad, y.min() - pad, y.max() + pad
     if maps.thumbnail is not None:
         h, w = maps.thumbnail.shape[:2]
-        return 0.0, w / maps.scale, 0.0, h / maps.scale
-    pad = maps.diameter_px
-    x, y = maps.centres[:, 0], maps.centres[:, 1]
-    return float(x.min() - pad), float(x.max() + pad), float(y.min() - pad), float(y.max() + pad)
+        x0, x1 = max(x0, 0.0), min(x1, w / maps.scale)
+        y0, y1 = max(y0, 0.0), min(y1, h / maps.scale)
+    return float(x0), float(x1), float(y0), float(y1)
 
 
 def _layout(
-    figure: Any, *, title: str, extent: tuple[float, float, float, float],
+    figure: Any,
+    *,
+    title: str,
+    extent: tuple[float, float, float, float],
     image: Mapping[str, Any] | None,
-) -> None:  # fmt: skip
+) -> None:
     x0, x1, y0, y1 = extent
     figure.update_layout(
         title={"text": title, "font": {"size": 13}},
