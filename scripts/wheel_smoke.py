@@ -5,11 +5,12 @@ Run it with the venv's Python from a folder outside the source tree::
     cd "$(mktemp -d)" && /path/to/venv/bin/python /path/to/scripts/wheel_smoke.py --core-only
 
 It checks that gr2st is imported from the installed wheel (not a source tree), that the
-package data (gene panels, Reinhard stain reference) is inside it, that ``gr2st --version``
-and ``python -m gr2st`` run, and then goes synthetic → ``gr2st train`` → ``gr2st info`` →
-``gr2st predict`` (image + spot CSV, the new-slide path) through the installed command,
-with the default panel (her2st-785), stain normalisation (Reinhard) and encoder
-(EfficientNet-Lite0). ``--core-only`` also asserts that no optional extra is installed.
+package data (gene panels, Reinhard stain reference, report template) is inside it, that
+``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic →
+``gr2st train`` → ``gr2st info`` → ``gr2st predict`` (image + spot CSV, the new-slide
+path) through the installed command, with the default panel (her2st-785), stain
+normalisation (Reinhard) and encoder (EfficientNet-Lite0). ``--core-only`` also asserts
+that no optional extra is installed.
 Exits non-zero on the first failed check.
 """
 
@@ -90,6 +91,10 @@ def main() -> None:
     check(len(panel) == 785, "panel her2st-785 has 785 genes")
     check(len(get_panel("cscc-171")) == 171, "panel cscc-171 has 171 genes")
     check(len(load_reference()["mean"]) == 3, "Reinhard stain reference JSON in wheel")
+    from gr2st.report import render_page
+
+    page = render_page(title="smoke", subtitle="", command="gr2st")
+    check(page.startswith("<!DOCTYPE html>"), "report template in wheel (gr2st.report)")
 
     bin_dir = Path(sys.executable).parent
     gr2st_cmd = str(bin_dir / "gr2st")
