@@ -5,8 +5,8 @@ Run it with the venv's Python from a folder outside the source tree::
     cd "$(mktemp -d)" && /path/to/venv/bin/python /path/to/scripts/wheel_smoke.py --core-only
 
 It checks that gr2st is imported from the installed wheel (not a source tree), that the
-package data (gene panels, Reinhard stain reference, download registry) is inside it,
-that ``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic →
+package data (gene panels, Reinhard stain reference, download registry, report template)
+is inside it, that ``gr2st --version`` and ``python -m gr2st`` run, and then goes synthetic →
 ``gr2st train`` → ``gr2st info`` → ``gr2st predict`` (image + spot CSV, the new-slide
 path) through the installed command, with the default panel (her2st-785), stain
 normalisation (Reinhard) and encoder (EfficientNet-Lite0). ``--core-only`` also asserts
@@ -100,6 +100,11 @@ def main() -> None:
     from gr2st.io.download import get_manifest
 
     check(len(get_manifest("her2st").files) == 88, "download registry: 88 pinned HER2ST files")
+
+    from gr2st.report import render_page
+
+    page = render_page(title="smoke", subtitle="", command="gr2st")
+    check(page.startswith("<!DOCTYPE html>"), "report template in wheel (gr2st.report)")
 
     bin_dir = Path(sys.executable).parent
     gr2st_cmd = str(bin_dir / "gr2st")

@@ -41,9 +41,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "models": BASE | {"evaluation", "graph", "retrieval", "training"},
     "methods": BASE
     | {"encoders", "evaluation", "graph", "image", "models", "retrieval", "training"},
+    # what users see: exports to viewers, HTML reports
+    "export": BASE | {"image"},
+    "report": BASE,
     # what users run
     "benchmark": BASE
-    | {"evaluation", "executors", "genes", "graph", "image", "methods", "training"},
+    | {"evaluation", "executors", "genes", "graph", "image", "methods", "report", "training"},
     "predict": BASE | {"encoders", "genes", "image", "io", "models", "retrieval"},
 }
 

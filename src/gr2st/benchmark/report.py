@@ -290,7 +290,8 @@ def write_outputs(
     figures: bool = True,
     figure_section: str | None = None,
 ) -> None:
-    """Write ``results.json``, ``per_gene.csv``, ``summary.txt`` and (``figures``) the figures.
+    """Write ``results.json``, ``per_gene.csv``, ``summary.txt``, ``report.html`` (with the
+    data it is drawn from, :mod:`gr2st.benchmark.html`) and (``figures``) the figures.
 
     Figures: ``pcc_boxplots.png`` (every method, every section) and
     ``spatial_<section>_<method>.png``: measured vs predicted maps of the best-predicted
@@ -303,6 +304,10 @@ def write_outputs(
         per_gene.to_csv(tmp, index=False)
     with atomic_path(out_dir / "summary.txt") as tmp:
         tmp.write_text(table_text(results))
+    from gr2st.benchmark.html import save_report_data, write_report
+
+    save_report_data(out_dir, sections=prepared, truths=truths, genes=genes)
+    write_report(out_dir)
     if not figures:
         return
     names = list(results["ranking"]) + list(results["ceilings"])

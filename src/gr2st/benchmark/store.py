@@ -45,7 +45,13 @@ CHECKSUMS = "checksums"
 #: File of a benchmark folder recording the request it holds.
 REQUEST_FILE = "request.json"
 #: Report files a new request replaces (the figures of sections match ``spatial_*.png``).
-REPORT_FILES = ("results.json", "per_gene.csv", "summary.txt", "pcc_boxplots.png")
+REPORT_FILES = (
+    "results.json",
+    "per_gene.csv",
+    "summary.txt",
+    "pcc_boxplots.png",
+    "report.html",
+)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import typer
 from typer import main as typer_main
 
-from gr2st.cli import benchmark, data, features, image, predict
+from gr2st.cli import benchmark, data, export, features, image, predict
 from gr2st.errors import GR2STError, GR2STInterrupted
 
 # Recent typer ships its own copy of click (``typer._click``), older typer uses click
@@ -88,7 +88,7 @@ def _root(
     """Predict spatial gene expression from H&E histology."""
 
 
-for _module in (data, image, features, benchmark, predict):
+for _module in (data, image, features, benchmark, predict, export):
     _module.register(app)
 
 

@@ -25,6 +25,7 @@ from gr2st.cli._inputs import (
     allow_off_tissue_option,
     duplicate_genes_option,
 )
+from gr2st.cli.export import check_extra_outputs, write_extra_outputs
 from gr2st.cli.scale import (
     ADDRESS_OPTION,
     CPUS_PER_TASK_OPTION,
@@ -257,6 +258,20 @@ def predict_command(
     ),
     genes: str = typer.Option("panel", "--genes", help="panel, all, or GENE,GENE,…"),
     plot: str | None = typer.Option(None, "--plot", metavar="GENES", help="Genes to draw as PNG."),
+    qupath: Path | None = typer.Option(
+        None,
+        "--qupath",
+        dir_okay=False,
+        metavar="FILE.geojson",
+        help="Also write the spots as QuPath detections (one measurement per gene).",
+    ),
+    spatialdata_out: Path | None = typer.Option(
+        None,
+        "--spatialdata-out",
+        metavar="STORE.zarr",
+        help="Also write a SpatialData store: slide, spot circles, values (napari).",
+    ),
+    report: bool = typer.Option(False, "--report", help="Also write OUT.html, an HTML report."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Patches encoded at once."),
     max_output_gb: float = typer.Option(
         4.0,
@@ -307,6 +322,9 @@ def predict_command(
             "--h5ad": h5ad,
             "--spatialdata": spatialdata,
             "--grid": grid or None,
+            "--qupath": qupath,
+            "--spatialdata-out": spatialdata_out,
+            "--report": report or None,
         }
         clash = [name for name, value in given.items() if value is not None]
         if inputs is None or clash:
@@ -343,6 +361,7 @@ def predict_command(
     if out.suffix != ".h5ad":
         raise GR2STConfigError(f"--out {out}: expected a .h5ad file name")
     prepare_output(out, overwrite=overwrite)
+    check_extra_outputs(qupath=qupath, spatialdata_out=spatialdata_out, overwrite=overwrite)
     plot_genes_list = _split(plot, "--plot") or []
     # Every cheap check first: the encoder and the slide's pixels come last.
     bundle = load_bundle(model, device=device, check_encoder=False)
@@ -400,6 +419,11 @@ def predict_command(
     )
     for path in plot_genes(pred, plot_genes_list, out=out):
         typer.echo(f"Map: {path}")
+    for line in write_extra_outputs(
+        pred, out, qupath=qupath, spatialdata_out=spatialdata_out, report=report,
+        overwrite=overwrite,
+    ):  # fmt: skip
+        typer.echo(line)
 
 
 @lru_cache(maxsize=2)

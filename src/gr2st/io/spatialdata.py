@@ -14,11 +14,14 @@ element in that coordinate system, exported once to a tiled TIFF under ``image_c
 (named after the store, element and shape; gr2st's slide readers need a file).
 
 The resolution is ``mpp`` (µm per unit of the coordinate system) when given, else it
-is measured as for any spatial AnnData (:mod:`gr2st.io._spatial`: spot pitch from
-``array_row``/``array_col``, else the circles' diameter, which ``spatialdata-io`` sets
-to Space Ranger's ``spot_diameter_fullres``); counts come from the table (``X``,
+is the one the table records in ``uns["gr2st"]`` with the spot diameter (a store
+written by :func:`gr2st.export.write_spatialdata`), else it is measured as for any
+spatial AnnData (:mod:`gr2st.io._spatial`: spot pitch from ``array_row``/``array_col``,
+else the circles' diameter, which ``spatialdata-io`` sets to Space Ranger's
+``spot_diameter_fullres``); counts come from the table (``X``,
 ``layers["counts"]`` or ``.raw``) and are optional as in
-:func:`gr2st.io.read_anndata_spatial`.
+:func:`gr2st.io.read_anndata_spatial`. A prediction's ``layers["uncertainty"]`` and
+``layers["measured"]`` are kept.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from gr2st._constants import IMAGE_PATH, MICRONS_PER_PIXEL, SPATIAL, SPOT_DIAMETER_PX, UNS
+from gr2st._constants import (
+    IMAGE_PATH,
+    MEASURED_LAYER,
+    MICRONS_PER_PIXEL,
+    SPATIAL,
+    SPOT_DIAMETER_PX,
+    UNCERTAINTY_LAYER,
+    UNS,
+)
 from gr2st._utils.files import atomic_path, user_cache_dir
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.io._spatial import rescale_library
@@ -139,6 +150,13 @@ def read_spatialdata(
         exported = _export_image(
             sdata.images[element], store=store, element=element, cache=image_cache
         )
+    # A store gr2st wrote records its resolution and spot size (coordinates: slide pixels).
+    recorded = tab.uns.get(UNS) or {}
+    diameter_um = None
+    if mpp is None and recorded.get(MICRONS_PER_PIXEL) is not None:
+        mpp = float(recorded[MICRONS_PER_PIXEL])
+        if recorded.get(SPOT_DIAMETER_PX) is not None:
+            diameter_um = float(recorded[SPOT_DIAMETER_PX]) * mpp
     adata = AnnData(X=tab.X, obs=tab.obs.copy(), var=tab.var.copy(), layers=dict(tab.layers))
     if tab.raw is not None:
         adata.raw = tab.raw.to_adata()
@@ -157,7 +175,11 @@ def read_spatialdata(
         patient=patient,
         require_counts=require_counts,
         source_format="spatialdata",
+        spot_diameter_um=diameter_um,
     )
+    for name in (UNCERTAINTY_LAYER, MEASURED_LAYER):
+        if name in tab.layers and out.n_obs == tab.n_obs:
+            out.layers[name] = tab.layers[name]  # a prediction's (gr2st.export)
     if exported is not None:
         # Coordinates, spot size and resolution were in coordinate-system units.
         meta = out.uns[UNS]
