@@ -217,8 +217,8 @@ def features_command(
     gpus_per_task: float = GPUS_PER_TASK_OPTION,
     max_retries: int = MAX_RETRIES_OPTION,
 ) -> None:
+    from gr2st._utils.device import check_device
     from gr2st._utils.preflight import check_patch_memory, check_writable
-    from gr2st._utils.seed import check_device
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import (
         DEFAULT_ENCODER,

@@ -34,11 +34,12 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from gr2st._utils.device import resolve_device
 from gr2st._utils.files import atomic_path, sha256_file, user_cache_dir
 from gr2st._utils.lock import hold_lock
 from gr2st._utils.optional import available, require
-from gr2st._utils.seed import resolve_device
-from gr2st.encoders.base import ENCODERS, Encoder, to_float_nchw
+from gr2st.encoders.base import Encoder, to_float_nchw
+from gr2st.encoders.registry import ENCODERS
 from gr2st.errors import GR2STConfigError
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,8 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import IMAGE_PATH, SPATIAL, UNS
-from gr2st._utils.seed import resolve_device, seed_everything
+from gr2st._utils.device import resolve_device
+from gr2st._utils.seed import seed_everything
 from gr2st.config import (
     Config,
     Fraction,

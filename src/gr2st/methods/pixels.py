@@ -27,7 +27,8 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import PATCHES
-from gr2st._utils.seed import resolve_device, seed_everything
+from gr2st._utils.device import resolve_device
+from gr2st._utils.seed import seed_everything
 from gr2st.config import (
     Bound,
     Config,
