@@ -45,9 +45,10 @@ from gr2st.encoders import (
     prepare_image_inputs,
 )
 from gr2st.encoders.efficientnet import Backend
-from gr2st.encoders.extract import image_path, section_name, spot_centers
+from gr2st.encoders.options import image_path, spot_centers
 from gr2st.image import get_stain_normalizer, iter_patches, open_slide
 from gr2st.image.nuclei import measure_patches
+from gr2st.sections import section_label as section_name
 
 ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx")

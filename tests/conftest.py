@@ -39,6 +39,20 @@ def range_server() -> Iterator[RangeServer]:
     server.close()
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module's tests (``pytest.mark.usefixtures("one_thread")``).
+
+    Tiny tensors: one thread is fastest and does not oversubscribe shared cores.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def her2st_root() -> Path:
     """The real HER2ST folder (``$GR2ST_DATA`` or ``../shared/data/her2st``), else skip.

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anndata import AnnData
 
+from gr2st.datasets import synthetic
 from gr2st.encoders import Encoder
 
 
@@ -38,6 +40,12 @@ class ColourEncoder(Encoder):
         self.patches += len(batch)
         x = batch.astype(np.float32) / 255.0
         return np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1)
+
+
+@pytest.fixture
+def sections(tmp_path: Path) -> list[AnnData]:
+    """Two small synthetic sections with their H&E images."""
+    return synthetic(n_sections=2, n_genes=5, grid=(4, 4), image_dir=tmp_path / "img", seed=0)
 
 
 @pytest.fixture

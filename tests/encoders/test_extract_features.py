@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 
 import gr2st.encoders.extract as extract_mod
+import gr2st.encoders.keys as keys_mod
 from gr2st._constants import IMAGE_PATH, SPATIAL, UNS, feature_key
-from gr2st.datasets import synthetic
 from gr2st.encoders import ArrayCache, extract_features
-from gr2st.encoders.extract import parse_nuclei, resolve_stain
+from gr2st.encoders.options import parse_nuclei, resolve_stain
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.image import get_stain_normalizer, iter_patches
 
 SIZE = 32
-
-
-@pytest.fixture
-def sections(tmp_path):
-    return synthetic(n_sections=2, n_genes=5, grid=(4, 4), image_dir=tmp_path / "img", seed=0)
 
 
 def _reference(adata, encoder, size=SIZE, stain=None):
@@ -214,6 +209,24 @@ def test_cache_invalidates_when_image_code_changes(sections, colour_encoder, tmp
     extract_features(sections[0], progress=False, **options)
     extract_features(sections[0], progress=False, **options)
     calls = colour_encoder.calls
-    monkeypatch.setattr(extract_mod, "PIXEL_CODE", "edited")
+    monkeypatch.setattr(keys_mod, "PIXEL_CODE", "edited")
     extract_features(sections[0], progress=False, **options)
     assert colour_encoder.calls > calls
+
+
+def test_key_added_names_the_obsm_entry(sections, colour_encoder, tmp_path):
+    options = {"encoder": colour_encoder, "size_px": SIZE, "stain": None, "progress": False}
+    default = extract_features(sections[0].copy(), **options)
+    adata = sections[0]
+    out = extract_features(adata, key_added="X_mine", cache_dir=tmp_path, **options)
+    assert "X_mine" in adata.obsm
+    assert feature_key("colour") not in adata.obsm
+    np.testing.assert_array_equal(adata.obsm["X_mine"], default)
+    np.testing.assert_array_equal(out, default)
+    # the key names the output only: the cached result is found under another one
+    calls = colour_encoder.calls
+    extract_features(adata, key_added="X_other", cache_dir=tmp_path, **options)
+    assert colour_encoder.calls == calls
+    np.testing.assert_array_equal(adata.obsm["X_other"], default)
+    with pytest.raises(GR2STConfigError, match="key_added must be a non-empty string"):
+        extract_features(adata, key_added="", **options)

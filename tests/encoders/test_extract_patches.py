@@ -4,15 +4,9 @@ import numpy as np
 import pytest
 
 from gr2st._constants import IMAGE_PATH, PATCHES, SPATIAL, UNS
-from gr2st.datasets import synthetic
 from gr2st.encoders import ArrayCache, extract_patches
 from gr2st.errors import GR2STConfigError
 from gr2st.image import get_stain_normalizer, iter_patches
-
-
-@pytest.fixture
-def sections(tmp_path):
-    return synthetic(n_sections=2, n_genes=5, grid=(4, 4), image_dir=tmp_path / "img", seed=0)
 
 
 def test_patches_equal_the_image_pipeline_crops(sections):

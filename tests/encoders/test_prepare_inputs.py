@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gr2st.encoders.extract as extract_mod
+import gr2st.encoders.nuclei as nuclei_mod
+import gr2st.encoders.prefetch as prefetch_mod
 from gr2st._constants import (
     CELL_TYPE,
     IMAGE_PATH,
@@ -84,8 +85,8 @@ def test_warm_run_reads_only_the_cache(sections, colour_encoder, tmp_path, monke
     def forbidden(*args, **kwargs):
         raise AssertionError("computed on a warm run")
 
-    monkeypatch.setattr(extract_mod, "open_slide", forbidden)
-    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    monkeypatch.setattr(prefetch_mod, "open_slide", forbidden)
+    monkeypatch.setattr(nuclei_mod, "measure_patches", forbidden)
     reports = prepare_image_inputs(
         fresh, encoder=colour_encoder, size_px=SIZE, cache_dir=cache, progress=False
     )
@@ -110,7 +111,7 @@ def test_new_encoder_reuses_cached_nuclei(sections, colour_encoder, tmp_path, mo
     def forbidden(*args, **kwargs):
         raise AssertionError("nuclei measured again")
 
-    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    monkeypatch.setattr(nuclei_mod, "measure_patches", forbidden)
     other = OtherEncoder()
     (report,) = prepare_image_inputs(
         sections[:1], encoder=other, size_px=SIZE, cache_dir=cache, progress=False
@@ -327,8 +328,8 @@ def test_cache_written_before_worker_processes_still_hits(colour_encoder, tmp_pa
     def forbidden(*args, **kwargs):
         raise AssertionError("computed although cached")
 
-    monkeypatch.setattr(extract_mod, "open_slide", forbidden)
-    monkeypatch.setattr(extract_mod, "measure_patches", forbidden)
+    monkeypatch.setattr(prefetch_mod, "open_slide", forbidden)
+    monkeypatch.setattr(nuclei_mod, "measure_patches", forbidden)
     (report,) = prepare_image_inputs(
         [adata], encoder=colour_encoder, size_px=SIZE, stain="reinhard",
         cache_dir=tmp_path / "cache", progress=False, workers=2,

@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from anndata import AnnData
 
 from gr2st.datasets import synthetic
 from gr2st.errors import GR2STConfigError
 from gr2st.methods.base import METHODS
 from gr2st.methods.gr2st import GR2STMethod
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FEATURE_KEY = "X_test"
 SMALL = [
@@ -23,15 +23,6 @@ SMALL = [
     "train.epochs=3",
     "top_k=10",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: one thread is fastest and does not oversubscribe shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

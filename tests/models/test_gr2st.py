@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.models import GR2ST
 from learning_seed import LEARNING_SEED
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FEATURE_KEY = "X_test"
 # Small widths keep each training run to a fraction of a second on CPU.
 SMALL = (
@@ -26,16 +28,8 @@ SMALL = (
     "train.lr=3e-3",
     "predict.top_k=20",
 )
+
 Sections = Callable[..., list[AnnData]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: one thread is fastest and does not oversubscribe shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _prepare(sections: list[AnnData], *, dim: int = 16, noise: float = 0.3) -> list[AnnData]:

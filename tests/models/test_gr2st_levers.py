@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from gr2st.methods.gr2st import GR2STMethod, member_seed
 from gr2st.models import GR2ST
 from gr2st.training import TrainingStats
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FEATURE_KEY = "X_test"
 SMALL = [
     "model.proj_dim=8",
@@ -27,14 +28,6 @@ SMALL = [
     "train.lr=3e-3",
     "predict.top_k=10",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""``gr2st benchmark``: cross-validate methods on a dataset and report the ranking."""
+"""``gr2st benchmark``: cross-validate methods on a dataset and report the ranking.
+
+One file (about 600 lines): the command itself (``benchmark_command``, half of it typer
+option declarations) and the data lookup and section loading ``gr2st features`` shares.
+"""
 
 from __future__ import annotations
 
@@ -520,8 +524,8 @@ def benchmark_command(
     allow_grey: bool = allow_grey_option(),
     duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
+    from gr2st._utils.device import check_device
     from gr2st._utils.preflight import check_patch_memory, check_writable
-    from gr2st._utils.seed import check_device
     from gr2st.benchmark import render_table, run_benchmark
     from gr2st.benchmark.runner import check_profile
     from gr2st.benchmark.selection import SELECTIONS, parse_grid

@@ -229,8 +229,8 @@ def features_command(
     allow_grey: bool = allow_grey_option(),
     duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
+    from gr2st._utils.device import check_device
     from gr2st._utils.preflight import check_patch_memory, check_writable
-    from gr2st._utils.seed import check_device
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import (
         DEFAULT_ENCODER,

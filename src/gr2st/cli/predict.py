@@ -152,8 +152,8 @@ def train_command(
     allow_grey: bool = allow_grey_option(),
     duplicate_genes: str = duplicate_genes_option(),
 ) -> None:
+    from gr2st._utils.device import check_device
     from gr2st._utils.preflight import check_patch_memory, check_writable
-    from gr2st._utils.seed import check_device
     from gr2st.cli.benchmark import load_sections, resolve_data_dir
     from gr2st.encoders import DEFAULT_ENCODER
     from gr2st.encoders.efficientnet import user_cache_dir
@@ -306,8 +306,8 @@ def predict_command(
     allow_off_tissue: bool = allow_off_tissue_option(),
     allow_grey: bool = allow_grey_option(),
 ) -> None:
+    from gr2st._utils.device import check_device
     from gr2st._utils.preflight import check_memory
-    from gr2st._utils.seed import check_device
     from gr2st.image.workers import default_workers
     from gr2st.predict import load_bundle, load_query, plot_genes, predict_spots, write_prediction
     from gr2st.predict.spots import THUMBNAIL_PX

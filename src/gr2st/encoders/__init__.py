@@ -1,4 +1,4 @@
-"""Frozen patch encoders, per-spot feature extraction and its disk cache.
+"""Frozen patch encoders, the one per-spot encoding loop, feature extraction and its cache.
 
 Examples
 --------
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from gr2st.encoders import efficientnet as _efficientnet  # noqa: F401  (registers lite0/1/2)
 from gr2st.encoders import hf as _hf  # noqa: F401  (registers hf:)
-from gr2st.encoders.base import ENCODERS, Encoder, get_encoder, list_encoders
+from gr2st.encoders.base import Encoder
 from gr2st.encoders.cache import ArrayCache
 from gr2st.encoders.compose import Concatenated, ViewAveraged, WithContext, encoder_name
 from gr2st.encoders.efficientnet import EfficientNetLite
@@ -25,6 +25,8 @@ from gr2st.encoders.extract import (
     prepare_image_inputs,
 )
 from gr2st.encoders.hf import HFEncoder
+from gr2st.encoders.registry import ENCODERS, get_encoder, list_encoders
+from gr2st.encoders.spots import encode_spots
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -37,6 +39,7 @@ __all__ = [
     "SectionReport",
     "ViewAveraged",
     "WithContext",
+    "encode_spots",
     "encoder_name",
     "extract_features",
     "extract_patches",

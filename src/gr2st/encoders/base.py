@@ -1,4 +1,4 @@
-"""The encoder interface and the name → encoder registry.
+"""The encoder interface (the name → encoder registry is :mod:`gr2st.encoders.registry`).
 
 An encoder turns a batch of RGB patches (``uint8``, ``(B, H, W, 3)``) into one frozen
 feature vector per patch (``float32``, ``(B, dim)``). It resizes the patches to its own
@@ -9,21 +9,13 @@ hand it raw pixels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gr2st._registry import Registry
-from gr2st.errors import GR2STConfigError, GR2STDataError
-
-EncoderFactory = Callable[..., "Encoder"]
-
-#: Encoder factories by name. A name ``"prefix:argument"`` (such as ``"hf:owkin/phikon-v2"``)
-#: calls the factory registered as ``prefix`` with ``argument`` as its first argument.
-ENCODERS: Registry[EncoderFactory] = Registry("encoder")
+from gr2st.errors import GR2STDataError
 
 
 class Encoder(ABC):
@@ -77,6 +69,7 @@ class Encoder(ABC):
         Examples
         --------
         >>> import numpy as np
+        >>> from gr2st.encoders import get_encoder
         >>> enc = get_encoder("efficientnet-lite0", backend="torch")
         >>> enc.encode(np.zeros((2, 224, 224, 3), np.uint8)).shape
         (2, 1280)
@@ -117,54 +110,3 @@ def to_float_nchw(batch: np.ndarray, size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         x = x.clamp_(0.0, 255.0).contiguous(memory_format=torch.channels_last)
     return x
-
-
-def get_encoder(name: str, *, device: str = "auto", **options: Any) -> Encoder:
-    """Build a registered encoder by name.
-
-    Parameters
-    ----------
-    name
-        A registered name (``"efficientnet-lite0"``, ``"efficientnet-lite1"``,
-        ``"efficientnet-lite2"``) or ``"hf:<local dir or hub id>"`` for any
-        transformers vision backbone; ``"hf:…?pooling=mean"`` averages the patch
-        tokens instead of taking the CLS token; ``"efficientnet-lite0@s4.s6.head"``
-        pools and concatenates chosen layers (:mod:`gr2st.encoders.efficientnet`).
-    device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-    **options
-        Passed to the encoder (e.g. ``backend="onnx"`` for EfficientNet-Lite,
-        ``pooling="mean"`` for ``hf:``).
-
-    Examples
-    --------
-    >>> enc = get_encoder("efficientnet-lite0", backend="torch")
-    >>> enc.name, enc.dim, enc.input_size
-    ('efficientnet-lite0', 1280, 224)
-    """
-    if not isinstance(name, str) or not name:
-        raise GR2STConfigError(f"encoder name must be a non-empty string, got {name!r}")
-    from gr2st.encoders.compose import compose_encoder, is_composed
-
-    if is_composed(name):
-        return compose_encoder(name, device=device, **options)
-    prefix, sep, argument = name.partition(":")
-    if sep:
-        factory = ENCODERS.get(prefix)
-        return factory(argument, device=device, **options)
-    if "@" in name:
-        from gr2st.encoders.efficientnet import layered_encoder
-
-        return layered_encoder(name, device=device, **options)
-    return ENCODERS.get(name)(device=device, **options)
-
-
-def list_encoders() -> list[str]:
-    """Registered encoder names (a ``prefix`` entry takes ``prefix:<argument>``).
-
-    Examples
-    --------
-    >>> "efficientnet-lite0" in list_encoders()
-    True
-    """
-    return ENCODERS.names()

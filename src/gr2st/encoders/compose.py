@@ -16,13 +16,13 @@ e.g. ``efficientnet-lite0-tta8+efficientnet-lite2-tta8-ctx2x``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from gr2st._utils.files import sha256_bytes
-from gr2st.encoders.base import Encoder, get_encoder
+from gr2st.encoders.base import Encoder
 from gr2st.errors import GR2STConfigError
 
 _TTA = re.compile(r"-tta(\d+)$")
@@ -195,32 +195,36 @@ def is_composed(name: str) -> bool:
     return "+" in name or bool(_TTA.search(name) or _CONTEXT.search(name))
 
 
-def compose_encoder(name: str, *, device: str = "auto", **options: Any) -> Encoder:
+def compose_encoder(name: str, *, build: Callable[[str], Encoder]) -> Encoder:
     """Build the encoder a composed name describes (see the module's grammar).
+
+    ``build`` makes each plain part from its name (:func:`~gr2st.encoders.get_encoder`
+    passes itself, with the device and options).
 
     Examples
     --------
+    >>> from gr2st.encoders import get_encoder
     >>> enc = compose_encoder("efficientnet-lite0-tta2+efficientnet-lite0-ctx2x",
-    ...                       backend="torch")
+    ...                       build=lambda part: get_encoder(part, backend="torch"))
     >>> enc.name, enc.dim
     ('efficientnet-lite0-tta2+efficientnet-lite0-ctx2x', 5120)
     """
     context = _CONTEXT.search(name) if "+" in name else None
     if context is not None:
-        inner = compose_encoder(name[: context.start()], device=device, **options)
+        inner = compose_encoder(name[: context.start()], build=build)
         return WithContext(inner, scale=float(context.group(1)))
     parts = name.split("+")
     if len(parts) > 1:
-        return Concatenated([compose_encoder(p, device=device, **options) for p in parts])
+        return Concatenated([compose_encoder(p, build=build) for p in parts])
     ctx = _CONTEXT.search(name)
     if ctx is not None:
-        inner = compose_encoder(name[: ctx.start()], device=device, **options)
+        inner = compose_encoder(name[: ctx.start()], build=build)
         return WithContext(inner, scale=float(ctx.group(1)))
     tta = _TTA.search(name)
     if tta is not None:
-        inner = compose_encoder(name[: tta.start()], device=device, **options)
+        inner = compose_encoder(name[: tta.start()], build=build)
         return ViewAveraged(inner, views=int(tta.group(1)))
-    return get_encoder(name, device=device, **options)
+    return build(name)
 
 
 def encoder_name(

@@ -46,11 +46,12 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from gr2st._utils.device import resolve_device
 from gr2st._utils.files import atomic_path, sha256_file, user_cache_dir
 from gr2st._utils.lock import hold_lock
 from gr2st._utils.optional import available, require
-from gr2st._utils.seed import resolve_device
-from gr2st.encoders.base import ENCODERS, Encoder, to_float_nchw
+from gr2st.encoders.base import Encoder, to_float_nchw
+from gr2st.encoders.registry import ENCODERS, LAYERED
 from gr2st.errors import GR2STConfigError
 
 log = logging.getLogger(__name__)
@@ -440,19 +441,6 @@ def _onnx_record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
 
 
-def layered_encoder(name: str, *, device: str = "auto", **options: Any) -> EfficientNetLite:
-    """Build the multi-layer encoder ``<model>@<layer>[.<layer>…][-gem]``.
-
-    Examples
-    --------
-    >>> layered_encoder("efficientnet-lite0@s4.s6.head", backend="torch").dim
-    1552
-    """
-    spec = parse_layers(name)
-    layers = name.partition("@")[2]
-    return EfficientNetLite(spec.model, device=device, layers=layers, **options)
-
-
 def _factory(model: str) -> Any:
     def build(*, device: str = "auto", **options: Any) -> EfficientNetLite:
         return EfficientNetLite(model, device=device, **options)
@@ -461,5 +449,14 @@ def _factory(model: str) -> Any:
     return build
 
 
+def _layered_factory(model: str) -> Any:
+    def build(layers: str, *, device: str = "auto", **options: Any) -> EfficientNetLite:
+        return EfficientNetLite(model, device=device, layers=layers, **options)
+
+    build.__doc__ = f"Build {model} pooling the chosen layers (see :func:`parse_layers`)."
+    return build
+
+
 for _model in _VARIANTS:
     ENCODERS.register(_model)(_factory(_model))
+    LAYERED.register(_model)(_layered_factory(_model))

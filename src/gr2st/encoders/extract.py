@@ -14,22 +14,19 @@ classical nuclei measurements run in worker processes
 order (on the GPU when the encoder is there); the results are the same as in-process.
 
 Results are cached in an :class:`~gr2st.encoders.cache.ArrayCache` under keys holding
-everything they depend on: the image file's sha256, the spot coordinates, the patch size,
-the stain normaliser's key, the version of the pixel code (:data:`PIXEL_CODE`), and the
-encoder (name, weights hash, backend) or the nuclei source (for imported HoVer-Net
-results, a fingerprint of their files). A run whose results are all cached decodes no
-image at all.
+everything they depend on (:mod:`gr2st.encoders.keys`). A run whose results are all
+cached decodes no image at all. The patch → encoder loop itself is
+:func:`~gr2st.encoders.encode_spots`; the option checks are in
+:mod:`gr2st.encoders.options`, the nuclei plumbing in :mod:`gr2st.encoders.nuclei`, the
+image prefetcher in :mod:`gr2st.encoders.prefetch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,52 +39,35 @@ from gr2st._constants import (
     DEFAULT_ENCODER,
     DEFAULT_NUCLEI,
     DEFAULT_STAIN,
-    IMAGE_PATH,
-    MICRONS_PER_PIXEL,
     PATCHES,
-    SPATIAL,
-    UNS,
     feature_key,
 )
-from gr2st._utils.files import sha256_bytes, sha256_file
-from gr2st.encoders.base import Encoder, get_encoder
+from gr2st.encoders.base import Encoder
 from gr2st.encoders.cache import ArrayCache
-from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.image.nuclei import (
-    NUCLEI_SOURCES,
-    ClassicalParams,
-    NucleiOptions,
-    NucleiTable,
-    NucleusFeatures,
-    annotate_nuclei,
-    classify_nuclei,
-    measure_patches,
+from gr2st.encoders.keys import features_key, image_key, nuclei_key, patches_key
+from gr2st.encoders.nuclei import KnownNuclei, SpotNuclei, table_arrays, table_from_arrays
+from gr2st.encoders.options import (
+    StainOption,
+    check_batch_size,
+    check_workers,
+    image_path,
+    parse_nuclei,
+    resolve_stain,
+    section_patch_px,
+    spot_centers,
 )
-from gr2st.image.nuclei.classical import ASSUMED_MPP
-from gr2st.image.patches import iter_patches, patch_size_px
+from gr2st.encoders.prefetch import ImagePrefetcher
+from gr2st.encoders.registry import get_encoder
+from gr2st.encoders.spots import PassTimes, encode_spots
+from gr2st.errors import GR2STConfigError
+from gr2st.image.nuclei import NUCLEI_SOURCES, NucleiOptions, NucleiTable, annotate_nuclei
+from gr2st.image.patches import iter_patches
 from gr2st.image.slide import Slide, open_slide
-from gr2st.image.stain import StainNormalizer, get_stain_normalizer
-from gr2st.image.workers import NucleiJob, PatchWorkers, SlideSource
+from gr2st.image.stain import StainNormalizer
+from gr2st.image.workers import PatchWorkers, SlideSource
 from gr2st.sections import section_label
 
 log = logging.getLogger(__name__)
-
-
-# Bump when the way features are computed from patches changes (not the encoder itself).
-_FEATURES_VERSION = 1
-
-#: Version of the code that turns an image into patches, stain-normalised pixels and
-#: nuclei (``gr2st.image``): part of every cache key. Change it (any new string) with
-#: every change that alters those results; changes that keep them (refactoring, worker
-#: processes) keep it, so that existing caches stay valid. Until the worker processes
-#: came it was the sha256 of the sources, recomputed on every edit; this is its last
-#: value, so caches written before still hit.
-PIXEL_CODE = "83c55e88db0f14410c2372f8e995da8ee07bab828372613d323a6920eca86a0f"
-
-StainOption = str | StainNormalizer | None
-
-# More worker processes than this only add start-up time and memory.
-_MAX_WORKERS = 32
 
 
 @dataclass(frozen=True)
@@ -119,318 +99,6 @@ class SectionReport:
     nuclei_cached: bool
 
 
-# ----------------------------------------------------------------- section helpers
-
-
-def image_path(adata: AnnData) -> Path:
-    """The H&E image of ``adata`` (``uns[UNS][IMAGE_PATH]``), checked to exist."""
-    path = adata.uns.get(UNS, {}).get(IMAGE_PATH)
-    name = section_label(adata)
-    if not path:
-        raise GR2STDataError(
-            f"section {name}: uns[{UNS!r}][{IMAGE_PATH!r}] is empty; image features need the "
-            "H&E image"
-        )
-    path = Path(path)
-    if not path.is_file():
-        raise GR2STDataError(f"section {name}: image file {path} does not exist")
-    return path
-
-
-def spot_centers(adata: AnnData) -> np.ndarray:
-    """``obsm[SPATIAL]`` as a C-contiguous float64 ``(n_obs, 2)`` array."""
-    if SPATIAL not in adata.obsm:
-        raise GR2STDataError(f"section {section_label(adata)}: obsm[{SPATIAL!r}] is missing")
-    centers = np.ascontiguousarray(adata.obsm[SPATIAL], dtype=np.float64)
-    if centers.shape != (adata.n_obs, 2):
-        raise GR2STDataError(
-            f"section {section_label(adata)}: obsm[{SPATIAL!r}] must have shape "
-            f"({adata.n_obs}, 2), got {centers.shape}"
-        )
-    return centers
-
-
-def resolve_stain(stain: StainOption) -> StainNormalizer | None:
-    """``"reinhard"``/``"macenko"`` → a normaliser; ``None``/``"none"`` → None (no-op).
-
-    Examples
-    --------
-    >>> resolve_stain("none") is None
-    True
-    >>> resolve_stain("reinhard").key.startswith("reinhard-")
-    True
-    """
-    if stain is None or stain == "none":
-        return None
-    if isinstance(stain, str):
-        return get_stain_normalizer(stain)
-    if not isinstance(stain, StainNormalizer):
-        raise GR2STConfigError(f"stain must be a name, None or a StainNormalizer, got {stain!r}")
-    return stain
-
-
-def parse_nuclei(nuclei: str) -> tuple[str, Path | None]:
-    """``"classical"`` / ``"hovernet:<path>"`` / ``"none"`` → (source, HoVer-Net results).
-
-    Examples
-    --------
-    >>> parse_nuclei("classical")
-    ('classical', None)
-    """
-    source, sep, rest = nuclei.partition(":")
-    if source == "hovernet":
-        if not sep or not rest:
-            raise GR2STConfigError(
-                "nuclei='hovernet:<path>' needs the HoVer-Net results (folder or JSON file)"
-            )
-        path = Path(rest).expanduser()
-        if not path.exists():
-            raise GR2STConfigError(f"HoVer-Net results {path} do not exist")
-        return source, path
-    if source in ("classical", "none") and not sep:
-        return source, None
-    raise GR2STConfigError(
-        f"nuclei must be 'classical', 'hovernet:<path>' or 'none', got {nuclei!r}"
-    )
-
-
-def _patch_px(adata: AnnData, size_px: int | None, patch_um: float | None) -> int:
-    mpp = adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL)
-    return patch_size_px(patch_px=size_px, patch_um=patch_um, mpp=mpp)
-
-
-# ----------------------------------------------------------------------- cache keys
-
-
-def _image_key(adata: AnnData, size: int, stain: StainNormalizer | None) -> dict[str, Any]:
-    """The part of every cache key that identifies the pixels of each spot's patch."""
-    return {
-        # The file's sha256, as Slide.content_hash(), without decoding the image.
-        "image": sha256_file(image_path(adata)),
-        "coords": sha256_bytes(spot_centers(adata).tobytes()),
-        "n_spots": adata.n_obs,
-        "size_px": size,
-        "stain": stain.key if stain is not None else "none",
-        # Reading, cropping, normalising and nuclei code: results change when it does.
-        "code": PIXEL_CODE,
-    }
-
-
-def _features_key(image_key: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
-    return {"kind": "features", "version": _FEATURES_VERSION, **image_key, **encoder.describe()}
-
-
-def _nuclei_key(
-    adata: AnnData, image_key: dict[str, Any], source: str, results: Path | None
-) -> dict[str, Any]:
-    key = {"kind": "nuclei", **image_key, "source": source}
-    if results is not None:
-        # Imported nuclei depend on the files and the spot ids, not on the pixels.
-        key.update(
-            image=None,
-            stain=None,
-            results=_files_fingerprint(results),
-            spot_ids=sha256_bytes(*(str(s).encode() for s in adata.obs_names)),
-            mpp=adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL),
-        )
-    return key
-
-
-def _files_fingerprint(path: Path) -> str:
-    """sha256 of the names, sizes and modification times of ``path`` or the files under it."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        stat = f.stat()
-        name = f.relative_to(path) if path.is_dir() else f.name
-        h.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------- nuclei plumbing
-
-
-class _PatchNuclei:
-    """The ``classical`` nuclei source fed with patches that are read anyway.
-
-    Does what :class:`gr2st.image.nuclei.ClassicalNuclei` does, but on the batches of the
-    shared pass, so that patches are not read and stain-normalised a second time: measure
-    each batch, then type all nuclei of the section together.
-    """
-
-    def __init__(self, adata: AnnData, params: ClassicalParams | None = None) -> None:
-        mpp = adata.uns.get(UNS, {}).get(MICRONS_PER_PIXEL)
-        if mpp is None:
-            warnings.warn(
-                f"section {section_label(adata)}: uns[{UNS!r}][{MICRONS_PER_PIXEL!r}] is not "
-                f"set; nuclei sizes assume {ASSUMED_MPP} µm/px",
-                stacklevel=4,
-            )
-            mpp = ASSUMED_MPP
-        self.mpp = float(mpp)
-        self.params = params or ClassicalParams()
-        self.n_spots = adata.n_obs
-        self._spots: list[np.ndarray] = []
-        self._features: list[NucleusFeatures] = []
-
-    def add(self, indices: np.ndarray, patches: np.ndarray) -> None:
-        spot, features = measure_patches(patches, microns_per_pixel=self.mpp, params=self.params)
-        self.add_measured(indices, spot, features)
-
-    def add_measured(
-        self, indices: np.ndarray, spot: np.ndarray, features: NucleusFeatures
-    ) -> None:
-        """Add a batch measured elsewhere (a worker process); batches in spot order."""
-        self._spots.append(indices[spot])
-        self._features.append(features)
-
-    def job(self) -> NucleiJob:
-        """What a worker process needs to measure the batches."""
-        return NucleiJob(self.mpp, self.params)
-
-    def table(self) -> NucleiTable:
-        features = NucleusFeatures.concat(self._features)
-        return features.to_table(
-            n_spots=self.n_spots,
-            spot=np.concatenate([np.empty(0, np.int64), *self._spots]),
-            type_id=classify_nuclei(features, params=self.params),
-        )
-
-
-@dataclass
-class _KnownNuclei:
-    """A nuclei source that returns a table found earlier (cache or shared pass)."""
-
-    name: str
-    found: NucleiTable
-
-    def detect(self, adata: AnnData, *, size_px: int, progress: bool) -> NucleiTable:
-        return self.found
-
-
-def _table_arrays(table: NucleiTable) -> dict[str, np.ndarray]:
-    return {f.name: np.asarray(getattr(table, f.name)) for f in dataclasses.fields(table)}
-
-
-def _table_from_arrays(arrays: dict[str, np.ndarray]) -> NucleiTable:
-    names = {f.name for f in dataclasses.fields(NucleiTable)}
-    if set(arrays) != names:
-        raise ValueError(f"nuclei arrays {sorted(arrays)} do not match {sorted(names)}")
-    values: dict[str, Any] = {k: (a.item() if a.ndim == 0 else a) for k, a in arrays.items()}
-    return NucleiTable(**values)
-
-
-# ---------------------------------------------------------------------- the one pass
-
-
-@dataclass
-class _PassTimes:
-    encode_s: float = 0.0
-    nuclei_s: float = 0.0
-
-
-def _one_pass(
-    adata: AnnData,
-    slide: Slide,
-    *,
-    encoder: Encoder | None,
-    nuclei: _PatchNuclei | None,
-    size: int,
-    stain: StainNormalizer | None,
-    batch_size: int,
-    progress: bool,
-    times: _PassTimes,
-) -> np.ndarray | None:
-    """Read every spot's patch once; encode it and/or measure its nuclei."""
-    features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
-    if encoder is not None and nuclei is not None and encoder.context != 1:
-        raise AssertionError("an encoder with context reads other patches than the nuclei")
-    side = size if encoder is None else encoder.read_px(size)
-    patches = iter_patches(
-        slide, spot_centers(adata), size_px=side, batch_size=batch_size, stain=stain, prefetch=True
-    )
-    parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
-    desc = f"{section_label(adata)} {' + '.join(parts)}"
-
-    def measure(indices: np.ndarray, batch: np.ndarray) -> None:
-        assert nuclei is not None
-        t0 = time.perf_counter()
-        nuclei.add(indices, batch)
-        times.nuclei_s += time.perf_counter() - t0
-
-    # The nuclei of a batch are measured in a thread while the next batch is encoded: on
-    # a CPU the encoder's threads and the single-threaded measurements then share the
-    # cores instead of taking turns. One batch in flight keeps the order and the memory.
-    with (
-        tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-nuclei") as measuring,
-    ):
-        pending: Future[None] | None = None
-        for indices, batch in patches:
-            if nuclei is not None:
-                if pending is not None:
-                    pending.result()
-                pending = measuring.submit(measure, indices, batch)
-            if encoder is not None and features is not None:
-                t0 = time.perf_counter()
-                features[indices] = encoder.encode(batch)
-                times.encode_s += time.perf_counter() - t0
-            bar.update(len(indices))
-        if pending is not None:
-            pending.result()
-    return features
-
-
-def _pool_pass(
-    adata: AnnData,
-    pool: PatchWorkers,
-    source: SlideSource,
-    *,
-    encoder: Encoder | None,
-    nuclei: _PatchNuclei | None,
-    size: int,
-    stain: StainNormalizer | None,
-    batch_size: int,
-    progress: bool,
-    times: _PassTimes,
-) -> np.ndarray | None:
-    """:func:`_one_pass` with reading, stain and nuclei in the worker processes."""
-    features = None if encoder is None else np.empty((adata.n_obs, encoder.dim), np.float32)
-    if encoder is not None and nuclei is not None and encoder.context != 1:
-        raise AssertionError("an encoder with context reads other patches than the nuclei")
-    batches = pool.batches(
-        source,
-        spot_centers(adata),
-        size_px=size if encoder is None else encoder.read_px(size),
-        batch_size=batch_size,
-        stain=stain,
-        nuclei=None if nuclei is None else nuclei.job(),
-        keep_patches=encoder is not None,
-    )
-    parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
-    desc = f"{section_label(adata)} {' + '.join(parts)}"
-    with tqdm(total=adata.n_obs, unit="spot", desc=desc, disable=not progress) as bar:
-        for batch in batches:
-            if encoder is not None and features is not None:
-                assert batch.patches is not None
-                t0 = time.perf_counter()
-                features[batch.indices] = encoder.encode(batch.patches)
-                times.encode_s += time.perf_counter() - t0
-            if nuclei is not None:
-                assert batch.nuclei is not None
-                nuclei.add_measured(batch.indices, *batch.nuclei)
-            bar.update(len(batch.indices))
-    return features
-
-
-def _check_workers(workers: int) -> None:
-    if not isinstance(workers, int) or workers < 0:
-        raise GR2STConfigError(f"workers must be a non-negative integer, got {workers!r}")
-
-
-# -------------------------------------------------------------------- public API
-
-
 def extract_features(
     adata: AnnData,
     *,
@@ -442,8 +110,9 @@ def extract_features(
     batch_size: int = 32,
     progress: bool = True,
     slide: Slide | None = None,
+    key_added: str | None = None,
 ) -> np.ndarray:
-    """Encode the patch of every spot and store it in ``obsm[feature_key(encoder.name)]``.
+    """Encode the patch of every spot and store it in ``obsm[key_added]``.
 
     Parameters
     ----------
@@ -466,11 +135,14 @@ def extract_features(
     slide
         The already opened :class:`~gr2st.image.Slide` of the section's image, to avoid
         decoding it again; by default it is opened here (only on a cache miss).
+    key_added
+        The ``obsm`` key of the features (default ``feature_key(encoder.name)``, i.e.
+        ``X_<encoder name>``, where the models look for them).
 
     Returns
     -------
     numpy.ndarray
-        ``float32`` ``(n_obs, encoder.dim)``, also written to ``adata.obsm``.
+        ``float32`` ``(n_obs, encoder.dim)``, also written to ``adata.obsm[key_added]``.
 
     Examples
     --------
@@ -481,34 +153,42 @@ def extract_features(
     (4, 1280)
     >>> "X_efficientnet-lite0" in adata.obsm
     True
+    >>> _ = extract_features(adata, stain=None, progress=False, key_added="lite0")
+    >>> adata.obsm["lite0"].shape
+    (4, 1280)
     """
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
-    _check_batch_size(batch_size)
-    size = _patch_px(adata, size_px, patch_um)
+    check_batch_size(batch_size)
+    if key_added is not None and (not isinstance(key_added, str) or not key_added):
+        raise GR2STConfigError(f"key_added must be a non-empty string, got {key_added!r}")
+    size = section_patch_px(adata, size_px, patch_um)
     normalizer = resolve_stain(stain)
-    key = _features_key(_image_key(adata, size, normalizer), enc)
+    key = features_key(image_key(adata, size, normalizer), enc)
     cache = ArrayCache(cache_dir) if cache_dir is not None else None
     features = _cached_features(cache, adata, key)
     if features is None:
-        options: dict[str, Any] = {
-            "encoder": enc,
-            "nuclei": None,
-            "size": size,
-            "stain": normalizer,
-            "batch_size": batch_size,
-            "progress": progress,
-            "times": _PassTimes(),
-        }
-        if slide is None:
-            with open_slide(image_path(adata)) as opened:
-                features = _one_pass(adata, opened, **options)
-        else:
-            features = _one_pass(adata, slide, **options)
+        with open_slide(image_path(adata)) if slide is None else nullcontext(slide) as image:
+            features = encode_spots(
+                image,
+                spot_centers(adata),
+                encoder=enc,
+                size_px=size,
+                stain=normalizer,
+                batch_size=batch_size,
+                progress=progress,
+                desc=_describe(adata, enc, None),
+            )
         assert features is not None
         if cache is not None:
             cache.save(section_label(adata), "features", key, {"features": features})
-    adata.obsm[feature_key(enc.name)] = features
+    adata.obsm[key_added or feature_key(enc.name)] = features
     return features
+
+
+def _describe(adata: AnnData, encoder: Encoder | None, nuclei: SpotNuclei | None) -> str:
+    """Progress-bar label of a pass over a section: what it computes."""
+    parts = ([encoder.name] if encoder is not None else []) + (["nuclei"] if nuclei else [])
+    return f"{section_label(adata)} {' + '.join(parts)}"
 
 
 def prepare_image_inputs(
@@ -572,8 +252,8 @@ def prepare_image_inputs(
     [(True, True), (True, True)]
     """
     enc = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
-    _check_batch_size(batch_size)
-    _check_workers(workers)
+    check_batch_size(batch_size)
+    check_workers(workers)
     source, results = parse_nuclei(nuclei)
     normalizer = resolve_stain(stain)
     cache = ArrayCache(cache_dir) if cache_dir is not None else None
@@ -581,7 +261,7 @@ def prepare_image_inputs(
     plans = [_plan(a, enc, source, results, size_px, patch_um, normalizer, cache) for a in adatas]
     todo = [i for i, plan in enumerate(plans) if plan.needs_pixels]
     reports: list[SectionReport] = []
-    with _Pixels(plans, todo, workers) as pixels:
+    with ImagePrefetcher([plan.adata for plan in plans], todo, workers) as pixels:
         for i, plan in enumerate(plans):
             start = time.perf_counter()
             image = pixels.take(i)
@@ -606,75 +286,6 @@ def prepare_image_inputs(
     return reports
 
 
-class _Pixels:
-    """The images of the sections that need pixels, each made ready ahead of its turn.
-
-    In-process (``workers=0``), the next image is decoded by a background thread; with
-    workers, the next image is handed to the pool (which decodes JPEG/PNG into shared
-    memory). At most two images are held at once.
-    """
-
-    def __init__(self, plans: list[_Plan], todo: list[int], workers: int) -> None:
-        self.plans, self.todo = plans, todo
-        self.pool = PatchWorkers(min(workers, _MAX_WORKERS)) if workers and todo else None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gr2st-decode")
-        self._ahead: dict[int, Future[Slide] | SlideSource] = {}
-        self._prepare_after(-1)
-
-    def _prepare_after(self, i: int) -> None:
-        later = [j for j in self.todo if j > i]
-        if later:
-            adata = self.plans[later[0]].adata
-            self._ahead[later[0]] = (
-                self.pool.open(image_path(adata))
-                if self.pool is not None
-                else self._thread.submit(_open_decoded, adata)
-            )
-
-    def take(self, i: int) -> Slide | SlideSource | None:
-        """Section ``i``'s image (``None`` when it needs no pixels); prepares the next."""
-        ahead = self._ahead.pop(i, None)
-        image = ahead.result() if isinstance(ahead, Future) else ahead
-        self._prepare_after(i)
-        return image
-
-    def done(self, image: Slide | SlideSource | None) -> None:
-        if isinstance(image, Slide):
-            image.close()
-        elif image is not None and self.pool is not None:
-            self.pool.release(image)
-
-    def __enter__(self) -> _Pixels:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # After an error, release the image prepared for a section not reached.
-        for ahead in self._ahead.values():
-            if isinstance(ahead, Future):
-                if not ahead.cancel() and ahead.exception() is None:
-                    ahead.result().close()
-            elif self.pool is not None:
-                self.pool.release(ahead)
-        self._thread.shutdown()
-        if self.pool is not None:
-            self.pool.close()
-
-
-def _open_decoded(adata: AnnData) -> Slide:
-    """Open the section's image and read one spot's pixel, so that formats decoded on
-    first use (JPEG, PNG) are decoded now, in the calling (background) thread."""
-    slide = open_slide(image_path(adata))
-    if adata.n_obs:
-        x, y = spot_centers(adata)[0]
-        slide.read_region(int(x), int(y), 1, 1)
-    return slide
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise GR2STConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
 def _cached_features(
     cache: ArrayCache | None, adata: AnnData, key: dict[str, Any]
 ) -> np.ndarray | None:
@@ -693,7 +304,7 @@ def _cached_nuclei(
     if hit is None:
         return None
     try:
-        return _table_from_arrays(hit)
+        return table_from_arrays(hit)
     except (ValueError, TypeError) as err:
         log.warning(
             "ignoring cached nuclei of section %s (%s); recomputing", section_label(adata), err
@@ -730,10 +341,10 @@ def _plan(
     stain: StainNormalizer | None,
     cache: ArrayCache | None,
 ) -> _Plan:
-    size = _patch_px(adata, size_px, patch_um)
-    image_key = _image_key(adata, size, stain)
-    f_key = _features_key(image_key, encoder)
-    n_key = None if source == "none" else _nuclei_key(adata, image_key, source, results)
+    size = section_patch_px(adata, size_px, patch_um)
+    pixels = image_key(adata, size, stain)
+    f_key = features_key(pixels, encoder)
+    n_key = None if source == "none" else nuclei_key(adata, pixels, source, results)
     return _Plan(
         adata=adata,
         size=size,
@@ -755,26 +366,28 @@ def _run(
     cache: ArrayCache | None,
     batch_size: int,
     progress: bool,
-) -> _PassTimes:
-    adata, name, times = plan.adata, section_label(plan.adata), _PassTimes()
+) -> PassTimes:
+    adata, name, times = plan.adata, section_label(plan.adata), PassTimes()
     features, table = plan.features, plan.nuclei
     measure = None
     if plan.nuclei_key is not None and table is None and plan.results is None:
-        measure = _PatchNuclei(adata)
+        measure = SpotNuclei(adata)
     if image is not None:
-        pass_options: dict[str, Any] = {
-            "size": plan.size,
-            "stain": stain,
-            "batch_size": batch_size,
-            "progress": progress,
-            "times": times,
-        }
 
-        def read_pass(enc: Encoder | None, nuclei: _PatchNuclei | None) -> np.ndarray | None:
-            if isinstance(image, Slide):
-                return _one_pass(adata, image, encoder=enc, nuclei=nuclei, **pass_options)
-            assert pool is not None
-            return _pool_pass(adata, pool, image, encoder=enc, nuclei=nuclei, **pass_options)
+        def read_pass(enc: Encoder | None, nuclei: SpotNuclei | None) -> np.ndarray | None:
+            return encode_spots(
+                image,
+                spot_centers(adata),
+                encoder=enc,
+                size_px=plan.size,
+                stain=stain,
+                batch_size=batch_size,
+                pool=pool,
+                nuclei=nuclei,
+                progress=progress,
+                desc=_describe(adata, enc, nuclei),
+                times=times,
+            )
 
         if features is None and measure is not None and encoder.context != 1:
             # The context encoder reads larger patches than the nuclei: two passes.
@@ -799,9 +412,9 @@ def _run(
             detector = NUCLEI_SOURCES.get(plan.source)(options)
             table = detector.detect(adata, size_px=plan.size, progress=progress)
         if cache is not None:
-            cache.save(name, "nuclei", plan.nuclei_key, _table_arrays(table))
+            cache.save(name, "nuclei", plan.nuclei_key, table_arrays(table))
     annotate_nuclei(
-        adata, source=_KnownNuclei(plan.source, table), size_px=plan.size, progress=False
+        adata, source=KnownNuclei(plan.source, table), size_px=plan.size, progress=False
     )
     times.nuclei_s += time.perf_counter() - t0
     return times
@@ -850,13 +463,13 @@ def extract_patches(
     """
     if not isinstance(out_px, int) or out_px < 1:
         raise GR2STConfigError(f"out_px must be a positive integer, got {out_px!r}")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     normalizer = resolve_stain(stain)
     cache = ArrayCache(cache_dir) if cache_dir is not None else None
     for adata in adatas:
         name = section_label(adata)
-        size = _patch_px(adata, size_px, patch_um)
-        key = {"kind": "patches", "out_px": out_px, **_image_key(adata, size, normalizer)}
+        size = section_patch_px(adata, size_px, patch_um)
+        key = patches_key(image_key(adata, size, normalizer), out_px)
         hit = None if cache is None else cache.load(name, "patches", key, n_rows=adata.n_obs)
         if hit is not None:
             adata.obsm[PATCHES] = hit["patches"]

@@ -31,10 +31,11 @@ from urllib.parse import parse_qsl, urlparse
 import numpy as np
 import torch
 
+from gr2st._utils.device import resolve_device
 from gr2st._utils.files import sha256_file
 from gr2st._utils.optional import require
-from gr2st._utils.seed import resolve_device
-from gr2st.encoders.base import ENCODERS, Encoder
+from gr2st.encoders.base import Encoder
+from gr2st.encoders.registry import ENCODERS
 from gr2st.errors import GR2STConfigError
 
 Pooling = Literal["cls", "mean"]

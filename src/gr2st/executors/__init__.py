@@ -16,17 +16,16 @@ from __future__ import annotations
 
 from gr2st.executors.base import (
     DEFAULT_MAX_RETRIES,
-    EXECUTORS,
     Executor,
     LocalExecutor,
     Outcome,
     Task,
     available_cpus,
     call_with_threads,
-    get_executor,
     retryable,
     source_fingerprint,
 )
+from gr2st.executors.registry import EXECUTORS, get_executor
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",

@@ -1,4 +1,4 @@
-"""The executor interface and the in-process executor.
+"""The executor interface and the in-process executor (by name: :mod:`gr2st.executors.registry`).
 
 An :class:`Executor` runs independent :class:`Task` objects (a module-level function
 and its keyword arguments) and yields one :class:`Outcome` per task as soon as it is
@@ -33,19 +33,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
-from gr2st._registry import Registry
 from gr2st.errors import GR2STConfigError, GR2STError
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
-    "EXECUTORS",
     "Executor",
     "LocalExecutor",
     "Outcome",
     "Task",
     "available_cpus",
     "call_with_threads",
-    "get_executor",
+    "check_keys",
     "retryable",
     "source_fingerprint",
 ]
@@ -223,7 +221,8 @@ class Executor(ABC):
         self.close()
 
 
-def _check_keys(tasks: Sequence[Task]) -> None:
+def check_keys(tasks: Sequence[Task]) -> None:
+    """Raise when two tasks have the same key (every executor checks before running)."""
     seen: set[str] = set()
     for task in tasks:
         if task.key in seen:
@@ -244,7 +243,7 @@ class LocalExecutor(Executor):
         keep_going: bool = False,
         on_start: Callable[[Task], None] | None = None,
     ) -> Iterator[Outcome]:
-        _check_keys(tasks)
+        check_keys(tasks)
         for task in tasks:
             if on_start is not None:
                 on_start(task)
@@ -263,80 +262,6 @@ class LocalExecutor(Executor):
                 else:
                     yield Outcome(task, value, attempts=attempt)
                 break
-
-
-#: Executors by name: a factory taking the keyword options of :func:`get_executor`.
-EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
-
-
-@EXECUTORS.register("local")
-def _local(
-    *,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    cpus_per_task: int | None = None,
-    gpus_per_task: float = 0.0,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-) -> Executor:
-    for option, value in (("--address", address), ("--ray-cpus", num_cpus)):
-        if value is not None:
-            raise GR2STConfigError(f"{option} needs --executor ray")
-    if gpus_per_task:
-        raise GR2STConfigError("--gpus-per-task needs --executor ray (locally, use --device)")
-    return LocalExecutor(cpus_per_task=cpus_per_task, max_retries=max_retries)
-
-
-@EXECUTORS.register("ray")
-def _ray(**options: Any) -> Executor:
-    from gr2st.executors.ray_executor import RayExecutor
-
-    return RayExecutor(**options)
-
-
-def get_executor(
-    name: str = "local",
-    *,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    cpus_per_task: int | None = None,
-    gpus_per_task: float = 0.0,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-) -> Executor:
-    """The executor called ``name`` (``"local"`` or ``"ray"``), set up.
-
-    Parameters
-    ----------
-    name
-        ``"local"``: this process, one task after the other (imports no Ray).
-        ``"ray"``: Ray tasks (needs ``pip install "gr2st[ray]"``).
-    address
-        Ray only: ``"auto"`` (the cluster this machine belongs to, as ``ray start``
-        made it), ``"ray://host:port"`` (Ray Client) or ``"host:port"``; None starts a
-        Ray instance on this machine, stopped again by :meth:`Executor.close`.
-    num_cpus
-        Ray only: CPU cores of the Ray instance started here (default: all).
-    cpus_per_task, max_retries
-        See :class:`Executor`.
-    gpus_per_task
-        Ray only: GPUs reserved for each task (fractions share a GPU).
-
-    Examples
-    --------
-    >>> get_executor("local").name
-    'local'
-    >>> get_executor("dask")
-    Traceback (most recent call last):
-    ...
-    gr2st.errors.GR2STConfigError: unknown executor 'dask'; known: local, ray
-    """
-    factory = EXECUTORS.get(name)
-    return factory(
-        address=address,
-        num_cpus=num_cpus,
-        cpus_per_task=cpus_per_task,
-        gpus_per_task=gpus_per_task,
-        max_retries=max_retries,
-    )
 
 
 def available_cpus() -> int:

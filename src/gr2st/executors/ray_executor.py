@@ -29,9 +29,9 @@ from gr2st.executors.base import (
     Executor,
     Outcome,
     Task,
-    _check_keys,
     available_cpus,
     call_with_threads,
+    check_keys,
     retryable,
     source_fingerprint,
 )
@@ -175,7 +175,7 @@ class RayExecutor(Executor):
         keep_going: bool = False,
         on_start: Callable[[Task], None] | None = None,
     ) -> Iterator[Outcome]:
-        _check_keys(tasks)
+        check_keys(tasks)
         ray = self.ray
         pending: dict[Any, tuple[Task, int]] = {}
 

@@ -34,7 +34,8 @@ from anndata import AnnData
 from torch import nn
 
 from gr2st._registry import Registry
-from gr2st._utils.seed import resolve_device, seed_everything
+from gr2st._utils.device import resolve_device
+from gr2st._utils.seed import seed_everything
 from gr2st.config import Config, apply_overrides, config_to_dict, resolve_profile
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.training import (

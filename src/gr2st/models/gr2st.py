@@ -30,7 +30,7 @@ from anndata import AnnData
 from torch import Tensor, nn
 
 from gr2st._constants import SECTION
-from gr2st._utils.seed import resolve_device
+from gr2st._utils.device import resolve_device
 from gr2st.config import apply_overrides, config_from_dict
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.models.bundle import (

@@ -2,13 +2,26 @@
 
 Examples
 --------
->>> from gr2st.predict import load_bundle, grid_spots, predict_spots, write_prediction
->>> bundle = load_bundle("models/her2st")  # doctest: +SKIP
+Train a bundle on two synthetic sections, then predict a grid of spots on a third image:
+
+>>> import pathlib, tempfile
+>>> from gr2st.datasets import synthetic
 >>> from gr2st.image import open_slide
->>> with open_slide("slide.tif") as slide:  # doctest: +SKIP
-...     spots = grid_spots(slide, pitch_um=100)
->>> pred = predict_spots(bundle, "slide.tif", spots, genes="panel")  # doctest: +SKIP
->>> write_prediction(pred, "slide.h5ad")  # doctest: +SKIP
+>>> from gr2st.predict import grid_spots, load_bundle, predict_spots, train_bundle, write_prediction
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> *train, new = synthetic(n_sections=3, n_genes=8, grid=(3, 3), image_dir=tmp)
+>>> path = train_bundle(train, tmp / "bundle", panel=["GENE000", "GENE001", "GENE002"],
+...                     nuclei="none", size_px=48, device="cpu", progress=False,
+...                     overrides=["train.epochs=1", "model.proj_dim=8", "predict.top_k=4"])
+>>> bundle = load_bundle(path, device="cpu")
+>>> image = new.uns["gr2st"]["image_path"]
+>>> with open_slide(image) as slide:
+...     spots = grid_spots(slide, pitch_um=100, mpp=2.0)
+>>> pred = predict_spots(bundle, image, spots, mpp=2.0, progress=False)
+>>> pred.shape, list(pred.layers)
+((14, 3), ['uncertainty'])
+>>> write_prediction(pred, tmp / "new.h5ad").name
+'new.h5ad'
 """
 
 from __future__ import annotations

@@ -9,9 +9,21 @@ patch size; prediction goes through the model's own retrieval.
 
 Examples
 --------
->>> bundle = load_bundle("models/her2st")  # doctest: +SKIP
->>> bundle.encoder.name, len(bundle.panel_genes)  # doctest: +SKIP
-('efficientnet-lite0', 785)
+>>> import pathlib, tempfile
+>>> from gr2st.datasets import synthetic
+>>> from gr2st.predict import train_bundle
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> *train, new = synthetic(n_sections=3, n_genes=8, grid=(3, 3), image_dir=tmp)
+>>> path = train_bundle(train, tmp / "bundle", panel=["GENE000", "GENE001"], nuclei="none",
+...                     size_px=48, device="cpu", progress=False,
+...                     overrides=["train.epochs=1", "model.proj_dim=8", "predict.top_k=4"])
+>>> bundle = load_bundle(path, device="cpu")
+>>> bundle.encoder.name, bundle.panel_genes, bundle.train_sections
+('efficientnet-lite0', ['GENE000', 'GENE001'], ['S0', 'S1'])
+>>> bundle.patch_px(1.0)  # the 48 px training patches at 2 µm/px cover 96 µm
+96
+>>> bundle.predict(new, progress=False).shape
+(9, 2)
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from gr2st.models.bundle import (
     SCHEMA_VERSION,
     WEIGHTS_FILE,
 )
+from gr2st.predict.slide import predict_spots
+from gr2st.predict.spots import resolve_image, spots_from_section
 
 __all__ = [
     "BANK_FILE",
@@ -299,9 +313,6 @@ class Bundle:
         --------
         >>> pred = bundle.predict(gr2st.read_her2st("data/her2st", "C6"))  # doctest: +SKIP
         """
-        from gr2st.predict.slide import predict_spots
-        from gr2st.predict.spots import resolve_image, spots_from_section
-
         spots = spots_from_section(adata, source="anndata")
         return predict_spots(
             self, resolve_image(spots, image), spots, genes=genes, progress=progress

@@ -1,8 +1,9 @@
 """Predict a whole slide with a bundle, in memory linear in the number of spots.
 
-Pipeline: patches are read and stain-normalised in batches (a background thread
-prepares the next batch, or with ``workers`` a pool of worker processes the next few),
-each batch is encoded and projected to image embeddings right away, so only the
+Pipeline (:func:`~gr2st.encoders.encode_spots`): patches are read and stain-normalised
+in batches (a background thread prepares the next batch, or with ``workers`` a pool of
+worker processes the next few), each batch is encoded and projected to image
+embeddings right away, so only the
 ``(spots, embedding)`` matrix is kept; the retrieval then runs over chunks of spots
 against the reference bank. Nothing is ever ``spots × spots`` and at most three patch
 batches (with workers, ``2 · workers + 1``) are in memory.
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
-from tqdm.auto import tqdm
 
 from gr2st._constants import (
     IMAGE_PATH,
@@ -44,14 +45,16 @@ from gr2st._constants import (
     UNS,
 )
 from gr2st._utils.files import atomic_path
+from gr2st.encoders import encode_spots
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.genes import log_normalize
-from gr2st.image.patches import iter_patches
 from gr2st.image.slide import Slide, open_slide
 from gr2st.image.workers import PatchWorkers
 from gr2st.io.geometry import AGREEMENT_TOLERANCE, check_spot_spacing
-from gr2st.predict.bundle import Bundle
 from gr2st.predict.spots import THUMBNAIL_PX, QuerySpots, check_tissue
+
+if TYPE_CHECKING:  # the bundle's predict() calls predict_spots: the import goes that way
+    from gr2st.predict.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -154,29 +157,21 @@ def predict_spots(
         in_tissue = check_tissue(
             thumb, scale, spots.centers, spot_diameter_px=diameter, image=image
         )
-        embeddings = np.empty(
-            (spots.n_spots, int(bundle.meta["bank"]["embedding_dim"])), np.float32
+        pool = stack.enter_context(PatchWorkers(workers)) if workers > 0 else None
+        embeddings = encode_spots(
+            slide if pool is None else pool.open(image),
+            spots.centers,
+            encoder=bundle.encoder,
+            size_px=size,
+            stain=stain,
+            batch_size=batch_size,
+            pool=pool,
+            transform=bundle.embed,
+            dim=int(bundle.meta["bank"]["embedding_dim"]),
+            progress=progress,
+            desc="predict",
         )
-        side = bundle.encoder.read_px(size)
-        if workers > 0:
-            pool = stack.enter_context(PatchWorkers(workers))
-            batches: Iterator[tuple[np.ndarray, np.ndarray | None]] = (
-                (b.indices, b.patches)
-                for b in pool.batches(
-                    pool.open(image), spots.centers, size_px=side, batch_size=batch_size,
-                    stain=stain,
-                )
-            )  # fmt: skip
-        else:
-            batches = iter_patches(
-                slide, spots.centers, size_px=side, batch_size=batch_size, stain=stain,
-                prefetch=True,
-            )  # fmt: skip
-        with tqdm(total=spots.n_spots, unit="spot", desc="predict", disable=not progress) as bar:
-            for indices, patches in batches:
-                assert patches is not None
-                embeddings[indices] = bundle.embed(bundle.encoder.encode(patches))
-                bar.update(len(indices))
+    assert embeddings is not None
     result = bundle.retrieve(embeddings, genes=chosen)
     del embeddings
     assert result.provenance is not None
@@ -363,7 +358,15 @@ def write_prediction(adata: AnnData, path: str | Path) -> Path:
 
     Examples
     --------
-    >>> write_prediction(pred, "out/slide.h5ad")  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "slide.h5ad"
+    >>> write_prediction(synthetic(n_sections=1, grid=(2, 2))[0], out) == out
+    True
+    >>> write_prediction(synthetic(n_sections=1, grid=(2, 2))[0], "slide.csv")
+    Traceback (most recent call last):
+    ...
+    gr2st.errors.GR2STConfigError: --out slide.csv: expected a .h5ad file name
     """
     final = Path(path)
     if final.suffix != ".h5ad":

@@ -246,7 +246,13 @@ def grid_spots(
 
     Examples
     --------
-    >>> spots = grid_spots(open_slide("slide.tif"), pitch_um=100)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> section = synthetic(n_sections=1, grid=(3, 3), image_dir=tempfile.mkdtemp())[0]
+    >>> with open_slide(section.uns["gr2st"]["image_path"]) as slide:
+    ...     spots = grid_spots(slide, pitch_um=100, mpp=2.0)
+    >>> spots.n_spots, spots.source
+    (14, 'grid')
     """
     resolution = mpp if mpp is not None else slide.mpp
     if resolution is None:

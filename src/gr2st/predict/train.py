@@ -18,7 +18,7 @@ from gr2st._constants import (
     feature_key,
 )
 from gr2st.encoders import Encoder, get_encoder, prepare_image_inputs
-from gr2st.encoders.extract import StainOption, resolve_stain
+from gr2st.encoders.options import StainOption, resolve_stain
 from gr2st.errors import GR2STConfigError
 from gr2st.genes import (
     SECTION_ALIGNMENTS,
@@ -93,9 +93,15 @@ def train_bundle(
 
     Examples
     --------
-    >>> from gr2st.io import read_her2st
-    >>> secs = [read_her2st("data/her2st", s) for s in ("B1", "C1")]  # doctest: +SKIP
-    >>> train_bundle(secs, "models/demo", overrides=["train.epochs=5"])  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> from gr2st.datasets import synthetic
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> secs = synthetic(n_sections=2, n_genes=8, grid=(3, 3), image_dir=tmp)
+    >>> path = train_bundle(secs, tmp / "demo", panel=["GENE000", "GENE001"], nuclei="none",
+    ...                     size_px=48, device="cpu", progress=False,
+    ...                     overrides=["train.epochs=1", "model.proj_dim=8"])
+    >>> sorted(p.name for p in path.iterdir())
+    ['bank.safetensors', 'bundle.json', 'weights.safetensors']
     """
     if method not in BUNDLE_METHODS:
         raise GR2STConfigError(

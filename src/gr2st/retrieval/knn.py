@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gr2st._utils.seed import resolve_device
+from gr2st._utils.device import resolve_device
 from gr2st.errors import GR2STDataError
 
 
