@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +51,7 @@ from gr2st.benchmark.store import FoldRecord, FoldStore, rescore, to_jsonable
 from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
 from gr2st.evaluation.splits import Fold, make_folds
-from gr2st.executors import Executor, LocalExecutor, Task, get_executor
+from gr2st.executors import Executor, LocalExecutor, Outcome, Task, get_executor
 from gr2st.genes import prepare_section
 from gr2st.methods import METHODS, Method
 from gr2st.methods.base import panel_only_message
@@ -481,7 +481,6 @@ class _Selecting:
     predictions: list[dict[PredictionKey, np.ndarray]]
     fits: int
     fits_done: int = 0
-    tasks_left: int = 0
 
 
 def _dispatch(
@@ -515,7 +514,7 @@ def _dispatch(
     spots = {name: a.n_obs for name, a in plan.prepared.items()}
     total_folds = len(plan.methods) * len(plan.folds)
     selecting: dict[str, _Selecting] = {}
-    first: list[tuple[float, Task]] = []
+    first: dict[str, list[tuple[float, Task]]] = {}
     final_cost: dict[str, float] = {}
     for job in jobs:
         _claim_workdir(job)
@@ -525,8 +524,11 @@ def _dispatch(
         final_cost[job.key] = max(
             job.cost(n_train, (i,)) for i in range(len(job.candidates) if splits else 1)
         )
+        first[job.key] = []
         if not splits:
-            first.append((final_cost[job.key], _final_task(job, shared, _first_choice(job))))
+            first[job.key].append(
+                (final_cost[job.key], _final_task(job, shared, _first_choice(job)))
+            )
             continue
         groups = job.fit_groups()
         state = selecting[job.key] = _Selecting(
@@ -543,8 +545,7 @@ def _dispatch(
                 if saved is not None:
                     _keep_inner(state, split, group, saved)
                     continue
-                state.tasks_left += 1
-                first.append(
+                first[job.key].append(
                     (
                         job.cost(n_inner, group),
                         Task(
@@ -559,8 +560,8 @@ def _dispatch(
                         ),
                     )
                 )
-    costs = {task.key: cost for cost, task in first}
-    costs.update((k, final_cost[k]) for k in selecting)
+    costs = {task.key: cost for items in first.values() for cost, task in items}
+    costs.update((_fit_key(s.job), final_cost[k]) for k, s in selecting.items())
     meter = Progress(
         sum(costs.values()),
         desc="benchmark" if runner.in_process else f"benchmark on {runner.describe()}",
@@ -575,43 +576,72 @@ def _dispatch(
         _remove_workdir(out.absolute() / "work", job.name, job.fold.name)
         plan.done[job.name, job.fold.name] = record
         finished += 1
-        pcc = np.mean([s["mean_pcc"] for s in record.meta["sections"].values()])
+        # A method predicting constants has no defined PCC (None in the record).
+        pcc = [s["mean_pcc"] for s in record.meta["sections"].values()]
+        defined = [float(v) for v in pcc if v is not None and np.isfinite(v)]
+        score = f"mean PCC {np.mean(defined):.4f}" if defined else "mean PCC undefined"
         meter.advance(
-            costs[job.key],
-            f"{job.key}: fold done, mean PCC {pcc:.4f} ({finished}/{total_folds} folds)",
+            costs[_fit_key(job)], f"{job.key}: fold done, {score} ({finished}/{total_folds} folds)"
         )
 
+    # One job after the other in this process (the order and the saved folds of the
+    # one-process loop); all at once elsewhere: first the inner fits of every job and
+    # the outer fits that need no choice, then the chosen outer fits.
+    batches = [[job] for job in jobs] if runner.in_process else [jobs]
     try:
-        # Dearest first, so that no long fit starts last while the other workers idle.
-        first.sort(key=lambda item: -item[0])
-        by_key = {job.key: job for job in jobs}
-        for outcome in runner.map([t for _, t in first], on_start=lambda t: meter.note(t.key)):
-            key = outcome.task.key
-            kwargs = outcome.task.kwargs
-            if outcome.task.fn is inner_fits:
-                job, split, group = kwargs["job"], kwargs["split"], kwargs["group"]
-                _save_inner(job, split, group, outcome.value)
-                state = selecting[job.key]
-                _keep_inner(state, split, group, outcome.value)
-                state.tasks_left -= 1
-                meter.advance(costs[key], f"{job.key}: inner fits {state.fits_done}/{state.fits}")
-            else:
-                fold_done(by_key[key.removesuffix(" fit")], outcome.value)
-        second = []
-        for key, state in selecting.items():
-            selection = score_inner(state.job.candidates, state.held_out, state.predictions)
-            chosen = state.job.cost(
-                sum(spots[s] for s in state.job.fold.train),
-                (state.job.candidates.index(selection.choice),),
-            )
-            meter.retotal(chosen - costs[key])
-            costs[key] = chosen
-            second.append((chosen, _final_task(state.job, shared, selection)))
-        second.sort(key=lambda item: -item[0])
-        for outcome in runner.map([t for _, t in second], on_start=lambda t: meter.note(t.key)):
-            fold_done(by_key[outcome.task.key.removesuffix(" fit")], outcome.value)
+        for batch in batches:
+            _run_batch(batch, runner, first, selecting, costs, meter, fold_done, shared, spots)
     finally:
         meter.close()
+
+
+def _run_batch(
+    batch: list[FoldJob],
+    runner: Executor,
+    first: Mapping[str, list[tuple[float, Task]]],
+    selecting: Mapping[str, _Selecting],
+    costs: dict[str, float],
+    meter: Progress,
+    fold_done: Callable[[FoldJob, FoldRecord], None],
+    shared: Mapping[str, Any],
+    spots: Mapping[str, int],
+) -> None:
+    """Run the tasks of ``batch``'s jobs: inner fits and unselected outer fits, then the
+    outer fits with the candidates the inner fits chose."""
+
+    def run(items: list[tuple[float, Task]]) -> Iterator[Outcome]:
+        if not runner.in_process:
+            # Dearest first, so that no long fit starts last while other workers idle.
+            items = sorted(items, key=lambda item: -item[0])
+        return runner.map([t for _, t in items], on_start=lambda t: meter.note(t.key))
+
+    for outcome in run([item for job in batch for item in first[job.key]]):
+        kwargs = outcome.task.kwargs
+        job = kwargs["job"]
+        if outcome.task.fn is not inner_fits:
+            fold_done(job, outcome.value)
+            continue
+        split, group = kwargs["split"], kwargs["group"]
+        _save_inner(job, split, group, outcome.value)
+        state = selecting[job.key]
+        _keep_inner(state, split, group, outcome.value)
+        meter.advance(
+            costs[outcome.task.key], f"{job.key}: inner fits {state.fits_done}/{state.fits}"
+        )
+    second = []
+    for job in batch:
+        if job.key not in selecting:
+            continue
+        state = selecting[job.key]
+        selection = score_inner(job.candidates, state.held_out, state.predictions)
+        chosen = job.cost(
+            sum(spots[s] for s in job.fold.train), (job.candidates.index(selection.choice),)
+        )
+        meter.retotal(chosen - costs[_fit_key(job)])
+        costs[_fit_key(job)] = chosen
+        second.append((chosen, _final_task(job, shared, selection)))
+    for outcome in run(second):
+        fold_done(outcome.task.kwargs["job"], outcome.value)
 
 
 def _first_choice(job: FoldJob) -> Selection:
@@ -619,7 +649,11 @@ def _first_choice(job: FoldJob) -> Selection:
 
 
 def _final_task(job: FoldJob, shared: Mapping[str, Any], selection: Selection) -> Task:
-    return Task(f"{job.key} fit", fit_fold, {**shared, "job": job, "selection": selection})
+    return Task(_fit_key(job), fit_fold, {**shared, "job": job, "selection": selection})
+
+
+def _fit_key(job: FoldJob) -> str:
+    return f"{job.key} fit"
 
 
 def _inner_key(job: FoldJob, split: int, group: tuple[int, ...]) -> str:
