@@ -25,6 +25,7 @@ from gr2st.cli.scale import (
     CPUS_PER_TASK_OPTION,
     EXECUTOR_OPTION,
     GPUS_PER_TASK_OPTION,
+    JOBS_OPTION,
     RAY_CPUS_OPTION,
     make_executor,
 )
@@ -58,9 +59,17 @@ after an interruption resumes where it stopped (--no-resume recomputes). An --ou
 holding a benchmark of another request is refused unless --overwrite; a second run
 on the same --out stops at once naming the first (or waits --wait SECONDS).
 
---executor ray runs each (method, fold) as a Ray task (a Ray instance started here,
-or the cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs;
-this process saves the folds and writes the same report.
+Every fit is one task: each inner-selection fit (per inner fold and candidate group)
+and each outer fold. By default they run --jobs at a time (one per core) in worker
+processes, each with cores/--jobs torch/BLAS threads; --jobs 1 runs them one after the
+other in this process. The numbers do not depend on --jobs when each fit uses the same
+threads (e.g. --jobs 1 --cpus-per-task 1 and --jobs 2 on two cores give identical
+results). The progress bar is weighted by the estimated cost of each fit; with
+--no-progress one line per finished fit says how much is done and the time left.
+
+--executor ray runs the same tasks as Ray tasks (a Ray instance started here, or the
+cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs; this
+process saves the folds and writes the same report.
 """
 
 
@@ -466,6 +475,7 @@ def benchmark_command(
     ),
     wait: float = wait_option(),
     executor: str = EXECUTOR_OPTION,
+    jobs: int | None = JOBS_OPTION,
     address: str | None = ADDRESS_OPTION,
     ray_cpus: int | None = RAY_CPUS_OPTION,
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
@@ -584,7 +594,9 @@ def benchmark_command(
             cpus_per_task=cpus_per_task,
             gpus_per_task=gpus_per_task,
             max_retries=DEFAULT_MAX_RETRIES,
+            jobs=jobs,
         ),
+        report=None if progress else typer.echo,
     )
     console = Console()
     if not console.is_terminal:
