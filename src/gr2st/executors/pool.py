@@ -118,6 +118,7 @@ class PoolExecutor(Executor):
             cpus_per_task=cpus_per_task or max(1, cores // self.jobs), max_retries=max_retries
         )
         self._folder: Path | None = None
+        self._started = False
 
     @property
     def threads(self) -> int:
@@ -139,6 +140,7 @@ class PoolExecutor(Executor):
 
     def _pool(self) -> Any:
         # The reusable pool is restarted by loky when a worker died (it is then broken).
+        self._started = True
         return get_reusable_executor(
             max_workers=self.jobs, initializer=_warm_up, reuse=True, timeout=300
         )
@@ -163,8 +165,9 @@ class PoolExecutor(Executor):
         try:
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                # Tasks of a pool whose worker died fail together; the pool restarts once.
-                died = []
+                # Tasks of a pool whose worker died fail together; each runs again on the
+                # restarted pool.
+                died: list[tuple[Task, int, BaseException]] = []
                 for future in done:
                     task, attempt = pending.pop(future)
                     try:
@@ -182,9 +185,9 @@ class PoolExecutor(Executor):
                         yield Outcome(task, error=err, attempts=attempt)
                     else:
                         yield Outcome(task, value, attempts=attempt)
-                for task, attempt, err in died:
+                for task, attempt, death in died:
                     if attempt > self.max_retries:
-                        message = " ".join(str(err).split())
+                        message = " ".join(str(death).split())
                         error = RuntimeError(f"task {task.key}: {message}")
                         if not keep_going:
                             raise error
@@ -201,6 +204,10 @@ class PoolExecutor(Executor):
                 self._pool().shutdown(wait=False, kill_workers=True)
 
     def close(self) -> None:
+        if self._started:
+            # The workers end here (and their CPU time is accounted to this process).
+            self._pool().shutdown(wait=True)
+            self._started = False
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
