@@ -68,9 +68,9 @@ def test_h5ad_folder_panel_and_all_genes(h5ad_dir: Path, tmp_path: Path) -> None
     assert res["ranking"] == ["knn", "mean"]
     # --no-progress: one line per finished fold, with the score results.json records
     knn_s0 = res["methods"]["knn"]["sections"]["S0"]["mean_pcc"]
-    assert f"knn S0: mean r {knn_s0:.4f} (" in output
-    assert "of 6 folds)" in output
-    assert sum(" folds)" in line for line in output.splitlines()) == 6
+    assert f"knn S0: fold done, mean PCC {knn_s0:.4f} (" in output
+    assert "/6 folds) (" in output
+    assert sum(": fold done, " in line for line in output.splitlines()) == 6
 
     code, _, exc = _invoke(*common, "--genes", "all", "--out", str(tmp_path / "all"))
     assert code == 0, exc

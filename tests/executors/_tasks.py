@@ -61,3 +61,11 @@ class Sleepy(KNNBaseline):
 
 
 METHODS.register("test-sleepy")(Sleepy)
+
+
+def die_once(*, marker: Path) -> int:
+    """Kills its own process on the first run (leaving ``marker``), then returns the pid."""
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return os.getpid()

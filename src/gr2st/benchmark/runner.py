@@ -21,10 +21,10 @@ import hashlib
 import json
 import logging
 import shutil
-import time
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from copy import deepcopy
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -33,35 +33,33 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from gr2st._constants import CELL_TYPE, IMAGE_CHECK, PATCHES, PATIENT, UNS
-from gr2st._utils.files import remove_stale_temps, sha256_bytes
+from gr2st._utils.files import atomic_path, remove_stale_temps, sha256_bytes
 from gr2st._utils.lock import lock_folder
-from gr2st._utils.seed import seed_everything
+from gr2st.benchmark.jobs import WORKDIR_MARKER, FoldJob, fit_fold, inner_fits
+from gr2st.benchmark.progress import Progress
 from gr2st.benchmark.report import build_results, write_outputs
 from gr2st.benchmark.selection import (
     ENCODER_KEY,
     SECTION_BLOCKS,
     SELECTIONS,
     Choice,
+    PredictionKey,
     Selection,
-    select_inner,
-    smoothed,
+    prediction_key,
+    score_inner,
 )
 from gr2st.benchmark.store import FoldRecord, FoldStore, rescore, to_jsonable
 from gr2st.config import route_overrides
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.evaluation.metrics import section_metrics
 from gr2st.evaluation.splits import Fold, make_folds
-from gr2st.executors import Executor, LocalExecutor, Task, get_executor
-from gr2st.genes import align_sections, prepare_section
+from gr2st.executors import Executor, LocalExecutor, Outcome, Task, get_executor
+from gr2st.genes import prepare_section
 from gr2st.methods import METHODS, Method
 from gr2st.methods.base import panel_only_message
 from gr2st.sections import section_name, stack_expression
 from gr2st.training import DEFAULT_CHECKPOINT_SECONDS
 
 logger = logging.getLogger(__name__)
-
-#: File in a fold's work folder naming the request its checkpoints belong to.
-_WORKDIR_MARKER = ".gr2st-fold"
 
 
 def fold_seed(seed: int, method: str, fold: str) -> int:
@@ -101,16 +99,6 @@ def check_profile(profile: str | None, classes: Mapping[str, type[Method[Any]]])
     raise GR2STConfigError(
         f"--profile {profile}: none of the methods {', '.join(classes)} has profiles (they "
         "learn nothing and have one set of settings); drop --profile or add a learned method"
-    )
-
-
-def _blind(adata: AnnData) -> AnnData:
-    """The test section as a method sees it: everything but the measured expression."""
-    return AnnData(
-        obs=adata.obs.copy(),
-        var=adata.var.copy(),
-        obsm={k: v for k, v in adata.obsm.items()},
-        uns=deepcopy(adata.uns),
     )
 
 
@@ -197,6 +185,22 @@ def _hold_output_lock(func: Callable[_P, _R]) -> Callable[_P, _R]:
     return locked
 
 
+@dataclass
+class _Plan:
+    """What a benchmark runs: the prepared data, the folds already saved and the jobs left."""
+
+    methods: list[str]
+    classes: dict[str, type[Method[Any]]]
+    profiles: dict[str, str]
+    folds: list[Fold]
+    prepared: dict[str, AnnData]
+    targets: dict[str, AnnData] | None
+    truths: dict[str, np.ndarray]
+    genes: list[str]
+    done: dict[tuple[str, str], FoldRecord]
+    jobs: list[FoldJob]
+
+
 @_hold_output_lock
 def run_benchmark(
     sections: Sequence[AnnData],
@@ -222,7 +226,7 @@ def run_benchmark(
     select: str = "none",
     inner_folds: int | None = None,
     executor: Executor | str | Callable[[], Executor] = "local",
-    on_fold: Callable[[FoldRecord, int, int], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``methods`` over ``sections`` and write the report to ``out_dir``.
 
@@ -258,7 +262,8 @@ def run_benchmark(
     resume
         Reuse finished folds found in ``out_dir`` (``False`` recomputes everything).
     progress
-        Show a progress bar over (method, fold) pairs.
+        Show a progress bar, weighted by the estimated cost of each fit
+        (:mod:`gr2st.benchmark.progress`).
     device
         Passed to the methods (``"auto"``, ``"cpu"`` or ``"cuda"``).
     dataset, genes_label
@@ -281,18 +286,20 @@ def run_benchmark(
         At most this many inner folds (the first training sections of the fold);
         None: one per training section.
     executor
-        Where the (method, fold) pairs run: ``"local"`` (one after the other in this
-        process), ``"ray"`` (a Ray instance started here with every core, one task per
-        pair), an :class:`~gr2st.executors.Executor` (e.g.
-        ``get_executor("ray", address="auto", gpus_per_task=1)``; the caller closes
-        it), or a function making one (called only when a fold is left to run; the
-        executor is closed at the end). The sections are shared with the tasks once;
+        Where the fits run: ``"local"`` (one after the other in this process),
+        ``"pool"`` (a worker process per core, :class:`~gr2st.executors.pool.PoolExecutor`),
+        ``"ray"`` (a Ray instance started here with every core), an
+        :class:`~gr2st.executors.Executor` (e.g. ``get_executor("pool", num_cpus=4)``;
+        the caller closes it), or a function making one (called only when a fold is
+        left to run; the executor is closed at the end). Each inner fit (per inner fold
+        and candidate group) and each outer fit is one task
+        (:mod:`gr2st.benchmark.jobs`); the sections are shared with the tasks once;
         results are saved here, as each task finishes, so resuming and the outputs do
         not depend on the executor, and neither do the numbers when tasks use the same
         threads (``cpus_per_task``).
-    on_fold
-        Called as ``on_fold(record, n_done, n_total)`` when a (method, fold) pair has
-        finished and been saved (e.g. one log line per fold without a progress bar).
+    report
+        Without a progress bar, called with one line per finished task (each fold, and
+        each inner fit group) saying how much of the work is done and the time left.
 
     Returns
     -------
@@ -311,6 +318,69 @@ def run_benchmark(
     >>> sorted(res["methods"]["knn"]["sections"])
     ['S0', 'S1', 'S2']
     """
+    out = Path(out_dir)
+    plan = _plan(
+        sections,
+        methods=methods,
+        genes=genes,
+        target_genes=target_genes,
+        feature_key=feature_key,
+        out=out,
+        profile=profile,
+        overrides=overrides,
+        split=split,
+        seed=seed,
+        resume=resume,
+        progress=progress,
+        device=device,
+        dataset=dataset,
+        figure_section=figure_section,
+        checkpoint_every=checkpoint_every,
+        grid=grid,
+        select=select,
+        inner_folds=inner_folds,
+    )
+    with ExitStack() as stack:
+        # No executor is started (no Ray instance) when every fold is already saved.
+        runner = _executor(executor, stack) if plan.jobs else LocalExecutor()
+        _dispatch(plan, runner, out=out, progress=progress, report=report)
+    return _report(
+        plan,
+        out,
+        sections=sections,
+        dataset=dataset,
+        split=split,
+        genes_label=genes_label,
+        feature_key=feature_key,
+        seed=seed,
+        figures=figures,
+        figure_section=figure_section,
+    )
+
+
+def _plan(
+    sections: Sequence[AnnData],
+    *,
+    methods: Sequence[str],
+    genes: Sequence[str],
+    target_genes: Sequence[str] | None,
+    feature_key: str,
+    out: Path,
+    profile: str | None,
+    overrides: Sequence[str],
+    split: str,
+    seed: int,
+    resume: bool,
+    progress: bool,
+    device: str,
+    dataset: str,
+    figure_section: str | None,
+    checkpoint_every: float,
+    grid: Mapping[str, Sequence[Choice]] | None,
+    select: str,
+    inner_folds: int | None,
+) -> _Plan:
+    """Check the request, prepare the sections, load the saved folds, list the jobs left."""
     method_names = list(dict.fromkeys(methods))
     if not method_names:
         raise GR2STConfigError("methods: expected at least one method name")
@@ -361,10 +431,11 @@ def run_benchmark(
     }
 
     patches = _patches_signature(prepared)
-    out = Path(out_dir)
     store = FoldStore(out)
     done: dict[tuple[str, str], FoldRecord] = {}
-    todo: dict[str, tuple[str, Fold, str]] = {}
+    jobs: list[FoldJob] = []
+    # Workers may run in another folder (or on another machine): absolute paths.
+    work = out.absolute() / "work"
     for name in method_names:
         grid_features = _candidate_features(candidates[name], prepared, feature_key)
         for fold in folds:
@@ -385,78 +456,303 @@ def run_benchmark(
             if record is not None:
                 # Scores come from the stored predictions, never from stored numbers.
                 record = rescore(record, truths, gene_names)
-            if record is None:
-                todo[f"{name} {fold.name}"] = (name, fold, fingerprint)
-            else:
+            if record is not None:
                 logger.info("%s %s: loaded the finished fold", name, fold.name)
                 done[name, fold.name] = record
-    with ExitStack() as stack:
-        # No executor is started (no Ray instance) when every fold is already saved.
-        runner = _executor(executor, stack) if todo else LocalExecutor()
-        shared = {
-            "prepared": runner.share(prepared),
-            "targets": runner.share(targets),
-            "truths": runner.share(truths),
-        }
-        # Workers may run in another folder (or on another machine): absolute paths.
-        work = out.absolute() / "work"
-        tasks = [
-            Task(
-                key,
-                _select_and_run_fold,
-                {
-                    **shared,
-                    "cls": classes[name],
-                    "name": name,
-                    "fold": fold,
-                    "genes": gene_names,
-                    "feature_key": feature_key,
-                    "profile": profiles[name],
-                    "overrides": routed[name],
-                    "candidates": candidates[name],
-                    "select": select,
-                    "inner_folds": inner_folds,
-                    "seed": fold_seed(seed, name, fold.name),
-                    "device": runner.device(device),
-                    "workdir": work / name / fold.name,
-                    "fresh": not resume,
-                    "fingerprint": fingerprint,
-                    # Bars of tasks running elsewhere would garble the job's bar.
-                    "progress": progress and runner.in_process,
-                    "checkpoint_every": checkpoint_every,
-                },
+                continue
+            jobs.append(
+                FoldJob(
+                    cls=classes[name],
+                    name=name,
+                    fold=fold,
+                    genes=tuple(gene_names),
+                    feature_key=feature_key,
+                    profile=profiles[name],
+                    overrides=tuple(routed[name]),
+                    candidates=tuple(candidates[name]),
+                    select=select,
+                    inner_folds=inner_folds,
+                    seed=fold_seed(seed, name, fold.name),
+                    device=device,
+                    workdir=work / name / fold.name,
+                    fresh=not resume,
+                    fingerprint=fingerprint,
+                    progress=progress,
+                    checkpoint_every=checkpoint_every,
+                )
             )
-            for key, (name, fold, fingerprint) in todo.items()
-        ]
-        bar = tqdm(
-            total=len(method_names) * len(folds),
-            initial=len(done),
-            disable=not progress,
-            desc="benchmark" if runner.in_process else f"benchmark on {runner.describe()}",
-        )
-        try:
-            for outcome in runner.map(tasks, on_start=lambda t: bar.set_postfix_str(t.key)):
-                name, fold, _ = todo[outcome.task.key]
-                store.save(name, fold.name, outcome.value)
-                _remove_workdir(work, name, fold.name)
-                done[name, fold.name] = outcome.value
-                bar.update()
-                if on_fold is not None:
-                    on_fold(outcome.value, len(done), len(method_names) * len(folds))
-        finally:
-            bar.close()
-    # Tasks finish in any order; the report lists methods and folds in the asked order.
-    records = {name: {f.name: done[name, f.name] for f in folds} for name in method_names}
-
-    results = build_results(
-        records,
+    return _Plan(
+        methods=method_names,
         classes=classes,
         profiles=profiles,
         folds=folds,
-        sections=list(prepared),
+        prepared=prepared,
+        targets=targets,
+        truths=truths,
+        genes=gene_names,
+        done=done,
+        jobs=jobs,
+    )
+
+
+@dataclass
+class _Selecting:
+    """A job's inner selection while its fits run."""
+
+    job: FoldJob
+    held_out: list[AnnData]
+    groups: list[tuple[int, ...]]
+    predictions: list[dict[PredictionKey, np.ndarray]]
+    fits: int
+    fits_done: int = 0
+
+
+def _dispatch(
+    plan: _Plan,
+    runner: Executor,
+    *,
+    out: Path,
+    progress: bool,
+    report: Callable[[str], None] | None,
+) -> None:
+    """Run the plan's jobs on ``runner``, saving each fold as it finishes.
+
+    First every inner fit of every selecting job and the outer fits of the others, then
+    the outer fits of the selecting jobs with their chosen candidates. Inner predictions
+    are kept in the fold's work folder until the fold is saved, so an interrupted run
+    resumes without refitting them.
+    """
+    if not plan.jobs:
+        return
+    store = FoldStore(out)
+    shared = {
+        "prepared": runner.share(plan.prepared),
+        "targets": runner.share(plan.targets),
+        "truths": runner.share(plan.truths),
+    }
+    jobs = [
+        # Bars of tasks running elsewhere would garble the job's bar.
+        replace(j, device=runner.device(j.device), progress=progress and runner.in_process)
+        for j in plan.jobs
+    ]
+    spots = {name: a.n_obs for name, a in plan.prepared.items()}
+    total_folds = len(plan.methods) * len(plan.folds)
+    selecting: dict[str, _Selecting] = {}
+    first: dict[str, list[tuple[float, Task]]] = {}
+    final_cost: dict[str, float] = {}
+    for job in jobs:
+        _claim_workdir(job)
+        n_train = sum(spots[s] for s in job.fold.train)
+        splits = job.splits(plan.prepared)
+        # Before the choice is known, its outer fit is costed as the dearest candidate.
+        final_cost[job.key] = max(
+            job.cost(n_train, (i,)) for i in range(len(job.candidates) if splits else 1)
+        )
+        first[job.key] = []
+        if not splits:
+            first[job.key].append(
+                (final_cost[job.key], _final_task(job, shared, _first_choice(job)))
+            )
+            continue
+        groups = job.fit_groups()
+        state = selecting[job.key] = _Selecting(
+            job=job,
+            held_out=[held for _, held in splits],
+            groups=groups,
+            predictions=[{} for _ in splits],
+            fits=len(splits) * sum(job.models(g) for g in groups),
+        )
+        for split, (inner, _) in enumerate(splits):
+            n_inner = sum(a.n_obs for a in inner)
+            for group in groups:
+                saved = _load_inner(job, split, group)
+                if saved is not None:
+                    _keep_inner(state, split, group, saved)
+                    continue
+                first[job.key].append(
+                    (
+                        job.cost(n_inner, group),
+                        Task(
+                            _inner_key(job, split, group),
+                            inner_fits,
+                            {
+                                "job": job,
+                                "prepared": shared["prepared"],
+                                "split": split,
+                                "group": group,
+                            },
+                        ),
+                    )
+                )
+    costs = {task.key: cost for items in first.values() for cost, task in items}
+    costs.update((_fit_key(s.job), final_cost[k]) for k, s in selecting.items())
+    meter = Progress(
+        sum(costs.values()),
+        desc="benchmark" if runner.in_process else f"benchmark on {runner.describe()}",
+        bar=progress,
+        report=report,
+    )
+    finished = len(plan.done)
+
+    def fold_done(job: FoldJob, record: FoldRecord) -> None:
+        nonlocal finished
+        store.save(job.name, job.fold.name, record)
+        _remove_workdir(out.absolute() / "work", job.name, job.fold.name)
+        plan.done[job.name, job.fold.name] = record
+        finished += 1
+        # A method predicting constants has no defined PCC (None in the record).
+        pcc = [s["mean_pcc"] for s in record.meta["sections"].values()]
+        defined = [float(v) for v in pcc if v is not None and np.isfinite(v)]
+        score = f"mean PCC {np.mean(defined):.4f}" if defined else "mean PCC undefined"
+        meter.advance(
+            costs[_fit_key(job)], f"{job.key}: fold done, {score} ({finished}/{total_folds} folds)"
+        )
+
+    # One job after the other in this process (the order and the saved folds of the
+    # one-process loop); all at once elsewhere: first the inner fits of every job and
+    # the outer fits that need no choice, then the chosen outer fits.
+    batches = [[job] for job in jobs] if runner.in_process else [jobs]
+    try:
+        for batch in batches:
+            _run_batch(batch, runner, first, selecting, costs, meter, fold_done, shared, spots)
+    finally:
+        meter.close()
+
+
+def _run_batch(
+    batch: list[FoldJob],
+    runner: Executor,
+    first: Mapping[str, list[tuple[float, Task]]],
+    selecting: Mapping[str, _Selecting],
+    costs: dict[str, float],
+    meter: Progress,
+    fold_done: Callable[[FoldJob, FoldRecord], None],
+    shared: Mapping[str, Any],
+    spots: Mapping[str, int],
+) -> None:
+    """Run the tasks of ``batch``'s jobs: inner fits and unselected outer fits, then the
+    outer fits with the candidates the inner fits chose."""
+
+    def run(items: list[tuple[float, Task]]) -> Iterator[Outcome]:
+        if not runner.in_process:
+            # Dearest first, so that no long fit starts last while other workers idle.
+            items = sorted(items, key=lambda item: -item[0])
+        return runner.map([t for _, t in items], on_start=lambda t: meter.note(t.key))
+
+    for outcome in run([item for job in batch for item in first[job.key]]):
+        kwargs = outcome.task.kwargs
+        job = kwargs["job"]
+        if outcome.task.fn is not inner_fits:
+            fold_done(job, outcome.value)
+            continue
+        split, group = kwargs["split"], kwargs["group"]
+        _save_inner(job, split, group, outcome.value)
+        state = selecting[job.key]
+        _keep_inner(state, split, group, outcome.value)
+        meter.advance(
+            costs[outcome.task.key], f"{job.key}: inner fits {state.fits_done}/{state.fits}"
+        )
+    second = []
+    for job in batch:
+        if job.key not in selecting:
+            continue
+        state = selecting[job.key]
+        selection = score_inner(job.candidates, state.held_out, state.predictions)
+        chosen = job.cost(
+            sum(spots[s] for s in job.fold.train), (job.candidates.index(selection.choice),)
+        )
+        meter.retotal(chosen - costs[_fit_key(job)])
+        costs[_fit_key(job)] = chosen
+        second.append((chosen, _final_task(job, shared, selection)))
+    for outcome in run(second):
+        fold_done(outcome.task.kwargs["job"], outcome.value)
+
+
+def _first_choice(job: FoldJob) -> Selection:
+    return Selection(choice=job.candidates[0], scores={}, inner_folds=[])
+
+
+def _final_task(job: FoldJob, shared: Mapping[str, Any], selection: Selection) -> Task:
+    return Task(_fit_key(job), fit_fold, {**shared, "job": job, "selection": selection})
+
+
+def _fit_key(job: FoldJob) -> str:
+    return f"{job.key} fit"
+
+
+def _inner_key(job: FoldJob, split: int, group: tuple[int, ...]) -> str:
+    return f"{job.key} inner {split} {'-'.join(map(str, group))}"
+
+
+def _keep_inner(
+    state: _Selecting, split: int, group: tuple[int, ...], predictions: Sequence[np.ndarray]
+) -> None:
+    for i, pred in zip(group, predictions, strict=True):
+        state.predictions[split][prediction_key(state.job.candidates[i])] = pred
+    state.fits_done += state.job.models(group)
+
+
+def _claim_workdir(job: FoldJob) -> None:
+    """Empty ``job``'s work folder unless it holds this very request (checkpoints and
+    inner predictions are reused only for it)."""
+    marker = job.workdir / WORKDIR_MARKER
+    if job.fresh or not marker.is_file() or marker.read_text() != job.fingerprint:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(job.fingerprint)
+
+
+def _inner_path(job: FoldJob, split: int, group: tuple[int, ...]) -> Path:
+    return job.workdir / "inner" / f"{split}-{'-'.join(map(str, group))}.npz"
+
+
+def _save_inner(
+    job: FoldJob, split: int, group: tuple[int, ...], predictions: Sequence[np.ndarray]
+) -> None:
+    path = _inner_path(job, split, group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, *predictions)
+
+
+def _load_inner(job: FoldJob, split: int, group: tuple[int, ...]) -> list[np.ndarray] | None:
+    path = _inner_path(job, split, group)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            arrays = [saved[f"arr_{i}"] for i in range(len(group))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        logger.warning("%s: unreadable inner predictions, fitting them again", path)
+        return None
+    return arrays
+
+
+def _report(
+    plan: _Plan,
+    out: Path,
+    *,
+    sections: Sequence[AnnData],
+    dataset: str,
+    split: str,
+    genes_label: str | None,
+    feature_key: str,
+    seed: int,
+    figures: bool,
+    figure_section: str | None,
+) -> dict[str, Any]:
+    """Write ``results.json`` and the other outputs of the finished folds; return the results."""
+    # Tasks finish in any order; the report lists methods and folds in the asked order.
+    records = {name: {f.name: plan.done[name, f.name] for f in plan.folds} for name in plan.methods}
+    results = build_results(
+        records,
+        classes=plan.classes,
+        profiles=plan.profiles,
+        folds=plan.folds,
+        sections=list(plan.prepared),
         dataset=dataset,
         split=split,
-        genes=gene_names,
+        genes=plan.genes,
         genes_label=genes_label,
         feature_key=feature_key,
         seed=seed,
@@ -473,9 +769,9 @@ def run_benchmark(
         out,
         results,
         records=records,
-        prepared=scored,
-        truths=truths,
-        genes=gene_names,
+        prepared=plan.prepared if plan.targets is None else plan.targets,
+        truths=plan.truths,
+        genes=plan.genes,
         figures=figures,
         figure_section=figure_section,
     )
@@ -533,208 +829,3 @@ def _candidate_features(
         for key in keys
     }
     return {"grid_features": hashes} if hashes else {}
-
-
-def _select(
-    cls: type[Method[Any]],
-    choices: Sequence[Choice],
-    train: Sequence[AnnData],
-    *,
-    select: str,
-    inner_folds: int | None,
-    overrides: Sequence[str],
-    seed: int,
-    feature_key: str,
-    profile: str,
-    device: str,
-    progress: bool,
-    checkpoint_every: float,
-) -> Selection:
-    """The candidate a fold runs with: the first, or the inner-CV winner."""
-    if select == "none" or len(choices) == 1:
-        return Selection(choice=choices[0], scores={}, inner_folds=[])
-
-    # Candidates whose fits differ only in what a fitted method can adopt (prediction
-    # settings; GR2ST's ensemble size) share one fit per inner fold and alignment (an
-    # aligned section is other training data).
-    fitted: dict[str, Method[Any]] = {}
-    fitted_on: list[str] = []
-
-    def fit_predict(choice: Choice, inner: list[AnnData], test: AnnData) -> np.ndarray:
-        method = cls(
-            feature_key=choice.feature_key(feature_key),
-            profile=profile,
-            overrides=[*overrides, *choice.overrides],
-            seed=seed,
-            device=device,
-            progress=False,
-            checkpoint_every=checkpoint_every,
-        )
-        inner_names = [section_name(a) for a in inner]
-        if inner_names != fitted_on:
-            fitted.clear()
-            fitted_on[:] = inner_names
-        key = json.dumps([choice.align, choice.encoder, method.fit_settings()], sort_keys=True)
-        if key in fitted:
-            fitted[key].adopt(method)
-            method = fitted[key]
-        else:
-            seed_everything(seed)
-            method.fit(inner)
-            fitted[key] = method
-        return method.predict(test if cls.is_ceiling else _blind(test))
-
-    return select_inner(choices, train, fit_predict=fit_predict, max_folds=inner_folds)
-
-
-def _select_and_run_fold(
-    cls: type[Method[Any]],
-    *,
-    name: str,
-    fold: Fold,
-    prepared: Mapping[str, AnnData],
-    targets: Mapping[str, AnnData] | None,
-    truths: Mapping[str, np.ndarray],
-    genes: Sequence[str],
-    feature_key: str,
-    profile: str,
-    overrides: Sequence[str],
-    candidates: Sequence[Choice],
-    select: str,
-    inner_folds: int | None,
-    seed: int,
-    device: str,
-    workdir: Path,
-    fresh: bool,
-    fingerprint: str,
-    progress: bool,
-    checkpoint_every: float,
-) -> FoldRecord:
-    """One (method, fold) task of every executor: pick the fold's candidate on its
-    training sections (:func:`_select`), then fit, predict and score (:func:`_run_fold`).
-    """
-    run_options: dict[str, Any] = {
-        "feature_key": feature_key,
-        "profile": profile,
-        "device": device,
-        "progress": progress,
-        "checkpoint_every": checkpoint_every,
-    }
-    selection = _select(
-        cls,
-        candidates,
-        [prepared[s] for s in fold.train],
-        select=select,
-        inner_folds=inner_folds,
-        overrides=overrides,
-        seed=seed,
-        **run_options,
-    )
-    return _run_fold(
-        cls,
-        name=name,
-        fold=fold,
-        prepared=prepared,
-        targets=targets,
-        truths=truths,
-        genes=genes,
-        overrides=overrides,
-        selection=selection,
-        seed=seed,
-        workdir=workdir,
-        fresh=fresh,
-        fingerprint=fingerprint,
-        **run_options,
-    )
-
-
-def _run_fold(
-    cls: type[Method[Any]],
-    *,
-    name: str,
-    fold: Fold,
-    prepared: Mapping[str, AnnData],
-    targets: Mapping[str, AnnData] | None,
-    truths: Mapping[str, np.ndarray],
-    genes: Sequence[str],
-    feature_key: str,
-    profile: str,
-    overrides: Sequence[str],
-    selection: Selection,
-    seed: int,
-    device: str,
-    workdir: Path,
-    fresh: bool,
-    fingerprint: str,
-    progress: bool,
-    checkpoint_every: float,
-) -> FoldRecord:
-    """Fit ``cls`` on the training sections of ``fold``, predict and score its test ones.
-
-    It reads the shared sections and writes only checkpoints to ``workdir``; the caller
-    saves the returned record.
-    """
-    # Checkpoints of an interrupted fit are reused only for the very same request.
-    marker = workdir / _WORKDIR_MARKER
-    if fresh or not marker.is_file() or marker.read_text() != fingerprint:
-        shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
-    seed_everything(seed)
-    choice = selection.choice
-    method = cls(
-        feature_key=choice.feature_key(feature_key),
-        profile=profile,
-        overrides=[*overrides, *choice.overrides],
-        seed=seed,
-        device=device,
-        progress=progress,
-        checkpoint_every=checkpoint_every,
-    )
-    start = time.perf_counter()
-    method.fit(align_sections([prepared[s] for s in fold.train], how=choice.align), workdir=workdir)
-    values = (
-        None
-        if targets is None
-        else align_sections([targets[s] for s in fold.train], how=choice.align)
-    )
-    predictions: dict[str, np.ndarray] = {}
-    for section in fold.test:
-        test = prepared[section] if cls.is_ceiling else _blind(prepared[section])
-        raw = method.predict(test) if values is None else method.predict_values(test, values)
-        pred = smoothed(np.asarray(raw, dtype=np.float32), prepared[section], choice)
-        expected = truths[section].shape
-        if pred.shape != expected:
-            raise GR2STDataError(
-                f"method {name!r}, section {section!r}: predicted shape {pred.shape}, "
-                f"expected {expected}"
-            )
-        if not np.isfinite(pred).all():
-            raise GR2STDataError(
-                f"method {name!r}, section {section!r}: predictions contain NaN or inf"
-            )
-        predictions[section] = pred
-    seconds = time.perf_counter() - start
-
-    scores: dict[str, dict[str, Any]] = {}
-    pcc: dict[str, np.ndarray] = {}
-    for section, pred in predictions.items():
-        metrics = section_metrics(pred, truths[section], genes)
-        pcc[section] = metrics.pop("pcc").to_numpy()
-        scores[section] = metrics
-    meta = {
-        "fingerprint": fingerprint,
-        "method": name,
-        "fold": fold.name,
-        "train": list(fold.train),
-        "test": list(fold.test),
-        "seed": seed,
-        "seconds": seconds,
-        "config": method.describe(),
-        "sections": scores,
-    }
-    if method.training_stats is not None:
-        meta["training"] = method.training_stats.as_dict()
-    if choice != Choice() or selection.scores:
-        meta["selection"] = selection.describe()
-    return FoldRecord(meta=meta, predictions=predictions, pcc=pcc)

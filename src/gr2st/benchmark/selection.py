@@ -231,6 +231,77 @@ class Selection:
         }
 
 
+#: What identifies a candidate's raw predictions: its overrides and alignment (the
+#: smoothing candidates post-process the same predictions).
+PredictionKey = tuple[tuple[str, ...], str, str | None]
+
+
+def prediction_key(choice: Choice) -> PredictionKey:
+    """The raw predictions ``choice`` shares with the candidates that differ only in smoothing."""
+    return (choice.overrides, choice.align, choice.encoder)
+
+
+def inner_splits(
+    choices: Sequence[Choice], train: Sequence[AnnData], *, max_folds: int | None = None
+) -> list[tuple[list[AnnData], AnnData]]:
+    """The inner folds ``(inner_train, held_out)`` that choose among ``choices``.
+
+    Leave-one-section-out over ``train``; a single section is cut into its
+    :func:`spatial_blocks` (when each stripe has at least :data:`MIN_BLOCK_SPOTS` spots).
+    Empty when there is nothing to choose or no inner fold is possible (then the first
+    choice is kept). ``max_folds`` keeps the first ones.
+
+    Examples
+    --------
+    >>> from gr2st.datasets import synthetic
+    >>> secs = synthetic(n_sections=3, n_genes=4, grid=(4, 4))
+    >>> choices = parse_grid(["smooth.weight=0,0.5"], ["mean"])["mean"]
+    >>> [(len(inner), section_name(held)) for inner, held in inner_splits(choices, secs)]
+    [(2, 'S0'), (2, 'S1'), (2, 'S2')]
+    >>> inner_splits(choices[:1], secs)
+    []
+    """
+    splits: list[tuple[list[AnnData], AnnData]]
+    if len(choices) > 1 and len(train) > 1:
+        splits = [([a for j, a in enumerate(train) if j != i], a) for i, a in enumerate(train)]
+    elif len(choices) > 1 and train and train[0].n_obs >= SECTION_BLOCKS * MIN_BLOCK_SPOTS:
+        splits = [([rest], block) for rest, block in spatial_blocks(train[0])]
+    else:
+        return []
+    return splits[: max_folds or len(splits)]
+
+
+def score_inner(
+    choices: Sequence[Choice],
+    held_out: Sequence[AnnData],
+    predictions: Sequence[Mapping[PredictionKey, np.ndarray]],
+) -> Selection:
+    """The best of ``choices`` given each inner fold's raw predictions.
+
+    Parameters
+    ----------
+    choices
+        Candidates; on a tie (or without inner folds) the first wins.
+    held_out
+        The held-out part of each inner fold (prepared, with expression).
+    predictions
+        Per inner fold, the raw predictions of each :func:`prediction_key` of
+        ``choices``; each candidate's smoothing is applied here.
+    """
+    if not held_out:
+        return Selection(choice=choices[0], scores={}, inner_folds=[])
+    totals: dict[str, list[float]] = {c.label: [] for c in choices}
+    for test, preds in zip(held_out, predictions, strict=True):
+        truth = stack_expression([test])
+        for choice in choices:
+            pred = smoothed(np.asarray(preds[prediction_key(choice)]), test, choice)
+            r = pearson_per_gene(pred, truth)
+            totals[choice.label].append(float(np.nanmean(r)) if np.isfinite(r).any() else 0.0)
+    scores = {label: float(np.mean(v)) for label, v in totals.items()}
+    best = max(choices, key=lambda c: (_finite(scores[c.label]), -choices.index(c)))
+    return Selection(choice=best, scores=scores, inner_folds=[section_name(a) for a in held_out])
+
+
 def select_inner(
     choices: Sequence[Choice],
     train: Sequence[AnnData],
@@ -239,6 +310,9 @@ def select_inner(
     max_folds: int | None = None,
 ) -> Selection:
     """Pick the best of ``choices`` by leave-one-section-out over ``train`` only.
+
+    The inner folds are :func:`inner_splits`, the scores :func:`score_inner`'s; the
+    benchmark runs the same fits as independent tasks instead.
 
     Parameters
     ----------
@@ -271,34 +345,21 @@ def select_inner(
     >>> sel.choice == choices[0], sel.inner_folds
     (True, ['S0', 'S1'])
     """
-    splits: list[tuple[list[AnnData], AnnData]]
-    if len(choices) > 1 and len(train) > 1:
-        splits = [([a for j, a in enumerate(train) if j != i], a) for i, a in enumerate(train)]
-    elif len(choices) > 1 and train and train[0].n_obs >= SECTION_BLOCKS * MIN_BLOCK_SPOTS:
-        splits = [([rest], block) for rest, block in spatial_blocks(train[0])]
-    else:
-        return Selection(choice=choices[0], scores={}, inner_folds=[])
-    totals: dict[str, list[float]] = {c.label: [] for c in choices}
-    folds = []
-    for inner, held_out in splits[: max_folds or len(splits)]:
-        folds.append(section_name(held_out))
-        truth = stack_expression([held_out])
+    splits = inner_splits(choices, train, max_folds=max_folds)
+    predictions = []
+    for inner, held_out in splits:
         aligned: dict[str, list[AnnData]] = {}
-        cache: dict[tuple[tuple[str, ...], str, str | None], np.ndarray] = {}
+        cache: dict[PredictionKey, np.ndarray] = {}
         for choice in choices:
-            key = (choice.overrides, choice.align, choice.encoder)
+            key = prediction_key(choice)
             if key not in cache:
                 if choice.align not in aligned:
                     aligned[choice.align] = align_sections(inner, how=choice.align)
                 cache[key] = np.asarray(
                     fit_predict(choice, aligned[choice.align], held_out), dtype=np.float32
                 )
-            pred = smoothed(cache[key], held_out, choice)
-            r = pearson_per_gene(pred, truth)
-            totals[choice.label].append(float(np.nanmean(r)) if np.isfinite(r).any() else 0.0)
-    scores = {label: float(np.mean(v)) for label, v in totals.items()}
-    best = max(choices, key=lambda c: (_finite(scores[c.label]), -choices.index(c)))
-    return Selection(choice=best, scores=scores, inner_folds=folds)
+        predictions.append(cache)
+    return score_inner(choices, [held for _, held in splits], predictions)
 
 
 def _finite(value: float) -> float:

@@ -37,6 +37,7 @@ from gr2st.cli.scale import (
     CPUS_PER_TASK_OPTION,
     EXECUTOR_OPTION,
     GPUS_PER_TASK_OPTION,
+    JOBS_OPTION,
     RAY_CPUS_OPTION,
     make_executor,
 )
@@ -45,7 +46,6 @@ from gr2st.executors import DEFAULT_MAX_RETRIES
 
 if TYPE_CHECKING:
     from gr2st.benchmark.selection import Choice
-    from gr2st.benchmark.store import FoldRecord
 
 #: Default data folder, relative to the working directory (the project's shared data).
 DEFAULT_DATA = Path("../shared/data/her2st")
@@ -74,9 +74,17 @@ after an interruption resumes where it stopped (--no-resume recomputes). An --ou
 holding a benchmark of another request is refused unless --overwrite; a second run
 on the same --out stops at once naming the first (or waits --wait SECONDS).
 
---executor ray runs each (method, fold) as a Ray task (a Ray instance started here,
-or the cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs;
-this process saves the folds and writes the same report.
+Every fit is one task: each inner-selection fit (per inner fold and candidate group)
+and each outer fold. By default they run --jobs at a time (one per core) in worker
+processes, each with cores/--jobs torch/BLAS threads; --jobs 1 runs them one after the
+other in this process. The numbers do not depend on --jobs when each fit uses the same
+threads (e.g. --jobs 1 --cpus-per-task 1 and --jobs 2 on two cores give identical
+results). The progress bar is weighted by the estimated cost of each fit; with
+--no-progress one line per finished fit says how much is done and the time left.
+
+--executor ray runs the same tasks as Ray tasks (a Ray instance started here, or the
+cluster at --address) with --cpus-per-task cores and --gpus-per-task GPUs; this
+process saves the folds and writes the same report.
 """
 
 
@@ -516,6 +524,7 @@ def benchmark_command(
     ),
     wait: float = wait_option(),
     executor: str = EXECUTOR_OPTION,
+    jobs: int | None = JOBS_OPTION,
     address: str | None = ADDRESS_OPTION,
     ray_cpus: int | None = RAY_CPUS_OPTION,
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
@@ -658,8 +667,6 @@ def benchmark_command(
         grid=candidates,
         select=select,
         inner_folds=inner_folds,
-        # Without a progress bar, a line per finished fold shows that the run advances.
-        on_fold=None if progress else _say_fold,
         executor=partial(
             make_executor,
             executor,
@@ -668,7 +675,10 @@ def benchmark_command(
             cpus_per_task=cpus_per_task,
             gpus_per_task=gpus_per_task,
             max_retries=DEFAULT_MAX_RETRIES,
+            jobs=jobs,
         ),
+        # Without a progress bar, a line per finished task shows that the run advances.
+        report=None if progress else typer.echo,
     )
     console = Console()
     if not console.is_terminal:
@@ -676,18 +686,6 @@ def benchmark_command(
         console = Console(width=120)
     console.print(render_table(results))
     console.print(f"Results in {out}/ (results.json, per_gene.csv, summary.txt, figures)")
-
-
-def _say_fold(record: FoldRecord, done: int, total: int) -> None:
-    """One stderr line per finished fold: method, fold, its mean Pearson r, count."""
-    values = [m.get("mean_pcc") for m in record.meta.get("sections", {}).values()]
-    # None or NaN: no gene's r is defined there (a constant prediction)
-    scores = [float(v) for v in values if v is not None and v == v]
-    mean = f"mean r {sum(scores) / len(scores):.4f}" if scores else "no score"
-    say(
-        f"{record.meta['method']} {record.meta['fold']}: {mean} "
-        f"({record.meta.get('seconds', 0):.0f} s; {done} of {total} folds)"
-    )
 
 
 def register(app: typer.Typer) -> None:

@@ -220,6 +220,16 @@ def features_command(
         help="Folder of .h5ad sections, or a file listing one .h5ad per line (instead of --data).",
     ),
     executor: str = EXECUTOR_OPTION,
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        min=1,
+        metavar="N",
+        help="Sections encoded at once, each in a worker process with cores/N threads "
+        "(default: one process using every core, with --workers reading the images; "
+        "with --inputs: one per core).",
+    ),
     address: str | None = ADDRESS_OPTION,
     ray_cpus: int | None = RAY_CPUS_OPTION,
     cpus_per_task: int | None = CPUS_PER_TASK_OPTION,
@@ -249,7 +259,7 @@ def features_command(
     cache_dir = cache or user_cache_dir() / "features"
     check_writable(cache_dir, what="--cache")
     check_patch_memory(size, batch_size)
-    if inputs is not None or executor != "local":
+    if inputs is not None or executor != "local" or (jobs or 1) > 1:
         _features_many(
             data=data,
             inputs=inputs,
@@ -274,6 +284,7 @@ def features_command(
                 cpus_per_task=cpus_per_task,
                 gpus_per_task=gpus_per_task,
                 max_retries=max_retries,
+                jobs=jobs,
             ),
             progress=progress,
         )

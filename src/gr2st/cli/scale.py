@@ -17,14 +17,24 @@ import typer
 from tqdm.auto import tqdm
 
 from gr2st.errors import GR2STConfigError, GR2STDataError
-from gr2st.executors import DEFAULT_MAX_RETRIES, Executor, Task, get_executor
+from gr2st.executors import DEFAULT_MAX_RETRIES, Executor, Task, available_cpus, get_executor
 
 EXECUTOR_OPTION = typer.Option(
     "local",
     "--executor",
     metavar="NAME",
-    help="local (one task after the other, in this process) or ray (Ray tasks; "
-    'pip install "gr2st[ray]").',
+    help="local (this machine: --jobs worker processes, or this process with --jobs 1) "
+    'or ray (Ray tasks; pip install "gr2st[ray]").',
+)
+JOBS_OPTION = typer.Option(
+    None,
+    "--jobs",
+    "-j",
+    min=1,
+    metavar="N",
+    help="Tasks run at once by --executor local, each in a worker process with "
+    "cores/N torch/BLAS threads (default: one per core; 1: one after the other, in this "
+    "process).",
 )
 ADDRESS_OPTION = typer.Option(
     None,
@@ -41,7 +51,8 @@ CPUS_PER_TASK_OPTION = typer.Option(
     "--cpus-per-task",
     min=1,
     metavar="N",
-    help="Cores (torch/BLAS threads) per task; Ray default 1, local default: unchanged.",
+    help="Cores (torch/BLAS threads) per task; Ray default 1, local default: cores / "
+    "--jobs (--jobs 1: unchanged).",
 )
 GPUS_PER_TASK_OPTION = typer.Option(
     0.0,
@@ -67,10 +78,19 @@ def make_executor(
     cpus_per_task: int | None,
     gpus_per_task: float,
     max_retries: int,
+    jobs: int | None = 1,
 ) -> Executor:
-    """The executor the command-line options ask for."""
+    """The executor the command-line options ask for.
+
+    ``--executor local`` runs ``jobs`` tasks at once in worker processes (the ``pool``
+    executor; None: one per core), or in this process with ``jobs=1`` or on one core.
+    """
     if executor not in ("local", "ray"):
         raise GR2STConfigError(f"--executor: expected local or ray, got {executor!r}")
+    if executor == "ray" and jobs not in (None, 1):
+        raise GR2STConfigError("--jobs needs --executor local (Ray sizes with --ray-cpus)")
+    if executor == "local" and ray_cpus is None and (jobs or available_cpus()) > 1:
+        executor, ray_cpus = "pool", jobs
     return get_executor(
         executor,
         address=address,

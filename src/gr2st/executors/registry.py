@@ -36,6 +36,21 @@ def _local(
     return LocalExecutor(cpus_per_task=cpus_per_task, max_retries=max_retries)
 
 
+@EXECUTORS.register("pool")
+def _pool(
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_task: int | None = None,
+    gpus_per_task: float = 0.0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> Executor:
+    from gr2st.executors.pool import PoolExecutor
+
+    _local(address=address, gpus_per_task=gpus_per_task)
+    return PoolExecutor(jobs=num_cpus, cpus_per_task=cpus_per_task, max_retries=max_retries)
+
+
 @EXECUTORS.register("ray")
 def _ray(**options: Any) -> Executor:
     from gr2st.executors.ray_executor import RayExecutor
@@ -52,19 +67,22 @@ def get_executor(
     gpus_per_task: float = 0.0,
     max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> Executor:
-    """The executor called ``name`` (``"local"`` or ``"ray"``), set up.
+    """The executor called ``name`` (``"local"``, ``"pool"`` or ``"ray"``), set up.
 
     Parameters
     ----------
     name
         ``"local"``: this process, one task after the other (imports no Ray).
+        ``"pool"``: ``num_cpus`` worker processes on this machine (default: one per
+        core), each task with ``cpus_per_task`` threads (default: cores // workers).
         ``"ray"``: Ray tasks (needs ``pip install "gr2st[ray]"``).
     address
         Ray only: ``"auto"`` (the cluster this machine belongs to, as ``ray start``
         made it), ``"ray://host:port"`` (Ray Client) or ``"host:port"``; None starts a
         Ray instance on this machine, stopped again by :meth:`Executor.close`.
     num_cpus
-        Ray only: CPU cores of the Ray instance started here (default: all).
+        Ray: CPU cores of the Ray instance started here (default: all); pool: worker
+        processes.
     cpus_per_task, max_retries
         See :class:`Executor`.
     gpus_per_task
@@ -77,7 +95,7 @@ def get_executor(
     >>> get_executor("dask")
     Traceback (most recent call last):
     ...
-    gr2st.errors.GR2STConfigError: unknown executor 'dask'; known: local, ray
+    gr2st.errors.GR2STConfigError: unknown executor 'dask'; known: local, pool, ray
     """
     factory = EXECUTORS.get(name)
     return factory(
