@@ -272,8 +272,15 @@ def test_target_genes_predicted_through_the_hook(
 def test_profile_applies_to_learned_methods_and_is_never_a_silent_fallback(
     sections: list[AnnData], tmp_path: Path
 ) -> None:
-    # knn learns nothing: it has one set of settings whatever --profile says.
-    res = _run(sections, tmp_path, methods=["knn"], profile="paper")
+    # knn learns nothing: a --profile that would apply to no method is refused...
+    with pytest.raises(GR2STConfigError, match="--profile paper: none of the methods knn has"):
+        _run(sections, tmp_path / "none", methods=["knn"], profile="paper")
+    assert not (tmp_path / "none" / "folds").exists()
+    # ...and beside a learned method it keeps its one set of settings.
+    res = _run(
+        sections, tmp_path, methods=["knn", "gr2st"], profile="default",
+        overrides=["gr2st:train.epochs=1"],
+    )  # fmt: skip
     assert res["methods"]["knn"]["profile"] == "default"
     # A learned method without the profile fails before any fold, naming its profiles.
     with pytest.raises(GR2STConfigError, match="'fancy'; it has: paper, paper-cscc, default"):

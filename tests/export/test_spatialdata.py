@@ -35,6 +35,9 @@ def prediction(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Pa
         spots_from_section(trained.test, source="h5ad"),
         progress=False,
     )
+    # The synthetic spots lie 48 px apart on a square grid: as ST spots (200 µm pitch) that
+    # is 200 / 48 µm/px, which the reader cross-checks against the pitch.
+    pred.uns[UNS][MICRONS_PER_PIXEL] = 200.0 / 48
     path = tmp_path_factory.mktemp("sdata") / "pred.h5ad"
     pred.write_h5ad(path)
     return path

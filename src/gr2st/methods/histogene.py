@@ -128,6 +128,7 @@ class HisToGeneNet(PixelNet):
 
     Examples
     --------
+    >>> import torch
     >>> cfg = HisToGeneConfig(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
     >>> net = HisToGeneNet(5, patch_px=4, config=cfg).eval()
     >>> net(torch.rand(7, 3, 4, 4), torch.randint(0, 10, (7, 2))).shape
