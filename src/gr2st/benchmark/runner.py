@@ -12,6 +12,11 @@ on the panel, then asked for the other genes through
 ``values`` holds one AnnData per training section (same spots, same order as in
 ``fit``) with the genes to predict. Retrieval methods answer it by averaging those
 values over the retrieved training spots.
+
+The module is long (≈830 lines) because its three stages — ``_plan`` (folds, fingerprints,
+resume), ``_dispatch`` (tasks on an executor, inner selection, progress) and ``_report`` —
+share the private plan and selection state; the tasks themselves are in
+:mod:`gr2st.benchmark.jobs`.
 """
 
 from __future__ import annotations
