@@ -19,6 +19,17 @@ __all__ = ["EXECUTORS", "get_executor"]
 EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 
 
+def _refuse_ray_options(
+    *, address: str | None, gpus_per_task: float, num_cpus: int | None = None
+) -> None:
+    """The options only a Ray executor takes are errors on this machine's executors."""
+    for option, value in (("--address", address), ("--ray-cpus", num_cpus)):
+        if value is not None:
+            raise GR2STConfigError(f"{option} needs --executor ray")
+    if gpus_per_task:
+        raise GR2STConfigError("--gpus-per-task needs --executor ray (locally, use --device)")
+
+
 @EXECUTORS.register("local")
 def _local(
     *,
@@ -28,11 +39,7 @@ def _local(
     gpus_per_task: float = 0.0,
     max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> Executor:
-    for option, value in (("--address", address), ("--ray-cpus", num_cpus)):
-        if value is not None:
-            raise GR2STConfigError(f"{option} needs --executor ray")
-    if gpus_per_task:
-        raise GR2STConfigError("--gpus-per-task needs --executor ray (locally, use --device)")
+    _refuse_ray_options(address=address, gpus_per_task=gpus_per_task, num_cpus=num_cpus)
     return LocalExecutor(cpus_per_task=cpus_per_task, max_retries=max_retries)
 
 
@@ -47,7 +54,7 @@ def _pool(
 ) -> Executor:
     from gr2st.executors.pool import PoolExecutor
 
-    _local(address=address, gpus_per_task=gpus_per_task)
+    _refuse_ray_options(address=address, gpus_per_task=gpus_per_task)
     return PoolExecutor(jobs=num_cpus, cpus_per_task=cpus_per_task, max_retries=max_retries)
 
 
