@@ -553,7 +553,8 @@ def input_cases(work: Path) -> list[Case]:
         "pixels ÷10",
         b4_spots(pixel_x=lambda t: t["pixel_x"] / 10, pixel_y=lambda t: t["pixel_y"] / 10),
         "error",
-        "lie off the tissue",
+        # Stopped by the reader's geometry before the image check: ~28 µm/px is implausible.
+        r"spot pitch gives 27\.4\d µm/px, outside the plausible 0\.1–20 µm/px",
     )
     grey = b4_image(lambda a: a.mean(axis=2, keepdims=True).astype(np.uint8).repeat(3, axis=2))
     case("greyscale image", grey, "error", "greyscale image .*--allow-grey")
